@@ -1,0 +1,15 @@
+# DATAMOVE: an ensemble of solver runs streamed (ADIOS2 SST) into an online trainer.
+# Thin entry point: rules live in workflow/rules/, defaults and docs in workflow/schemas/.
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/train.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

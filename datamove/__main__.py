@@ -1,0 +1,5 @@
+import sys
+
+from datamove.cli import main
+
+sys.exit(main())

@@ -1,0 +1,240 @@
+"""The study configuration: validation against the JSON schema, defaults, and small typed views.
+
+The schema (``datamove/schemas/config.schema.yaml``, linked from ``workflow/schemas/``) is the single
+source of defaults and documentation. :func:`validate_config` fills the defaults into a plain dict
+and turns every violation into a :class:`ConfigError` that names the key at fault; the frozen
+dataclasses below are what the rest of the package receives.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from datamove.solvers.heat import HeatConfig
+
+
+class ConfigError(ValueError):
+    """A configuration that breaks the schema or is impossible; the message names the key."""
+
+
+def load_schema() -> dict[str, Any]:
+    text = resources.files("datamove").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _with_defaults(validator_class):
+    """A validator that fills ``default`` values in while it validates (also in nested objects)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate_config(raw: Mapping[str, Any] | None, *, source: str = "config") -> dict[str, Any]:
+    """Validate a study configuration and return a copy with every default filled in.
+
+    Raises:
+        ConfigError: naming the offending key, for unknown keys, wrong types, out-of-range values
+            and impossible combinations (a range with low > high, watermark > capacity, ...).
+    """
+    cfg = copy.deepcopy(dict(raw or {}))
+    errors = sorted(_Validator(load_schema()).iter_errors(cfg), key=lambda e: list(e.path))
+    if errors:
+        lines = []
+        for err in errors:
+            if err.validator == "additionalProperties":
+                extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+                known = ", ".join(sorted(err.schema.get("properties", {})))
+                for name in extra:
+                    where = _key([*err.path, name])
+                    lines.append(f"unknown key '{where}' (known keys here: {known})")
+            else:
+                lines.append(f"key '{_key(err.path)}': {err.message}")
+        raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines))
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def _check_semantics(cfg: dict[str, Any], source: str) -> None:
+    """What JSON schema cannot say: relations between values."""
+    problems = []
+    for name, (low, high) in cfg["parameters"]["ranges"].items():
+        if not (math.isfinite(low) and math.isfinite(high)):
+            problems.append(f"key 'parameters.ranges.{name}': bounds must be finite, got [{low}, {high}]")
+        elif low > high:
+            problems.append(f"key 'parameters.ranges.{name}': low {low} > high {high}")
+    res = cfg["reservoir"]
+    if res["watermark"] > res["capacity"]:
+        problems.append(
+            f"key 'reservoir.watermark': {res['watermark']} exceeds reservoir.capacity {res['capacity']}"
+        )
+    if cfg["heldout"]["seed"] == cfg["ensemble"]["seed"]:
+        problems.append(
+            "key 'heldout.seed': equals ensemble.seed, so held-out members would repeat training members"
+        )
+    xml = cfg["stream"]["xml_config"]
+    if xml is not None and not Path(xml).is_file():
+        problems.append(f"key 'stream.xml_config': file not found: {xml}")
+    if problems:
+        raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(problems))
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and validate it (see :func:`validate_config`)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    return validate_config(raw, source=f"config file {path}")
+
+
+# --------------------------------------------------------------------------- typed views
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig:
+    """How the parameters of a set of members are drawn."""
+
+    sampler: str
+    seed: int
+    n_members: int
+    names: tuple[str, ...]
+    ranges: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamConfig:
+    engine: str
+    parameters: Mapping[str, str]
+    xml_config: str | None
+    open_timeout_s: float
+    member_timeout_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReservoirConfig:
+    policy: str
+    capacity: int
+    watermark: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerConfig:
+    model: str
+    model_args: Mapping[str, Any]
+    batch_size: int
+    lr: float
+    weight_decay: float
+    lr_milestones: tuple[int, ...]
+    lr_gamma: float
+    extra_batches: int
+    log_every: int
+    device: str
+    seed: int
+    ingest_workers: int
+    slots: int
+    heartbeat_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyConfig:
+    """A validated study configuration; ``raw`` keeps the full dict (saved in checkpoints)."""
+
+    study: str
+    results_dir: Path
+    data_dir: Path
+    solver_name: str
+    solver: HeatConfig
+    step_delay_s: float
+    ensemble: SamplingConfig
+    heldout: SamplingConfig
+    stream: StreamConfig
+    reservoir: ReservoirConfig
+    trainer: TrainerConfig
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> StudyConfig:
+        """Build from a dict already passed through :func:`validate_config`."""
+        s = cfg["solver"]
+        names = tuple(cfg["parameters"]["ranges"])
+        ranges = tuple(tuple(map(float, r)) for r in cfg["parameters"]["ranges"].values())
+        sampler = cfg["parameters"]["sampler"]
+        t = cfg["trainer"]
+        return cls(
+            study=cfg["study"],
+            results_dir=Path(cfg["results_dir"]),
+            data_dir=Path(cfg["data_dir"]),
+            solver_name=s["name"],
+            solver=HeatConfig(
+                nx=s["nx"], ny=s["ny"], lx=s["lx"], ly=s["ly"],
+                diffusivity=s["diffusivity"], dt=s["dt"], n_steps=s["n_steps"],
+            ),
+            step_delay_s=s["step_delay_s"],
+            ensemble=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **cfg["ensemble"]),
+            heldout=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **cfg["heldout"]),
+            stream=StreamConfig(**cfg["stream"]),
+            reservoir=ReservoirConfig(**cfg["reservoir"]),
+            trainer=TrainerConfig(
+                **{**t, "lr_milestones": tuple(t["lr_milestones"])}
+            ),
+            raw=copy.deepcopy(dict(cfg)),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> StudyConfig:
+        return cls.from_dict(load_config(path))
+
+    # Where things live. One place, so the CLI, the workflow and the tests agree.
+    @property
+    def study_dir(self) -> Path:
+        return self.results_dir / self.study
+
+    @property
+    def stream_dir(self) -> Path:
+        """Contact files (SST) or member files (BP5) of the training ensemble."""
+        return self.study_dir / "streams"
+
+    @property
+    def heldout_dir(self) -> Path:
+        return self.data_dir / self.study / "heldout"
+
+    @property
+    def heartbeat_path(self) -> Path:
+        return self.study_dir / "trainer.heartbeat"
+
+
+def write_config(cfg: Mapping[str, Any], path: str | Path) -> Path:
+    """Validate ``cfg`` and write it, defaults filled in, as YAML (the workflow's per-study config)."""
+    cfg = validate_config(cfg)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path

@@ -1,0 +1,225 @@
+"""The consumer side of the stream contract: a pollable reader of one member's stream."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import adios2
+import numpy as np
+
+from datamove.config import StreamConfig
+from datamove.streaming.adios import make_io
+from datamove.streaming.contract import (
+    FIELDS,
+    REQUIRED_ATTRIBUTES,
+    TIME,
+    ContractError,
+    StreamError,
+    stream_path,
+)
+
+_Status = adios2.bindings.StepStatus
+
+
+class Poll(enum.Enum):
+    STEP = "step"  # a step is open: read it, then call end_step()
+    NOT_READY = "not_ready"  # nothing yet (timeout)
+    END = "end"  # the writer closed the stream
+
+
+@dataclass(frozen=True, kw_only=True)
+class Expectation:
+    """What the trainer expects of every member stream (checked at the first step)."""
+
+    field_shape: tuple[int, int]
+    param_names: Sequence[str]
+    solver: str
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """The attributes of a member stream, validated against the contract."""
+
+    member: int
+    params: np.ndarray  # float64 [n_params]
+    param_names: tuple[str, ...]
+    solver: str
+    constants: dict[str, Any]
+
+
+class MemberReader:
+    """Reads one member's stream step by step without blocking (``poll(timeout=0)``).
+
+    The trainer runs readers in ingest processes, never in its training process: the ADIOS2 bindings
+    hold the GIL inside ``begin_step``.
+    """
+
+    def __init__(
+        self,
+        *,
+        stream: StreamConfig,
+        stream_dir: str | Path,
+        member: int,
+        expect: Expectation | None = None,
+        path: str | Path | None = None,
+    ):
+        self.stream = stream
+        self.member = member
+        self.expect = expect
+        self.path = Path(path) if path is not None else stream_path(stream_dir, member, stream.engine)
+        self.info: MemberInfo | None = None
+        self.steps_read = 0
+        self._stream: adios2.Stream | None = None
+        self._in_step = False
+
+    def open(self) -> MemberReader:
+        _, io = make_io(self.stream)
+        try:
+            self._stream = adios2.Stream(io, str(self.path), "r")
+        except Exception as exc:
+            raise StreamError(self.member, f"cannot open reader at {self.path}: {exc}") from exc
+        return self
+
+    def poll(self, timeout: float = 0.0) -> Poll:
+        """Try to begin the next step. Raises StreamError if the stream failed (writer died)."""
+        assert self._stream is not None, "open() first"
+        if self._in_step:
+            raise StreamError(self.member, "poll() while a step is open; call end_step() first")
+        try:
+            status = self._stream.begin_step(timeout=timeout)
+        except Exception as exc:
+            raise StreamError(self.member, f"begin_step failed after {self.steps_read} steps: {exc}") from exc
+        if status == _Status.OK:
+            self._in_step = True
+            if self.info is None:
+                self.info = self._read_info()
+            self._check_step()
+            return Poll.STEP
+        if status == _Status.NotReady:
+            return Poll.NOT_READY
+        if status == _Status.EndOfStream:
+            return Poll.END
+        raise StreamError(
+            self.member,
+            f"stream error after {self.steps_read} steps (the writer died or the connection broke)",
+        )
+
+    def read_time(self) -> float:
+        return float(np.asarray(self._stream.read(TIME)).reshape(-1)[0])
+
+    def read_field(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """Read a field of the open step, into ``out`` (float32 [ny, nx]) when given."""
+        var = self._stream.inquire_variable(name)
+        if var is None:
+            raise ContractError(self.member, f"step {self.steps_read + 1} has no variable '{name}'")
+        try:
+            if out is None:
+                return self._stream.read(var)
+            self._stream.read_in_buffer(var, out)
+            return out
+        except Exception as exc:
+            raise StreamError(self.member, f"reading '{name}' failed: {exc}") from exc
+
+    def end_step(self) -> None:
+        try:
+            self._stream.end_step()
+        except Exception as exc:
+            raise StreamError(self.member, f"end_step failed: {exc}") from exc
+        self._in_step = False
+        self.steps_read += 1
+
+    def close(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.close()
+            except Exception:
+                pass  # a dead writer's stream can fail to close; it is already accounted for
+            self._stream = None
+
+    def __enter__(self) -> MemberReader:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------- contract
+    def _read_info(self) -> MemberInfo:
+        available = self._stream.available_attributes()
+        missing = [a for a in REQUIRED_ATTRIBUTES if a not in available]
+        if missing:
+            raise ContractError(self.member, f"missing attribute(s) {missing} (have {sorted(available)})")
+        attrs: dict[str, Any] = {}
+        for name in available:
+            value = self._stream.read_attribute(name)
+            if not isinstance(value, (str, list)) and np.size(value) == 1 and name != "params":
+                value = np.asarray(value).reshape(-1)[0].item()
+            attrs[name] = value
+        member = int(np.asarray(attrs.pop("member")).reshape(-1)[0])
+        if member != self.member:
+            raise ContractError(self.member, f"attribute member={member} does not match the stream name")
+        params = np.asarray(attrs.pop("params"), dtype=np.float64).reshape(-1)
+        names = attrs.pop("param_names")
+        # Comma-separated string by contract (string-array attributes arrive empty through SST in
+        # ADIOS2 2.12); a string array, as BP5 keeps it, is accepted too.
+        names = tuple(n.strip() for n in names.split(",")) if isinstance(names, str) else tuple(names)
+        solver = attrs.pop("solver")
+        solver = solver[0] if isinstance(solver, list) else solver
+        if len(names) != params.size:
+            raise ContractError(self.member, f"{params.size} params but {len(names)} param_names")
+        if not np.all(np.isfinite(params)):
+            raise ContractError(self.member, f"non-finite params {params.tolist()}")
+        if self.expect is not None:
+            if tuple(names) != tuple(self.expect.param_names):
+                raise ContractError(
+                    self.member, f"param_names {list(names)} != expected {list(self.expect.param_names)}"
+                )
+            if solver != self.expect.solver:
+                raise ContractError(self.member, f"solver '{solver}' != expected '{self.expect.solver}'")
+        return MemberInfo(member=member, params=params, param_names=names, solver=solver, constants=attrs)
+
+    def _check_step(self) -> None:
+        variables = self._stream.available_variables()
+        step = self.steps_read + 1
+        if TIME not in variables:
+            raise ContractError(self.member, f"step {step} has no variable '{TIME}'")
+        for name in FIELDS:
+            if name not in variables:
+                raise ContractError(self.member, f"step {step} has no variable '{name}'")
+            var = variables[name]
+            if var.get("Type") != "float":
+                raise ContractError(self.member, f"step {step}: '{name}' has type {var.get('Type')}, expected float (float32)")
+            if self.expect is not None:
+                shape = tuple(int(s) for s in var.get("Shape", "").replace(",", " ").split())
+                if shape != tuple(self.expect.field_shape):
+                    raise ContractError(
+                        self.member,
+                        f"step {step}: '{name}' has shape {list(shape)}, expected {list(self.expect.field_shape)}",
+                    )
+
+
+def read_member_file(
+    *, stream: StreamConfig, path: str | Path, member: int, expect: Expectation | None = None
+) -> tuple[MemberInfo, np.ndarray, np.ndarray]:
+    """Read a whole member written with BP5: (info, times float64 [n_steps], u float32 [n_steps, ny, nx])."""
+    path = Path(path)
+    if not path.exists():
+        raise StreamError(member, f"file not found: {path}")
+    reader = MemberReader(stream=stream, stream_dir=path.parent, member=member, expect=expect, path=path)
+    times, fields = [], []
+    with reader:
+        while True:
+            status = reader.poll(timeout=-1.0)
+            if status is Poll.END:
+                break
+            if status is Poll.NOT_READY:  # a file being written, or truncated
+                raise StreamError(member, f"{path}: no further step readable after {reader.steps_read}")
+            times.append(reader.read_time())
+            fields.append(np.array(reader.read_field("u"), dtype=np.float32, copy=True))
+            reader.end_step()
+    if not fields:
+        raise StreamError(member, f"{path} holds no step")
+    return reader.info, np.asarray(times), np.stack(fields)

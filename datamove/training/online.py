@@ -1,0 +1,308 @@
+"""The online trainer: member streams -> ingest processes -> shared memory -> reservoir -> train loop."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datamove.config import StudyConfig
+from datamove.reservoir import make_buffer
+from datamove.streaming.contract import contact_file
+from datamove.streaming.ingest import IngestSpec, run_ingest, slot_array
+from datamove.streaming.reader import Expectation
+from datamove.training.heldout import load_heldout
+from datamove.training.records import Ledger, MetricsLog
+from datamove.training.step import (
+    build_surrogate,
+    evaluate,
+    make_optimizer,
+    pick_device,
+    save_checkpoint,
+    surrogate_args,
+    train_step,
+)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    batches: int
+    val_loss: float
+    samples_received: int
+    members_complete: int
+    members_lost: int
+    wall_s: float
+
+
+class Heartbeat:
+    """Refreshes ``path`` every ``period`` s while the trainer is ready to read streams.
+
+    The workflow's readiness gate lets solvers start only once this file is fresh. A thread is fine
+    here: the training process never calls into ADIOS2 once streaming has begun.
+    """
+
+    def __init__(self, path: Path, period: float):
+        self.path, self.period = path, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
+            tmp.replace(self.path)
+            self._stop.wait(self.period)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+
+def _say(msg: str) -> None:
+    print(f"[train] {msg}", flush=True)
+
+
+def clean_stream_dir(stream_dir: Path) -> None:
+    """Remove contact files left by killed writers of an earlier run (they survive kill -9)."""
+    stream_dir.mkdir(parents=True, exist_ok=True)
+    for stale in stream_dir.glob("*.sst"):
+        _say(f"removing stale contact file {stale}")
+        stale.unlink(missing_ok=True)
+
+
+def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> TrainResult:
+    """Train the surrogate from the ensemble's streams while the ensemble runs.
+
+    Writes ``model.pt``, ``metrics.csv`` and ``ledger.csv`` to ``cfg.study_dir``.
+    """
+    tc = cfg.trainer
+    members = list(range(cfg.ensemble.n_members)) if members is None else list(members)
+    study_dir = cfg.study_dir
+    study_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(tc.seed)
+    device = pick_device(tc.device)
+    ny, nx = cfg.solver.ny, cfg.solver.nx
+    n_steps = cfg.solver.n_steps
+
+    val_x, val_y = load_heldout(cfg)
+    val_x, val_y = val_x.to(device), val_y.to(device)
+    margs = surrogate_args(cfg)
+    model = build_surrogate(margs).to(device)
+    optimizer, scheduler = make_optimizer(model, cfg)
+    buffer = make_buffer(
+        cfg.reservoir.policy,
+        capacity=cfg.reservoir.capacity,
+        watermark=cfg.reservoir.watermark,
+        x_dim=margs["in_dim"],
+        y_shape=(ny, nx),
+        seed=tc.seed,
+        device=device,
+    )
+    ledger = Ledger(members=members, steps_expected=n_steps)
+    metrics = MetricsLog(study_dir / "metrics.csv")
+    _say(
+        f"study '{cfg.study}': {len(members)} members x {n_steps} steps of {ny}x{nx}, engine "
+        f"{cfg.stream.engine}, model {tc.model} on {device}, {cfg.reservoir.policy} buffer "
+        f"{cfg.reservoir.capacity} (watermark {cfg.reservoir.watermark}), {len(val_x)} validation samples"
+    )
+
+    clean_stream_dir(cfg.stream_dir)
+    n_slots = tc.slots
+    shm = shared_memory.SharedMemory(create=True, size=n_slots * ny * nx * 4)
+    slots = slot_array(shm, n_slots, (ny, nx))
+    ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
+    free_slots, events, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    for s in range(n_slots):
+        free_slots.put(s)
+    expect = Expectation(field_shape=(ny, nx), param_names=cfg.ensemble.names, solver=cfg.solver_name)
+    n_workers = min(tc.ingest_workers, max(len(members), 1))
+    workers = []
+    for w in range(n_workers):
+        spec = IngestSpec(
+            worker=w,
+            members=tuple(m for m in members if m % n_workers == w),
+            stream=cfg.stream,
+            stream_dir=str(cfg.stream_dir),
+            expect=expect,
+            n_steps=n_steps,
+            shm_name=shm.name,
+            n_slots=n_slots,
+        )
+        proc = ctx.Process(target=run_ingest, args=(spec, free_slots, events, stop), name=f"ingest-{w}")
+        proc.start()
+        workers.append(proc)
+    heartbeat = Heartbeat(cfg.heartbeat_path, tc.heartbeat_s)
+    heartbeat.start()
+    _say(f"ready: reading streams from {cfg.stream_dir} with {n_workers} ingest process(es)")
+
+    params: dict[int, torch.Tensor] = {}
+    waiting: deque[tuple[int, int, float, int]] = deque()  # steps handed over, not yet in the buffer
+    workers_running = n_workers
+    t_start = time.perf_counter()
+    last_activity = time.monotonic()
+    batch = 0
+    extra = 0
+    streams_done = False
+    loss_sum = torch.zeros((), device=device)
+    loss_n = 0
+    last_log = (t_start, 0)
+    fatal: list[str] = []
+
+    def handle(ev) -> None:
+        nonlocal workers_running
+        kind = ev[0]
+        if kind == "step":
+            _, member, step, t, slot = ev
+            ledger.received(member)
+            waiting.append((member, step, t, slot))
+        elif kind == "info":
+            params[ev[1]] = torch.as_tensor(ev[2], dtype=torch.float32)
+        elif kind == "open":
+            ledger.opened(ev[1])
+        elif kind == "end":
+            _, member, status, reason, _steps = ev
+            ledger.ended(member, status, reason)
+            if status == "lost":
+                _say(f"member {member} lost after {ledger[member].steps_received} steps: {reason}")
+        elif kind == "fatal":
+            fatal.append(ev[2])
+        elif kind == "done":
+            workers_running -= 1
+
+    def log_row(final: bool = False) -> None:
+        nonlocal loss_sum, loss_n, last_log
+        now = time.perf_counter()
+        dt = max(now - last_log[0], 1e-9)
+        rate = (batch - last_log[1]) / dt
+        val = evaluate(model, val_x, val_y)
+        stats = buffer.stats()
+        row = {
+            "batch": batch,
+            "wall_s": round(now - t_start, 4),
+            "train_loss": float(loss_sum) / max(loss_n, 1),  # one sync per log row, not per batch
+            "val_loss": val,
+            "samples_received": ledger.steps_received,
+            "occupancy": stats["occupancy"],
+            "batches_per_s": rate,
+            "samples_per_s": rate * tc.batch_size,
+            "lr": optimizer.param_groups[0]["lr"],
+            "members_done": len(members) - len(ledger.unfinished()),
+            "n_evicted": stats.get("n_evicted", 0),
+            "seen_mean": stats.get("seen_mean", 0.0),
+            "seen_max": stats.get("seen_max", 0.0),
+        }
+        metrics.log(row)
+        loss_sum, loss_n, last_log = torch.zeros((), device=device), 0, (now, batch)
+        _say(
+            f"batch {batch:6d} | {row['wall_s']:7.1f} s | train {row['train_loss']:.3e} | val {val:.3e} | "
+            f"received {row['samples_received']}/{len(members) * n_steps} | members done "
+            f"{row['members_done']}/{len(members)} | buffer {len(buffer)}/{cfg.reservoir.capacity} | "
+            f"{rate:6.1f} batch/s" + (" | final" if final else "")
+        )
+
+    try:
+        while True:
+            idle = not waiting and not buffer.ready(final=streams_done)
+            for i in range(1024):  # bounded, so a flood of steps cannot starve training
+                try:
+                    ev = events.get(timeout=0.05) if (idle and i == 0) else events.get_nowait()
+                except queue.Empty:
+                    break
+                handle(ev)
+                last_activity = time.monotonic()
+            if fatal:
+                raise RuntimeError("ingest process failed:\n" + fatal[0])
+            while waiting and buffer.can_put():
+                member, step, t, slot = waiting.popleft()
+                x = torch.cat([params[member], torch.tensor([t], dtype=torch.float32)])
+                buffer.put(x, torch.from_numpy(slots[slot]), member=member, step=step)
+                free_slots.put(slot)  # the buffer holds its own copy now
+
+            if not streams_done:
+                pending = [m for m in members if ledger[m].status == "pending"]
+                if pending and time.monotonic() - last_activity > cfg.stream.member_timeout_s:
+                    reason = f"never connected ({cfg.stream.member_timeout_s:g} s without stream activity)"
+                    for m in pending:
+                        ledger.ended(m, "lost", reason)
+                    _say(f"members {pending} lost: {reason}")
+                    stop.set()
+                if not ledger.unfinished() and not waiting and workers_running == 0:
+                    streams_done = True
+                    _say(
+                        f"all members ended ({ledger.count('complete')} complete, {ledger.count('lost')} "
+                        f"lost); training {tc.extra_batches} more batches"
+                    )
+                    if any(p.exitcode not in (0, None) for p in workers):
+                        raise RuntimeError("an ingest process exited with an error")
+
+            if buffer.ready(final=streams_done) and not (streams_done and extra >= tc.extra_batches):
+                b = buffer.sample(tc.batch_size)
+                loss = train_step(model, optimizer, b.x, b.y)
+                scheduler.step()
+                loss_sum += loss
+                loss_n += 1
+                batch += 1
+                extra += streams_done
+                if batch % tc.log_every == 0:
+                    log_row()
+            elif streams_done:
+                break  # extra batches done, or a fifo buffer drained
+    finally:
+        stop.set()
+        heartbeat.stop()
+        for proc in workers:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+        del slots
+        shm.close()
+        shm.unlink()
+        for stale in cfg.stream_dir.glob("*.sst"):  # killed writers leave their contact file
+            stale.unlink(missing_ok=True)
+        try:
+            cfg.stream_dir.rmdir()
+        except OSError:
+            pass
+        ledger.write(study_dir / "ledger.csv")
+
+    log_row(final=True)
+    metrics.close()
+    save_checkpoint(
+        study_dir / "model.pt",
+        model=model,
+        optimizer=optimizer,
+        model_args=margs,
+        config=cfg.raw,
+        step=batch,
+        extra={"ledger": [vars(r) for r in ledger.records.values()]},
+    )
+    result = TrainResult(
+        batches=batch,
+        val_loss=metrics.rows[-1]["val_loss"],
+        samples_received=ledger.steps_received,
+        members_complete=ledger.count("complete"),
+        members_lost=ledger.count("lost"),
+        wall_s=time.perf_counter() - t_start,
+    )
+    _say(
+        f"done: {result.batches} batches in {result.wall_s:.1f} s, val loss {result.val_loss:.3e}, "
+        f"{result.members_complete} members complete, {result.members_lost} lost, "
+        f"{result.samples_received} samples received; wrote {study_dir}/model.pt, metrics.csv, ledger.csv"
+    )
+    sys.stdout.flush()
+    return result

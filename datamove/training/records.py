@@ -1,0 +1,94 @@
+"""What a study records: the per-member ledger and the metrics table."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class MemberRecord:
+    """One row of ledger.csv: every step a solver sent is trained on or accounted for here."""
+
+    member: int
+    steps_expected: int
+    steps_received: int = 0
+    status: str = "pending"  # pending -> streaming -> complete | lost
+    reason: str = ""
+
+
+class Ledger:
+    """Per-member accounting of the ensemble."""
+
+    def __init__(self, *, members, steps_expected: int):
+        self.records = {m: MemberRecord(member=m, steps_expected=steps_expected) for m in members}
+
+    def __getitem__(self, member: int) -> MemberRecord:
+        return self.records[member]
+
+    def opened(self, member: int) -> None:
+        self.records[member].status = "streaming"
+
+    def received(self, member: int) -> None:
+        self.records[member].steps_received += 1
+
+    def ended(self, member: int, status: str, reason: str = "") -> None:
+        rec = self.records[member]
+        rec.status, rec.reason = status, reason
+
+    def unfinished(self) -> list[int]:
+        return [m for m, r in self.records.items() if r.status in ("pending", "streaming")]
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.records.values())
+
+    @property
+    def steps_received(self) -> int:
+        return sum(r.steps_received for r in self.records.values())
+
+    def write(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[f.name for f in fields(MemberRecord)])
+            writer.writeheader()
+            for member in sorted(self.records):
+                writer.writerow(asdict(self.records[member]))
+        tmp.replace(path)
+
+
+METRIC_COLUMNS = (
+    "batch",
+    "wall_s",
+    "train_loss",
+    "val_loss",
+    "samples_received",
+    "occupancy",
+    "batches_per_s",
+    "samples_per_s",
+    "lr",
+    "members_done",
+    "n_evicted",
+    "seen_mean",
+    "seen_max",
+)
+
+
+class MetricsLog:
+    """metrics.csv, one row every ``log_every`` batches, flushed as it goes (readable mid-study)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fh = self.path.open("w", newline="")
+        self._writer = csv.DictWriter(self._fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        self._writer.writeheader()
+        self.rows: list[dict] = []
+
+    def log(self, row: dict) -> None:
+        self._writer.writerow(row)
+        self._fh.flush()
+        self.rows.append(row)
+
+    def close(self) -> None:
+        self._fh.close()

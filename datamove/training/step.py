@@ -1,0 +1,129 @@
+"""The pieces of a training loop shared by every trainer, so that comparisons are fair by construction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from datamove.config import StudyConfig
+from datamove.models import Surrogate, build_network
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` is cuda when a GPU is visible, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device is '{name}' but no CUDA device is available")
+    return device
+
+
+def surrogate_args(cfg: StudyConfig) -> dict[str, Any]:
+    """Everything needed to rebuild the model (saved in checkpoints)."""
+    lows = [lo for lo, _ in cfg.ensemble.ranges]
+    highs = [hi for _, hi in cfg.ensemble.ranges]
+    return {
+        "model": cfg.trainer.model,
+        "model_args": dict(cfg.trainer.model_args),
+        "in_dim": len(lows) + 1,
+        "out_shape": [cfg.solver.ny, cfg.solver.nx],
+        "x_low": [*lows, 0.0],
+        "x_high": [*highs, cfg.solver.n_steps * cfg.solver.dt],
+        "y_low": min(lows),
+        "y_high": max(highs),
+    }
+
+
+def build_surrogate(args: Mapping[str, Any]) -> Surrogate:
+    network = build_network(
+        args["model"], in_dim=args["in_dim"], out_shape=tuple(args["out_shape"]), **args["model_args"]
+    )
+    return Surrogate(
+        network=network, x_low=args["x_low"], x_high=args["x_high"], y_low=args["y_low"], y_high=args["y_high"]
+    )
+
+
+def make_optimizer(model: Surrogate, cfg: StudyConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam and a step schedule that multiplies the lr by ``lr_gamma`` at each milestone batch."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(
+        opt, milestones=list(cfg.trainer.lr_milestones), gamma=cfg.trainer.lr_gamma
+    )
+    return opt, sched
+
+
+def train_step(
+    model: Surrogate, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """One optimisation step on a batch; x [B, in_dim], y [B, ny, nx] raw (on the model's device).
+
+    Returns the (normalised) MSE as a 0-d tensor, left on the device: calling ``.item()`` here would
+    be a CPU-GPU sync point on every batch.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.mse_loss(model.forward_normalised(x), model.normalise_y(y))
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(model: Surrogate, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> float:
+    """Normalised MSE over a whole set; x [N, in_dim], y [N, ny, nx] raw."""
+    model.eval()
+    total, n = 0.0, 0
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        err = F.mse_loss(model.forward_normalised(xb), model.normalise_y(yb), reduction="sum")
+        total += float(err)
+        n += yb.numel()
+    return total / max(n, 1)
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: Surrogate,
+    optimizer: torch.optim.Optimizer,
+    model_args: Mapping[str, Any],
+    config: Mapping[str, Any],
+    step: int,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """A self-describing checkpoint: a resumed run or an evaluation rebuilds the model from it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "model_args": dict(model_args),
+            "config": dict(config),
+            "step": step,
+            **(extra or {}),
+        },
+        tmp,
+    )
+    tmp.replace(path)  # never leave a half-written checkpoint behind
+
+
+def load_surrogate(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[Surrogate, dict]:
+    """Rebuild a model from a checkpoint written by :func:`save_checkpoint`."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    model = build_surrogate(ckpt["model_args"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt
+
+
+def inputs(params: Sequence[float], times: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Model inputs [n, n_params + 1] for one member's params and n times."""
+    t = torch.as_tensor(times, dtype=torch.float32).reshape(-1, 1)
+    p = torch.as_tensor(params, dtype=torch.float32).reshape(1, -1).expand(t.shape[0], -1)
+    return torch.cat([p, t], dim=1)

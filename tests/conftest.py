@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny studies written under tmp_path, and the markers CI selects on."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs a whole workflow or several processes (seconds to a minute)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device")
+    config.addinivalue_line("markers", "slurm: needs the local Slurm cluster (.ci/slurm-up)")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    skip_gpu = pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+TINY = {
+    "study": "tiny",
+    "solver": {"nx": 12, "ny": 10, "n_steps": 20},
+    "ensemble": {"n_members": 3},
+    "heldout": {"n_members": 2},
+    "reservoir": {"capacity": 40, "watermark": 10},
+    "trainer": {"batch_size": 8, "extra_batches": 30, "log_every": 10, "device": "cpu",
+                "model_args": {"hidden": 32, "layers": 2}},
+    "stream": {"open_timeout_s": 60, "member_timeout_s": 60},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """Factory: write a tiny study config under tmp_path, with overrides; returns its path."""
+
+    def make(name: str = "config.yaml", **overrides) -> Path:
+        cfg = _merge(TINY, {"results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data")})
+        cfg = _merge(cfg, overrides)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    return make
+
+
+def datamove(*args, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
+    """Run the datamove CLI in a fresh process (the way the workflow does)."""
+    return subprocess.run(
+        [sys.executable, "-m", "datamove", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, check=check, **kw,
+    )
+
+
+def popen_datamove(*args, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "datamove", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
+    )
+
+
+@pytest.fixture
+def env_no_gpu():
+    env = dict(os.environ)
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env

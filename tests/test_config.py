@@ -1,0 +1,79 @@
+"""The config schema: defaults, and errors that name the key at fault."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from datamove.config import ConfigError, StudyConfig, load_config, validate_config
+from conftest import datamove
+
+
+def test_defaults_fill_every_section():
+    cfg = validate_config({})
+    assert cfg["stream"]["engine"] == "SST"
+    assert cfg["stream"]["parameters"]["QueueFullPolicy"] == "Block"
+    assert cfg["solver"]["nx"] >= 3 and cfg["reservoir"]["policy"] == "reservoir"
+    assert list(cfg["parameters"]["ranges"]) == ["t_init", "t_x0", "t_xl", "t_y0", "t_yl"]
+    study = StudyConfig.from_dict(cfg)
+    assert study.solver.nx == cfg["solver"]["nx"]
+    assert study.stream_dir == study.study_dir / "streams"
+
+
+def test_shipped_config_is_valid():
+    from conftest import REPO
+
+    cfg = load_config(REPO / "config" / "config.yaml")
+    assert cfg["study"] == "default"
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"solver": {"nxx": 10}}, "solver.nxx"),
+        ({"trainer": {"learning_rate": 1e-3}}, "trainer.learning_rate"),
+        ({"egine": "SST"}, "egine"),
+    ],
+)
+def test_unknown_key_is_named(raw, key):
+    with pytest.raises(ConfigError, match=f"unknown key '{key}'"):
+        validate_config(raw)
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"solver": {"nx": 2}}, "solver.nx"),
+        ({"solver": {"dt": 0}}, "solver.dt"),
+        ({"solver": {"dt": -0.1}}, "solver.dt"),
+        ({"solver": {"nx": "ten"}}, "solver.nx"),
+        ({"stream": {"engine": "HDF5"}}, "stream.engine"),
+        ({"reservoir": {"capacity": 0}}, "reservoir.capacity"),
+        ({"parameters": {"ranges": {"t_init": [500, 100]}}}, "parameters.ranges.t_init"),
+        ({"parameters": {"ranges": {"t_x0": [1.0]}}}, "parameters.ranges.t_x0"),
+        ({"reservoir": {"capacity": 10, "watermark": 20}}, "reservoir.watermark"),
+        ({"heldout": {"seed": 7}, "ensemble": {"seed": 7}}, "heldout.seed"),
+        ({"stream": {"xml_config": "/nonexistent/adios2.xml"}}, "stream.xml_config"),
+    ],
+)
+def test_bad_value_is_named(raw, key):
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        validate_config(raw)
+
+
+def test_cli_reports_config_errors(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"solver": {"nx": 2, "typo": 1}}))
+    proc = datamove("check-config", "--config", path, check=False)
+    assert proc.returncode == 2
+    assert "solver.nx" in proc.stderr and "unknown key 'solver.typo'" in proc.stderr
+    assert str(path) in proc.stderr
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("solver: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,43 @@
+# The online trainer and the readiness gate that lets the solvers start once it reads streams.
+
+
+rule train_online:
+    # Independent of the solvers (it reads their streams, not their files) and first in line.
+    input:
+        cfg=study_path("config.yaml"),
+        heldout=str(STUDY.heldout_dir),
+    output:
+        model=study_path("model.pt"),
+        metrics=study_path("metrics.csv"),
+        ledger=study_path("ledger.csv"),
+    conda:
+        "../envs/datamove.yaml"
+    log:
+        log_path("train_online", "train_online"),
+    priority: 100
+    threads: 1
+    params:
+        datamove=DATAMOVE,
+    shell:
+        # tee: training progress shows on the terminal as well as in the log.
+        "{params.datamove} train --config {input.cfg} --threads {threads} 2>&1 | tee {log}"
+
+
+localrules:
+    open_gate,
+
+
+rule open_gate:
+    # Done once the trainer's heartbeat is fresh; every solver depends on it (design.md).
+    input:
+        cfg=study_path("config.yaml"),
+    output:
+        gate=temp(study_path(".gate")),
+    conda:
+        "../envs/datamove.yaml"
+    log:
+        log_path("open_gate", "open_gate"),
+    params:
+        datamove=DATAMOVE,
+    shell:
+        "{params.datamove} wait-trainer --config {input.cfg} --touch {output.gate} > {log} 2>&1"
