@@ -95,10 +95,36 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
             "key 'heldout.seed': equals ensemble.seed, so held-out members would repeat training members"
         )
     xml = cfg["stream"]["xml_config"]
-    if xml is not None and not Path(xml).is_file():
-        problems.append(f"key 'stream.xml_config': file not found: {xml}")
+    if xml is not None:
+        problems += _check_adios_xml(Path(xml), cfg["stream"]["engine"])
     if problems:
         raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(problems))
+
+
+def _check_adios_xml(path: Path, engine: str) -> list[str]:
+    """The XML must configure the IO DATAMOVE declares, with the engine that names the streams.
+
+    Why: ADIOS2 silently returns an unconfigured IO (engine 'File') when the file lacks it.
+    """
+    import xml.etree.ElementTree as ET
+
+    if not path.is_file():
+        return [f"key 'stream.xml_config': file not found: {path}"]
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        return [f"key 'stream.xml_config': {path} is not valid XML: {exc}"]
+    io = root.find(".//io[@name='datamove']")
+    if io is None:
+        return [f"key 'stream.xml_config': {path} has no <io name=\"datamove\">"]
+    node = io.find("engine")
+    xml_engine = node.get("type", "") if node is not None else ""
+    if xml_engine.upper() != engine.upper():
+        return [
+            f"key 'stream.xml_config': {path} sets engine '{xml_engine}' but stream.engine is "
+            f"'{engine}' (stream names follow stream.engine: make them agree)"
+        ]
+    return []
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

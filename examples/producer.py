@@ -39,7 +39,8 @@ def main() -> None:
         # Lossless: wait for one reader, block when the queue is full.
         io.set_parameters({"RendezvousReaderCount": "1", "QueueLimit": "4", "QueueFullPolicy": "Block"})
     name = f"member-{args.member:06d}" + (".bp" if args.engine == "BP5" else "")
-    params = np.array([300.0, 100.0, 500.0, 200.0, 400.0]) + args.member
+    # An initial temperature away from the walls' mean, so the field evolves.
+    params = np.array([450.0, 100.0, 500.0, 200.0, 400.0]) + args.member
     with adios2.Stream(io, os.path.join(args.stream_dir, name), "w") as stream:
         stream.write_attribute("member", np.int64(args.member))
         if args.breakage != "no-params":

@@ -73,11 +73,34 @@ def datamove(*args, check=True, timeout=120, **kw) -> subprocess.CompletedProces
     )
 
 
-def popen_datamove(*args, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "datamove", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
-    )
+class Background:
+    """A datamove command running in the background, its output going to a file.
+
+    A file, not a pipe: a long-running trainer prints progress, and an unread pipe would fill and
+    block it (and with it the streams it reads).
+    """
+
+    def __init__(self, args, log: Path):
+        self.log = Path(log)
+        with self.log.open("w") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "datamove", *map(str, args)], stdout=fh, stderr=subprocess.STDOUT
+            )
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def popen_datamove(*args, log: Path) -> Background:
+    return Background(args, log)
 
 
 @pytest.fixture

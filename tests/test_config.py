@@ -61,6 +61,28 @@ def test_bad_value_is_named(raw, key):
         validate_config(raw)
 
 
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("<adios-config><io name='other'><engine type='SST'/></io></adios-config>", "no <io name=\"datamove\">"),
+        ("<adios-config><io name='datamove'><engine type='BP5'/></io></adios-config>", "sets engine 'BP5'"),
+        ("<adios-config><io name='datamove'>", "not valid XML"),
+    ],
+)
+def test_adios_xml_is_checked(tmp_path, body, message):
+    xml = tmp_path / "adios2.xml"
+    xml.write_text(body)
+    with pytest.raises(ConfigError, match=f"key 'stream.xml_config'.*{message}"):
+        validate_config({"stream": {"xml_config": str(xml)}})
+
+
+def test_shipped_adios_xml_is_accepted():
+    from conftest import REPO
+
+    cfg = validate_config({"stream": {"xml_config": str(REPO / "examples" / "adios2.xml")}})
+    assert cfg["stream"]["xml_config"].endswith("adios2.xml")
+
+
 def test_cli_reports_config_errors(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"solver": {"nx": 2, "typo": 1}}))

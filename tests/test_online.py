@@ -23,23 +23,24 @@ def read_ledger(path):
 
 
 @pytest.mark.slow
-def test_external_producers_feed_datamove_train(tiny_config):
+def test_external_producers_feed_datamove_train(tiny_config, tmp_path):
     """A solver written outside the package (plain ADIOS2) feeds `datamove train`; a member whose
     stream breaks the contract (NaN in a field) is rejected and the study goes on."""
     path = tiny_config()
     cfg = StudyConfig.load(path)
     datamove("make-heldout", "--config", path)
-    trainer = popen_datamove("train", "--config", path, "--threads", 1)
+    trainer = popen_datamove("train", "--config", path, "--threads", 1, log=tmp_path / "train.log")
     try:
         datamove("wait-trainer", "--config", path, "--timeout", 60)
         for member, breakage in [(0, "none"), (1, "none"), (2, "nan")]:
             args = ["--stream-dir", cfg.stream_dir, "--member", member, "--nx", cfg.solver.nx,
                     "--ny", cfg.solver.ny, "--steps", cfg.solver.n_steps, "--break", breakage]
             subprocess.run([sys.executable, PRODUCER, *map(str, args)], check=True, timeout=60)
-        out, _ = trainer.communicate(timeout=120)
+        returncode = trainer.wait(timeout=120)
     finally:
         trainer.kill()
-    assert trainer.returncode == 0, out
+    out = trainer.output
+    assert returncode == 0, out
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     assert [ledger[m]["status"] for m in (0, 1)] == ["complete", "complete"]
     assert [int(ledger[m]["steps_received"]) for m in (0, 1)] == [cfg.solver.n_steps] * 2
@@ -54,18 +55,18 @@ def test_external_producers_feed_datamove_train(tiny_config):
 
 
 @pytest.mark.slow
-def test_members_that_never_connect_are_timed_out(tiny_config):
+def test_members_that_never_connect_are_timed_out(tiny_config, tmp_path):
     path = tiny_config(stream={"member_timeout_s": 2})
     cfg = StudyConfig.load(path)
     datamove("make-heldout", "--config", path)
-    trainer = popen_datamove("train", "--config", path, "--threads", 1)
+    trainer = popen_datamove("train", "--config", path, "--threads", 1, log=tmp_path / "train.log")
     try:
         datamove("wait-trainer", "--config", path, "--timeout", 60)
         datamove("simulate", "--config", path, "--member", 0)
-        out, _ = trainer.communicate(timeout=60)
+        returncode = trainer.wait(timeout=60)
     finally:
         trainer.kill()
-    assert trainer.returncode == 0, out
+    assert returncode == 0, trainer.output
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     assert ledger[0]["status"] == "complete"
     for m in (1, 2):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import subprocess
 import sys
 import time
@@ -70,12 +70,12 @@ def test_bp5_round_trip_matches_the_solver(tiny_config):
 def test_sst_between_two_processes(tiny_config):
     path = tiny_config()
     cfg = StudyConfig.load(path)
-    proc = popen_datamove("simulate", "--config", path, "--member", 2)
+    proc = popen_datamove("simulate", "--config", path, "--member", 2, log=path.parent / "sim.log")
     try:
         _wait_for(contact_file(cfg.stream_dir, 2))
         with MemberReader(stream=cfg.stream, stream_dir=cfg.stream_dir, member=2, expect=_expect(cfg)) as r:
             times, fields = _read_all(r)
-        assert proc.wait(timeout=60) == 0, proc.stdout.read()
+        assert proc.wait(timeout=60) == 0, proc.output
     finally:
         proc.kill()
     solver = HeatSolver(config=cfg.solver, params=params_of(cfg.ensemble, 2))
@@ -90,7 +90,7 @@ def test_external_consumer_reads_a_member_by_the_contract(tiny_config):
     """A plain-ADIOS2 program, outside the package, reads what `datamove simulate` sends."""
     path = tiny_config()
     cfg = StudyConfig.load(path)
-    sim = popen_datamove("simulate", "--config", path, "--member", 0)
+    sim = popen_datamove("simulate", "--config", path, "--member", 0, log=path.parent / "sim.log")
     try:
         _wait_for(contact_file(cfg.stream_dir, 0))
         out = subprocess.run(
@@ -149,7 +149,7 @@ def test_writer_removes_a_stale_contact_file(tiny_config):
     cfg.stream_dir.mkdir(parents=True)
     stale = contact_file(cfg.stream_dir, 1)
     stale.write_text("left by a writer killed with kill -9\n")
-    proc = popen_datamove("simulate", "--config", path, "--member", 1)
+    proc = popen_datamove("simulate", "--config", path, "--member", 1, log=path.parent / "sim.log")
     try:
         deadline = time.monotonic() + 30
         while "left by a writer" in (stale.read_text() if stale.exists() else "left by a writer"):
@@ -161,13 +161,13 @@ def test_writer_removes_a_stale_contact_file(tiny_config):
     finally:
         proc.kill()
     assert len(times) == cfg.solver.n_steps
-    assert "removing stale contact file" in proc.stdout.read()
+    assert "removing stale contact file" in proc.output
 
 
 def test_killed_writer_is_an_error_not_a_hang(tiny_config):
     path = tiny_config(solver={"step_delay_s": 0.05, "n_steps": 200})
     cfg = StudyConfig.load(path)
-    proc = popen_datamove("simulate", "--config", path, "--member", 0)
+    proc = popen_datamove("simulate", "--config", path, "--member", 0, log=path.parent / "sim.log")
     try:
         _wait_for(contact_file(cfg.stream_dir, 0))
         with MemberReader(stream=cfg.stream, stream_dir=cfg.stream_dir, member=0, expect=_expect(cfg)) as r:
@@ -182,3 +182,19 @@ def test_killed_writer_is_an_error_not_a_hang(tiny_config):
             assert time.monotonic() - t0 < 10
     finally:
         proc.kill()
+    # The solver's watchdog process does not outlive it.
+    deadline = time.monotonic() + 10
+    while _processes_with(str(path)):
+        assert time.monotonic() < deadline, f"left behind: {_processes_with(str(path))}"
+        time.sleep(0.1)
+
+
+def _processes_with(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if text in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found

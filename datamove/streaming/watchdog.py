@@ -14,7 +14,10 @@ import sys
 import time
 
 
-def _watch(conn, parent: int) -> None:
+def _watch(conn, parent_end, parent: int) -> None:
+    # Close the parent's end inherited through fork: otherwise the pipe never reports EOF when the
+    # parent dies, and this process would outlive it.
+    parent_end.close()
     deadline, message = None, ""
     while True:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -47,7 +50,7 @@ class Watchdog:
     def __init__(self) -> None:
         self._conn, child = mp.Pipe()
         self._proc = mp.get_context("fork").Process(
-            target=_watch, args=(child, os.getpid()), daemon=True, name="datamove-watchdog"
+            target=_watch, args=(child, self._conn, os.getpid()), daemon=True, name="datamove-watchdog"
         )
         self._proc.start()
         child.close()

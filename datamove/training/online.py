@@ -20,7 +20,7 @@ import torch
 from datamove.config import StudyConfig
 from datamove.reservoir import make_buffer
 from datamove.streaming.contract import contact_file
-from datamove.streaming.ingest import IngestSpec, run_ingest, slot_array
+from datamove.streaming.ingest import IngestSpec, run_ingest, slot_array, streams_present
 from datamove.streaming.reader import Expectation
 from datamove.training.heldout import load_heldout
 from datamove.training.records import Ledger, MetricsLog
@@ -131,11 +131,10 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
         free_slots.put(s)
     expect = Expectation(field_shape=(ny, nx), param_names=cfg.ensemble.names, solver=cfg.solver_name)
     n_workers = min(tc.ingest_workers, max(len(members), 1))
-    workers = []
+    workers, commands = [], []
     for w in range(n_workers):
         spec = IngestSpec(
             worker=w,
-            members=tuple(m for m in members if m % n_workers == w),
             stream=cfg.stream,
             stream_dir=str(cfg.stream_dir),
             expect=expect,
@@ -143,7 +142,10 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
             shm_name=shm.name,
             n_slots=n_slots,
         )
-        proc = ctx.Process(target=run_ingest, args=(spec, free_slots, events, stop), name=f"ingest-{w}")
+        commands.append(ctx.Queue())
+        proc = ctx.Process(
+            target=run_ingest, args=(spec, commands[w], free_slots, events, stop), name=f"ingest-{w}"
+        )
         proc.start()
         workers.append(proc)
     heartbeat = Heartbeat(cfg.heartbeat_path, tc.heartbeat_s)
@@ -152,7 +154,9 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
 
     params: dict[int, torch.Tensor] = {}
     waiting: deque[tuple[int, int, float, int]] = deque()  # steps handed over, not yet in the buffer
-    workers_running = n_workers
+    idle_workers = list(range(n_workers))
+    unassigned = list(members)  # members not yet handed to an ingest worker
+    next_scan = 0.0
     t_start = time.perf_counter()
     last_activity = time.monotonic()
     batch = 0
@@ -164,7 +168,6 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
     fatal: list[str] = []
 
     def handle(ev) -> None:
-        nonlocal workers_running
         kind = ev[0]
         if kind == "step":
             _, member, step, t, slot = ev
@@ -175,14 +178,15 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
         elif kind == "open":
             ledger.opened(ev[1])
         elif kind == "end":
-            _, member, status, reason, _steps = ev
+            _, member, status, reason, _steps, worker = ev
             ledger.ended(member, status, reason)
+            idle_workers.append(worker)
             if status == "lost":
                 _say(f"member {member} lost after {ledger[member].steps_received} steps: {reason}")
         elif kind == "fatal":
             fatal.append(ev[2])
-        elif kind == "done":
-            workers_running -= 1
+        elif kind == "done" and not streams_done:
+            fatal.append(f"ingest worker {ev[1]} exited early")
 
     def log_row(final: bool = False) -> None:
         nonlocal loss_sum, loss_n, last_log
@@ -227,6 +231,11 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
                 last_activity = time.monotonic()
             if fatal:
                 raise RuntimeError("ingest process failed:\n" + fatal[0])
+            if unassigned and idle_workers and time.monotonic() >= next_scan:
+                next_scan = time.monotonic() + 0.02  # a directory scan, not on every batch
+                for member in streams_present(cfg.stream, cfg.stream_dir, unassigned)[: len(idle_workers)]:
+                    unassigned.remove(member)
+                    commands[idle_workers.pop(0)].put(member)
             while waiting and buffer.can_put():
                 member, step, t, slot = waiting.popleft()
                 x = torch.cat([params[member], torch.tensor([t], dtype=torch.float32)])
@@ -234,21 +243,21 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
                 free_slots.put(slot)  # the buffer holds its own copy now
 
             if not streams_done:
-                pending = [m for m in members if ledger[m].status == "pending"]
-                if pending and time.monotonic() - last_activity > cfg.stream.member_timeout_s:
+                busy = len(idle_workers) < n_workers
+                if unassigned and not busy and time.monotonic() - last_activity > cfg.stream.member_timeout_s:
                     reason = f"never connected ({cfg.stream.member_timeout_s:g} s without stream activity)"
-                    for m in pending:
+                    for m in unassigned:
                         ledger.ended(m, "lost", reason)
-                    _say(f"members {pending} lost: {reason}")
-                    stop.set()
-                if not ledger.unfinished() and not waiting and workers_running == 0:
+                    _say(f"members {unassigned} lost: {reason}")
+                    unassigned.clear()
+                if not ledger.unfinished() and not waiting and not busy:
                     streams_done = True
+                    for q in commands:
+                        q.put(None)
                     _say(
                         f"all members ended ({ledger.count('complete')} complete, {ledger.count('lost')} "
                         f"lost); training {tc.extra_batches} more batches"
                     )
-                    if any(p.exitcode not in (0, None) for p in workers):
-                        raise RuntimeError("an ingest process exited with an error")
 
             if buffer.ready(final=streams_done) and not (streams_done and extra >= tc.extra_batches):
                 b = buffer.sample(tc.batch_size)

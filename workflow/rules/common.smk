@@ -17,6 +17,11 @@ except ConfigError as exc:
 config.clear()
 config.update(_validated)
 STUDY = StudyConfig.from_dict(config)
+if STUDY.stream.engine.upper() != "SST":
+    raise WorkflowError(
+        f"stream.engine: {STUDY.stream.engine} is not supported by the workflow yet: this release "
+        "trains online from SST streams (the offline BP5 trainer is future work)"
+    )
 MEMBER_IDS = [f"{m:06d}" for m in range(STUDY.ensemble.n_members)]
 
 

@@ -1,0 +1,254 @@
+"""Samples/s that the trainer's ingest path takes in from concurrent member streams, vs bare ADIOS2 SST.
+
+(a) datamove ingest: the real machinery of ``datamove.training.online.train_online``: ingest
+    process(es) running ``run_ingest`` (IngestSpec, a command queue each), shared-memory slots,
+    free-slot and event queues; this process plays the trainer's part: it hands each stream that
+    appears to an idle ingest worker, takes each ``step`` event, copies the slot into a
+    preallocated torch tensor and returns the slot.
+(b) bare SST: one plain ``adios2.Stream`` writer/reader pair per member, each reader a process of its
+    own running the blocking ``for _ in stream.steps()`` loop.
+
+Both cases move the same bytes: ``--members`` writer processes, each writing ``--steps`` steps of a
+float32 ``nx x nx`` field ``u`` plus a float64 ``time``, pre-computed random fields (no solver, so the
+producer is not the bottleneck), the same SST parameters (the config defaults: RendezvousReaderCount=1,
+QueueLimit=4, QueueFullPolicy=Block, DataTransport=WAN). A rate is samples (steps, all members) over
+the time from the first step in a consumer's hands to the last one. MiB/s counts the field bytes only.
+Each case runs ``--repeats`` times, alternating which goes first; the table shows medians.
+
+    python benchmarks/bench_ingest.py [--nx 64 128] [--steps 1000] [--members 4] [--repeats 3]
+                                      [--ingest-workers 1] [--slots 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # stream_harness, also in spawned children
+
+import stream_harness as h  # noqa: E402
+
+RATIO_TARGET = 0.7
+RUN_TIMEOUT_S = 120.0
+NOISE_WARN_CORES = 0.25  # foreign CPU load above which the results are flagged as disturbed
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Arrival times (perf_counter, s) of every sample in a consumer's hands, and bytes per sample."""
+
+    stamps: np.ndarray
+    sample_bytes: int
+    cpu_s: float  # CPU of every process of the case (writers, readers or ingest, consumer), go to end
+    steady_cores: float  # their mean CPU load (busy cores) over the steady part (10th-90th percentile)
+    foreign_cores: float  # CPU load of everything else on the machine over the run (noise)
+
+    @property
+    def cpu_us_per_sample(self) -> float:
+        return self.cpu_s / len(self.stamps) * 1e6
+
+    @property
+    def seconds(self) -> float:
+        return float(self.stamps[-1] - self.stamps[0])
+
+    @property
+    def rate(self) -> float:
+        """Samples/s from the first step to the last (the benchmark's figure)."""
+        return len(self.stamps) / self.seconds
+
+    @property
+    def mib_s(self) -> float:
+        return self.rate * self.sample_bytes / 2**20
+
+    @property
+    def steady_window(self) -> tuple[int, int]:
+        n = len(self.stamps)
+        return n // 10, (9 * n) // 10
+
+    @property
+    def steady_rate(self) -> float:
+        """Samples/s between the 10th and the 90th percentile arrival: without the streams' opening
+        and closing (a diagnostic, not the target)."""
+        i, j = self.steady_window
+        return (j - i) / float(self.stamps[j] - self.stamps[i])
+
+
+def measured(stamps, sample_bytes: int, monitor: h.CpuMonitor) -> Measure:
+    stamps = np.sort(np.asarray(stamps))
+    n = len(stamps)
+    steady = monitor.load(stamps[n // 10], stamps[(9 * n) // 10])
+    return Measure(stamps, sample_bytes, monitor.total(), steady, monitor.foreign_load())
+
+
+def consume(ingest: h.Ingest, nx: int) -> list[float]:
+    """The trainer's side of the hand-off until every member has ended: dispatch appearing streams
+    to idle ingest workers, take each step event, copy its slot into preallocated torch storage (as
+    Buffer.put does) and return the slot. Returns the arrival time of every sample."""
+    import torch
+
+    store = torch.empty((1024, nx, nx), dtype=torch.float32)  # as the reservoir's Buffer._y
+    stamps: list[float] = []
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not ingest.all_ended:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"datamove ingest: no end after {RUN_TIMEOUT_S:g} s ({len(stamps)} samples)")
+        ingest.dispatch()
+        try:
+            ev = ingest.events.get(timeout=0.02)
+        except queue.Empty:
+            continue
+        kind = ev[0]
+        if kind == "step":
+            slot = ev[4]
+            store[len(stamps) % len(store)].copy_(torch.from_numpy(ingest.slots[slot]))
+            ingest.free_slots.put(slot)
+            stamps.append(time.perf_counter())
+        elif kind == "end":
+            ingest.handle_end(ev)
+        elif kind == "fatal":
+            raise RuntimeError("ingest process failed:\n" + ev[2])
+        elif kind == "done":
+            raise RuntimeError(f"ingest worker {ev[1]} exited early")
+    return stamps
+
+
+def run_datamove(pool: h.Pool, *, nx: int, steps: int, members: int, ingest_workers: int, slots: int) -> Measure:
+    """Case (a): contract writers -> ingest process(es) -> shared-memory slots -> this process."""
+    cfg = h.study_config(nx=nx, ny=nx, n_steps=steps, n_members=members)
+    ids = list(range(members))
+    with h.ScratchDir() as stream_dir:
+        ingest = h.Ingest(cfg, ids, ingest_workers, slots, stream_dir).start()
+        try:
+            h.wait_settled([p.pid for p in ingest.workers])  # the trainer is up before the solvers
+            for m in ids:
+                pool.submit(m, h.writer_job(cfg, m, stream_dir))
+            pool.expect({"ready": members})
+            pids = [os.getpid()] + [pool.procs[m].pid for m in ids] + [p.pid for p in ingest.workers]
+            with h.CpuMonitor(pids, period=0.02) as monitor:
+                pool.go(ids)
+                stamps = consume(ingest, nx)
+                pool.expect({"written": members})
+        finally:
+            ingest.close()
+    bad = {m: e for m, e in ingest.ended.items() if e[0] != "complete"}
+    if bad or len(stamps) != members * steps:
+        raise RuntimeError(f"datamove ingest lost data: {len(stamps)}/{members * steps} samples, ends {ingest.ended}")
+    return measured(stamps, nx * nx * 4, monitor)
+
+
+def run_bare(pool: h.Pool, *, nx: int, steps: int, members: int) -> Measure:
+    """Case (b): ``members`` plain adios2.Stream writer/reader pairs, each in a process of its own."""
+    cfg = h.study_config(nx=nx, ny=nx, n_steps=steps, n_members=members)
+    params = dict(cfg.stream.parameters)
+    writers = list(range(members))
+    with h.ScratchDir() as stream_dir:
+        for m in writers:
+            path = str(stream_dir / f"bare-{m:06d}")
+            common = {"member": m, "path": path, "parameters": params}
+            pool.submit(members + m, {"kind": "bare_reader", **common})
+            pool.submit(m, {"kind": "bare_writer", **common, "shape": (nx, nx), "n_steps": steps, "dt": cfg.solver.dt})
+        pool.expect({"ready": members})
+        pids = [os.getpid()] + [p.pid for p in pool.procs[: 2 * members]]
+        with h.CpuMonitor(pids, period=0.02) as monitor:
+            pool.go(writers)
+            out = pool.expect({"read": members, "written": members})["read"]
+    stamps = np.concatenate([np.asarray(r[2]) for r in out])
+    if len(stamps) != members * steps:
+        raise RuntimeError(f"bare SST lost data: {len(stamps)}/{members * steps} samples")
+    return measured(stamps, nx * nx * 4, monitor)
+
+
+def measure_size(pool: h.Pool, nx: int, args, workers: int, slots: int) -> tuple[float, float]:
+    """Run both cases ``args.repeats`` times at one field size and print its rows.
+
+    Returns the ratio of median rates and the highest foreign CPU load seen in a run."""
+    runs: dict[str, list[Measure]] = {"datamove ingest": [], "bare SST": []}
+    for r in range(args.repeats):
+        order = list(runs) if r % 2 == 0 else list(reversed(runs))
+        for case in order:
+            if case == "datamove ingest":
+                m = run_datamove(pool, nx=nx, steps=args.steps, members=args.members, ingest_workers=workers, slots=slots)
+            else:
+                m = run_bare(pool, nx=nx, steps=args.steps, members=args.members)
+            runs[case].append(m)
+    rate = {case: h.median([m.rate for m in ms]) for case, ms in runs.items()}
+    steady = {case: h.median([m.steady_rate for m in ms]) for case, ms in runs.items()}
+    ratio = rate["datamove ingest"] / rate["bare SST"]
+    steady_ratio = steady["datamove ingest"] / steady["bare SST"]
+    for case, ms in runs.items():
+        rates = [m.rate for m in ms]
+        ours = case == "datamove ingest"
+        print(
+            f"{nx:>5} {case:<16} {rate[case]:>10,.0f} {h.median([m.mib_s for m in ms]):>8.1f} "
+            f"{f'{min(rates):,.0f}..{max(rates):,.0f}':>16} {h.median([m.seconds for m in ms]):>7.2f} "
+            f"{(f'{ratio:.2f}' if ours else ''):>6} {steady[case]:>10,.0f} {(f'{steady_ratio:.2f}' if ours else ''):>6} "
+            f"{h.median([m.cpu_us_per_sample for m in ms]):>9.0f} {h.median([m.steady_cores for m in ms]):>6.2f} "
+            f"{max(m.foreign_cores for m in ms):>6.2f}",
+            flush=True,
+        )
+    return ratio, max(m.foreign_cores for ms in runs.values() for m in ms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nx", type=int, nargs="+", default=[64, 128], help="field sizes: nx x nx (default 64 128)")
+    parser.add_argument(
+        "--steps", type=int, default=1000,
+        help="steps per member (default 1000: with a few hundred, bare SST is done in ~0.1 s and the ratio "
+        "mostly measures opening and closing streams)",
+    )
+    parser.add_argument("--members", type=int, default=4, help="concurrent member streams (default 4)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each case; medians are shown (default 3)")
+    parser.add_argument(
+        "--ingest-workers", type=int, default=None,
+        help="ingest processes (default: trainer.ingest_workers of the config defaults)",
+    )
+    parser.add_argument("--slots", type=int, default=None, help="shared-memory slots (default: trainer.slots of the config defaults)")
+    args = parser.parse_args(argv)
+    defaults = h.study_config(nx=8, ny=8, n_steps=1, n_members=1)
+    workers = args.ingest_workers or defaults.trainer.ingest_workers
+    slots = args.slots or defaults.trainer.slots
+
+    print(
+        f"{args.members} member streams x {args.steps} steps of a float32 nx x nx field, SST "
+        + ", ".join(f"{k}={v}" for k, v in defaults.stream.parameters.items())
+        + f"; datamove ingest: {min(workers, args.members)} ingest process(es), {slots} slots; "
+        f"median of {args.repeats} runs.\n"
+        "samples/s: from the first step in the consumer's hands to the last (window, s); MiB/s: field bytes; "
+        "min..max: samples/s over the runs;\nsteady: samples/s between the 10th and 90th percentile arrival "
+        "(diagnostic); CPU us/s: CPU microseconds per sample, all processes of the case (writers, readers or "
+        f"ingest + consumer), from go to end;\ncores: their mean CPU load (busy cores) in the steady part ({os.cpu_count()} cores here); "
+        "others: the highest CPU load of all other processes on the machine during a run (noise)"
+    )
+    header = (
+        f"{'nx':>5} {'case':<16} {'samples/s':>10} {'MiB/s':>8} {'min..max':>16} {'window':>7} {'ratio':>6} "
+        f"{'steady':>10} {'ratio':>6} {'CPU us/s':>9} {'cores':>6} {'others':>6}"
+    )
+    print(header)
+    print("-" * len(header), flush=True)
+    ratios, noise = [], []
+    with h.Pool(2 * args.members) as pool:  # a writer per member, and a bare reader per member
+        for nx in args.nx:
+            ratio, foreign = measure_size(pool, nx, args, workers, slots)
+            ratios.append((nx, ratio))
+            noise.append(foreign)
+    if max(noise) > NOISE_WARN_CORES:
+        print(
+            f"WARNING: other processes used up to {max(noise):.2f} of the {os.cpu_count()} cores during a run: "
+            "these numbers are disturbed; run again on a quiet machine"
+        )
+    passed = all(r >= RATIO_TARGET for _, r in ratios)
+    summary = ", ".join(f"nx={nx}: {r:.2f}" for nx, r in ratios)
+    print(f"ratio datamove ingest / bare SST, target >= {RATIO_TARGET:g}: {summary} -> {'PASS' if passed else 'FAIL'}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
