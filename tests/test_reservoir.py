@@ -9,8 +9,10 @@ from scipy.stats import chisquare
 
 from datamove.reservoir import (
     POLICIES,
+    BalancedBuffer,
     Batch,
     Buffer,
+    Displaced,
     FifoBuffer,
     FiroBuffer,
     ReservoirBuffer,
@@ -20,17 +22,23 @@ from datamove.reservoir import (
 X_DIM = 6
 Y_SHAPE = (4, 3)
 CONSUMING = ["fifo", "firo"]
+REPLACING = ["reservoir", "balanced"]
 
 
-def make(policy: str, *, capacity: int = 8, watermark: int = 4, seed: int = 0) -> Buffer:
+def make(
+    policy: str, *, capacity: int = 8, watermark: int = 4, seed: int = 0, on_full: str = "block"
+) -> Buffer:
     return make_buffer(
-        policy, capacity=capacity, watermark=watermark, x_dim=X_DIM, y_shape=Y_SHAPE, seed=seed
+        policy, capacity=capacity, watermark=watermark, x_dim=X_DIM, y_shape=Y_SHAPE, seed=seed,
+        on_full=on_full,
     )
 
 
-def put_id(buf: Buffer, i: int) -> None:
+def put_id(buf: Buffer, i: int) -> Displaced | None:
     """Put sample number i: every value of x and y is i, member i, step 1000 + i."""
-    buf.put(torch.full((X_DIM,), float(i)), torch.full(Y_SHAPE, float(i)), member=i, step=1000 + i)
+    return buf.put(
+        torch.full((X_DIM,), float(i)), torch.full(Y_SHAPE, float(i)), member=i, step=1000 + i
+    )
 
 
 def check_consistent(batch: Batch) -> None:
@@ -63,7 +71,9 @@ def train_loop(buf: Buffer, n_samples: int, batch_size: int) -> list[Batch]:
 
 
 def test_registry_names_match_classes():
-    assert POLICIES == {"reservoir": ReservoirBuffer, "fifo": FifoBuffer, "firo": FiroBuffer}
+    assert POLICIES == {
+        "reservoir": ReservoirBuffer, "fifo": FifoBuffer, "firo": FiroBuffer, "balanced": BalancedBuffer
+    }
     for name, cls in POLICIES.items():
         buf = make(name)
         assert type(buf) is cls and buf.name == name
@@ -89,6 +99,7 @@ def test_buffer_is_abstract():
         ({"capacity": 4, "watermark": 5}, "watermark"),
         ({"capacity": 4, "watermark": 2, "x_dim": 0}, "x_dim"),
         ({"capacity": 4, "watermark": 2, "y_shape": (4, 0)}, "y_shape"),
+        ({"capacity": 4, "watermark": 2, "on_full": "discard"}, "on_full"),
     ],
 )
 @pytest.mark.parametrize("policy", sorted(POLICIES))
@@ -199,8 +210,9 @@ def test_firo_batches_are_uniform_over_held_samples():
 # ---------------------------------------------------------------- reservoir
 
 
-def test_reservoir_never_exceeds_capacity_and_counts_evictions():
-    buf = make("reservoir", capacity=5, watermark=2)
+@pytest.mark.parametrize("policy", REPLACING)
+def test_replacing_buffer_never_exceeds_capacity_and_counts_evictions(policy):
+    buf = make(policy, capacity=5, watermark=2)
     for i in range(40):
         assert buf.can_put()
         put_id(buf, i)
@@ -226,9 +238,10 @@ def test_reservoir_replaces_a_uniformly_chosen_slot():
     assert chisquare(counts.numpy()).pvalue > 1e-3
 
 
-def test_reservoir_samples_uniformly_with_replacement_and_counts_seen():
+@pytest.mark.parametrize("policy", REPLACING)
+def test_replacing_buffer_samples_uniformly_with_replacement_and_counts_seen(policy):
     capacity = 10
-    buf = make("reservoir", capacity=capacity, watermark=1, seed=11)
+    buf = make(policy, capacity=capacity, watermark=1, seed=11)
     for i in range(capacity):
         put_id(buf, i)
     drawn = torch.cat([buf.sample(32).member for _ in range(200)])
@@ -239,8 +252,9 @@ def test_reservoir_samples_uniformly_with_replacement_and_counts_seen():
     assert torch.equal(buf.seen_counts(), counts[buf.held().member])
 
 
-def test_seen_counts_sum_to_draws_when_all_samples_stay():
-    buf = make("reservoir", capacity=7, watermark=7, seed=5)
+@pytest.mark.parametrize("policy", REPLACING)
+def test_seen_counts_sum_to_draws_when_all_samples_stay(policy):
+    buf = make(policy, capacity=7, watermark=7, seed=5)
     for i in range(7):
         put_id(buf, i)
     sizes = [1, 5, 7, 16, 3]
@@ -288,16 +302,19 @@ def run_steps(buf: Buffer, start: int, n: int) -> list[Batch]:
     return batches
 
 
-@pytest.mark.parametrize("policy", sorted(POLICIES))
-def test_state_dict_round_trip_gives_identical_draws(policy, tmp_path):
-    original = make(policy, capacity=6, watermark=2, seed=42)
+@pytest.mark.parametrize(
+    ("policy", "on_full"),
+    [(p, "block") for p in sorted(POLICIES)] + [(p, "drop_oldest") for p in CONSUMING],
+)
+def test_state_dict_round_trip_gives_identical_draws(policy, on_full, tmp_path):
+    original = make(policy, capacity=6, watermark=2, seed=42, on_full=on_full)
     run_steps(original, 0, 25)  # fills, evicts or wraps the ring
     path = tmp_path / "buffer.pt"
     torch.save(original.state_dict(), path)
     expected = run_steps(original, 100, 40)  # the state saved must not follow the original
 
-    restored = make(policy, capacity=6, watermark=2, seed=999)  # seed comes from the state
-    restored.load_state_dict(torch.load(path))
+    restored = make(policy, capacity=6, watermark=2, seed=999, on_full=on_full)  # seed: from the state
+    restored.load_state_dict(torch.load(path, weights_only=True))  # plain tensors and Python values
     got = run_steps(restored, 100, 40)
 
     assert len(got) == len(expected) > 0
@@ -315,3 +332,260 @@ def test_load_state_dict_rejects_other_policy_or_geometry():
         make("fifo", capacity=6).load_state_dict(state)
     with pytest.raises(ValueError, match="capacity"):
         make("reservoir", capacity=7).load_state_dict(state)
+
+
+def put_member(buf: Buffer, member: int, step: int) -> Displaced | None:
+    """Put a sample identified by (member, step); x and y hold 1000 * member + step."""
+    v = float(1000 * member + step)
+    return buf.put(torch.full((X_DIM,), v), torch.full(Y_SHAPE, v), member=member, step=step)
+
+
+def test_balanced_round_trip_keeps_member_bookkeeping(tmp_path):
+    def run(buf: Buffer, start: int) -> list:
+        out = []
+        for k in range(start, start + 60):
+            out.append(put_member(buf, k % 3 + k // 20, k))  # members overlap, as concurrent solvers do
+            if k % 4 == 0:
+                out.append(buf.sample(3).member.tolist())
+        return out
+
+    original = make("balanced", capacity=7, watermark=1, seed=3)
+    run(original, 0)
+    torch.save(original.state_dict(), tmp_path / "b.pt")
+    expected = run(original, 60)
+    restored = make("balanced", capacity=7, watermark=1, seed=0)
+    restored.load_state_dict(torch.load(tmp_path / "b.pt", weights_only=True))
+    assert run(restored, 60) == expected
+    assert restored.stats() == original.stats()
+
+
+def test_state_dict_of_a_cpu_buffer_does_not_copy_the_fields():
+    """A checkpoint of a full reservoir must not double the trainer's memory."""
+    buf = make("reservoir", capacity=4)
+    for i in range(6):
+        put_id(buf, i)
+    state = buf.state_dict()
+    assert state["x"].data_ptr() == buf._x.data_ptr() and state["y"].data_ptr() == buf._y.data_ptr()
+
+
+def test_load_state_dict_rejects_mismatched_tensors():
+    state = make("reservoir", capacity=6).state_dict()
+    state["x"] = torch.zeros(5, X_DIM)
+    with pytest.raises(ValueError, match="x"):
+        make("reservoir", capacity=6).load_state_dict(state)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_state_dict_moves_between_gpu_and_cpu(policy):
+    gpu = make_buffer(policy, capacity=6, watermark=2, x_dim=X_DIM, y_shape=Y_SHAPE, seed=1, device="cuda")
+    run_steps(gpu, 0, 25)
+    cpu = make(policy, capacity=6, watermark=2)
+    cpu.load_state_dict(gpu.state_dict())
+    expected, got = run_steps(gpu, 100, 20), run_steps(cpu, 100, 20)
+    for a, b in zip(expected, got):
+        assert torch.equal(a.x.cpu(), b.x) and torch.equal(a.member, b.member)
+
+
+# ---------------------------------------------------------------- accounting: every sample put is held, drawn or displaced
+
+
+@pytest.mark.parametrize(
+    ("policy", "on_full"),
+    [(p, "block") for p in sorted(POLICIES)] + [(p, "drop_oldest") for p in CONSUMING],
+)
+def test_every_put_is_held_consumed_or_displaced(policy, on_full):
+    """n_put = held + displaced (evicted, turned away or dropped) + consumed, and the Displaced
+    values that put returns account for every displacement and every unseen one."""
+    gen = torch.Generator().manual_seed(0)
+    buf = make(policy, capacity=9, watermark=3, seed=2, on_full=on_full)
+    displaced: list[Displaced] = []
+    for k in range(400):
+        if torch.rand(1, generator=gen) < 0.6 and buf.can_put():
+            out = put_member(buf, int(torch.randint(5, (1,), generator=gen)), k)
+            if out is not None:
+                displaced.append(out)
+        elif buf.ready():
+            buf.sample(int(torch.randint(1, 6, (1,), generator=gen)))
+    s = buf.stats()
+    consumed = s["n_sampled"] if buf.consumes else 0
+    assert s["n_put"] == len(buf) + s["n_evicted"] + s["n_dropped"] + consumed
+    assert len(displaced) == s["n_evicted"] + s["n_dropped"]
+    assert sum(d.reason == "dropped" for d in displaced) == s["n_dropped"]
+    assert sum(d.seen == 0 and d.reason != "dropped" for d in displaced) == s["evicted_unseen"]
+    if buf.consumes:
+        assert all(d.seen == 0 for d in displaced)  # a held sample of a consuming buffer is unseen
+    if on_full == "drop_oldest":
+        assert s["n_dropped"] > 0
+    elif not buf.replaces:
+        assert not displaced  # blocking: nothing is ever lost
+
+
+def test_put_returns_the_evicted_sample():
+    buf = make("reservoir", capacity=2, watermark=1, seed=4)
+    assert put_id(buf, 0) is None and put_id(buf, 1) is None  # not full: nothing leaves
+    buf.sample(5)
+    seen = dict(zip(buf.held_members().tolist(), buf.seen_counts().tolist()))
+    out = put_id(buf, 2)
+    assert out.reason == "evicted" and out.member in (0, 1)
+    assert out.step == 1000 + out.member and out.seen == seen[out.member]
+    assert 2 in buf.held_members().tolist() and out.member not in buf.held_members().tolist()
+
+
+# ---------------------------------------------------------------- lossy mode: on_full="drop_oldest"
+
+
+def test_fifo_drop_oldest_keeps_the_newest_in_order_and_counts_drops():
+    buf = make("fifo", capacity=4, watermark=4, on_full="drop_oldest")
+    outs = [put_id(buf, i) for i in range(10)]
+    assert outs[:4] == [None] * 4
+    assert [(d.member, d.seen, d.reason) for d in outs[4:]] == [(i, 0, "dropped") for i in range(6)]
+    assert buf.held_members().tolist() == [6, 7, 8, 9]
+    assert buf.sample(2).member.tolist() == [6, 7]  # still first in, first out
+    put_id(buf, 10)
+    put_id(buf, 11)
+    put_id(buf, 12)  # full again: drops 8
+    assert buf.sample(10).member.tolist() == [9, 10, 11, 12]
+    stats = buf.stats()
+    assert stats["n_dropped"] == 7 and stats["n_evicted"] == 0
+
+
+def test_firo_drop_oldest_drops_the_earliest_arrival_held():
+    buf = make("firo", capacity=5, watermark=1, seed=8, on_full="drop_oldest")
+    for i in range(5):
+        put_id(buf, i)
+    taken = set(buf.sample(2).member.tolist())
+    for i in range(5, 9):
+        put_id(buf, i)  # 2 free slots, then 2 drops
+    oldest_two = sorted(set(range(5)) - taken)[:2]
+    assert buf.stats()["n_dropped"] == 2
+    assert sorted(buf.held_members().tolist()) == sorted(set(range(9)) - taken - set(oldest_two))
+
+
+@pytest.mark.parametrize("policy", REPLACING)
+def test_on_full_does_not_change_a_replacing_policy(policy):
+    a = make(policy, capacity=4, seed=1)
+    b = make(policy, capacity=4, seed=1, on_full="drop_oldest")
+    for i in range(20):
+        assert put_id(a, i) == put_id(b, i)
+    assert b.stats()["n_dropped"] == 0
+
+
+# ---------------------------------------------------------------- expected seen counts (reservoir)
+
+
+def test_reservoir_seen_counts_match_their_expectation():
+    """Steady state, one put then one batch of B: a sample survives each put with probability
+    1 - 1/C, so it stays for N ~ Geometric(1/C) batches (mean C) and is drawn Binomial(B, 1/C)
+    times in each: E[seen at eviction] = B, P(seen = 0) = (q/C) / (1 - (1 - 1/C) q) with
+    q = (1 - 1/C)^B."""
+    capacity, batch = 20, 4
+    buf = make("reservoir", capacity=capacity, watermark=1, seed=13)
+    for i in range(capacity):
+        put_id(buf, i)
+    seen_at_eviction = []
+    for i in range(capacity, capacity + 20_000):
+        out = put_id(buf, i)
+        seen_at_eviction.append(out.seen)
+        buf.sample(batch)
+    seen = torch.tensor(seen_at_eviction[2000:], dtype=torch.float64)  # past the initial transient
+    # Var(seen) = B (1 - 1/C) + B^2 (1 - 1/C) ~ 19 here: a standard error of ~0.033 on 18,000.
+    assert seen.mean().item() == pytest.approx(batch, abs=0.15)
+    q = (1 - 1 / capacity) ** batch
+    p_unseen = (q / capacity) / (1 - (1 - 1 / capacity) * q)
+    assert (seen == 0).double().mean().item() == pytest.approx(p_unseen, abs=0.02)
+    hist = buf.seen_histogram()
+    assert int(hist.sum()) == capacity and int((hist * torch.arange(len(hist))).sum()) == int(buf.seen_counts().sum())
+
+
+# ---------------------------------------------------------------- balanced
+
+
+def stream_members(buf: Buffer, members: list[list[int]], steps: int, *, batch: int = 4) -> None:
+    """Members stream in waves (each inner list runs concurrently), one batch every 4 puts (none
+    if batch is 0)."""
+    puts = 0
+    for wave in members:
+        for step in range(steps):
+            for member in wave:
+                put_member(buf, member, step)
+                puts += 1
+                if batch and puts % 4 == 0 and buf.ready():
+                    buf.sample(batch)
+
+
+@pytest.mark.parametrize("waves", [[[m] for m in range(10)], [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_balanced_gives_every_member_an_equal_share(waves, seed):
+    buf = make("balanced", capacity=40, watermark=1, seed=seed)
+    stream_members(buf, waves, steps=50)
+    counts = torch.bincount(buf.held_members())
+    n_members = sum(map(len, waves))
+    assert len(counts) == n_members and len(buf) == 40
+    assert counts.max() - counts.min() <= 1  # 40 slots over 10 or 12 members
+
+
+def test_balanced_never_lets_a_member_grow_past_the_largest_once_full():
+    gen = torch.Generator().manual_seed(5)
+    buf = make("balanced", capacity=12, watermark=1, seed=5)
+    largest = None
+    for k in range(3000):
+        out = put_member(buf, int(torch.randint(8, (1,), generator=gen)) + k // 500, k)
+        if k % 3 == 0:
+            buf.sample(2)
+        if len(buf) == buf.capacity:
+            now = int(torch.bincount(buf.held_members()).max())
+            assert largest is None or now <= largest
+            largest = now
+        assert out is None or out.reason in ("evicted", "rejected")
+
+
+def test_balanced_holds_a_uniform_sample_of_each_members_time_steps():
+    """Reservoir sampling within a member: every step of every member is held equally often."""
+    steps = 40
+    hist = torch.zeros(steps)
+    for seed in range(150):
+        buf = make("balanced", capacity=20, watermark=1, seed=seed)
+        stream_members(buf, [[m] for m in range(5)], steps=steps, batch=0)
+        held = buf.held()
+        hist += torch.bincount(held.step, minlength=steps)
+    assert chisquare(hist.numpy()).pvalue > 1e-3
+
+
+def test_balanced_mitigates_streaming_bias_where_reservoir_keeps_the_latest():
+    """Members streamed one after another: random replacement keeps mostly the last members and
+    their late steps; balanced keeps every member, over all its steps."""
+    held = {}
+    for policy in REPLACING:
+        buf = make(policy, capacity=40, watermark=1, seed=0)
+        stream_members(buf, [[m] for m in range(10)], steps=50)
+        held[policy] = buf.stats()
+    assert held["balanced"]["members_held"] == 10
+    assert held["reservoir"]["members_held"] < 8
+    assert abs(held["balanced"]["step_mean"] - 24.5) < abs(held["reservoir"]["step_mean"] - 24.5)
+
+
+def test_balanced_turns_away_incoming_samples_as_unseen_evictions():
+    buf = make("balanced", capacity=4, watermark=1, seed=0)
+    outs = [put_member(buf, 0, s) for s in range(40)]  # one member: Algorithm R with k = 4
+    rejected = [o for o in outs if o is not None and o.reason == "rejected"]
+    assert rejected and all(o.member == 0 and o.seen == 0 for o in rejected)
+    s = buf.stats()
+    assert s["n_evicted"] == 36 and s["evicted_unseen"] == 36  # nothing drawn yet
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_stats_describe_held_samples():
+    buf = make("reservoir", capacity=6, watermark=1)
+    assert buf.stats()["members_held"] == 0 and buf.stats()["step_mean"] == 0
+    for member, step in [(1, 0), (1, 2), (4, 4), (7, 6)]:
+        put_member(buf, member, step)
+    s = buf.stats()
+    assert s["members_held"] == 3 and s["step_mean"] == 3.0 and s["occupancy"] == 4 / 6
+    assert buf.held_members().tolist() == [1, 1, 4, 7]
+    assert set(s) == {
+        "occupancy", "n_put", "n_evicted", "n_dropped", "n_sampled", "seen_mean", "seen_max",
+        "evicted_unseen", "members_held", "step_mean",
+    }

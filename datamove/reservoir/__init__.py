@@ -7,11 +7,11 @@ A new policy is a `Buffer` subclass in `policies.py` with a `name`, registered i
 
 from __future__ import annotations
 
-from datamove.reservoir.base import Batch, Buffer
-from datamove.reservoir.policies import FifoBuffer, FiroBuffer, ReservoirBuffer
+from datamove.reservoir.base import ON_FULL, Batch, Buffer, Displaced
+from datamove.reservoir.policies import BalancedBuffer, FifoBuffer, FiroBuffer, ReservoirBuffer
 
 POLICIES: dict[str, type[Buffer]] = {
-    cls.name: cls for cls in (ReservoirBuffer, FifoBuffer, FiroBuffer)
+    cls.name: cls for cls in (ReservoirBuffer, FifoBuffer, FiroBuffer, BalancedBuffer)
 }
 
 
@@ -31,9 +31,12 @@ def make_buffer(policy: str, **kwargs) -> Buffer:
 
 
 __all__ = [
+    "ON_FULL",
     "POLICIES",
+    "BalancedBuffer",
     "Batch",
     "Buffer",
+    "Displaced",
     "FifoBuffer",
     "FiroBuffer",
     "ReservoirBuffer",

@@ -2,10 +2,12 @@
 
 A buffer sits between the stream of simulation samples and the trainer. Samples arrive one by one
 (`put`), training batches are drawn from whatever the buffer holds (`sample`). A policy decides only
-three things, and a subclass overrides only those:
+these things, and a subclass overrides only those:
 
-* which held sample a new one replaces when the buffer is full (`_victim`; none by default, so a full
-  buffer refuses new samples, which is the backpressure that slows the solvers down),
+* whether it replaces held samples when full (`replaces`) and which one a new sample replaces
+  (`_victim`); a policy that does not replace refuses new samples when full (`can_put()` false),
+  which is the backpressure that slows the solvers down, unless the user chose the lossy
+  ``on_full="drop_oldest"``,
 * which held samples a batch is made of (`_pick`),
 * whether drawn samples leave the buffer (`consumes`).
 
@@ -21,6 +23,9 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+
+#: What a full buffer whose policy does not replace samples does with a new one.
+ON_FULL = ("block", "drop_oldest")
 
 
 class Batch(NamedTuple):
@@ -39,6 +44,23 @@ class Batch(NamedTuple):
     step: torch.Tensor
 
 
+class Displaced(NamedTuple):
+    """A sample that left the buffer during `put` without being drawn by that put's caller.
+
+    Attributes:
+        member, step: which sample it was.
+        seen: times it had been drawn into a batch; 0 means it was never trained on.
+        reason: ``"evicted"`` (a held sample replaced by a replacing policy), ``"rejected"`` (the
+            incoming sample itself, turned away by a replacing policy; always unseen) or
+            ``"dropped"`` (the oldest held sample, discarded by ``on_full="drop_oldest"``).
+    """
+
+    member: int
+    step: int
+    seen: int
+    reason: str
+
+
 class Buffer(ABC):
     """An in-memory training buffer of fixed capacity (see the module docstring for the design).
 
@@ -49,15 +71,21 @@ class Buffer(ABC):
         y_shape: shape of one output field y, e.g. (ny, nx).
         seed: seeds the buffer's own `torch.Generator`, the only source of its randomness.
         device: where x and y are stored and where batches of x and y are returned.
+        on_full: ``"block"`` (a full buffer refuses samples: backpressure, nothing lost) or
+            ``"drop_oldest"`` (a full buffer discards its oldest held sample to take the new one:
+            lossy, every drop counted). Only matters for policies that do not replace samples.
 
-    The per-sample metadata (member, step, seen counter) stays on the CPU whatever the device: it is
-    read by Python on every `put` and `stats`, and keeping it off the GPU avoids a sync per sample.
+    The per-sample metadata (member, step, seen counter, arrival number) stays on the CPU whatever
+    the device: it is read by Python on every `put` and `stats`, and keeping it off the GPU avoids a
+    sync per sample.
     """
 
     #: Registry name of the policy, as written in the configuration.
     name: ClassVar[str]
     #: True when drawn samples leave the buffer (each sample is used once), False when they stay.
     consumes: ClassVar[bool]
+    #: True when a full buffer makes room by replacing a held sample (`_victim`), so it never refuses.
+    replaces: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -68,6 +96,7 @@ class Buffer(ABC):
         y_shape: tuple[int, ...],
         seed: int = 0,
         device: torch.device | str = "cpu",
+        on_full: str = "block",
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -78,40 +107,47 @@ class Buffer(ABC):
         y_shape = tuple(int(n) for n in y_shape)
         if not y_shape or any(n < 1 for n in y_shape):
             raise ValueError(f"y_shape must be a non-empty tuple of positive sizes, got {y_shape}")
+        if on_full not in ON_FULL:
+            raise ValueError(f"on_full must be one of {', '.join(ON_FULL)}, got {on_full!r}")
 
         self.capacity = capacity
         self.watermark = watermark
         self.x_dim = x_dim
         self.y_shape = y_shape
+        self.on_full = on_full
         self.device = torch.device(device)
         # A CPU generator whatever the device: its state is then the same object on every machine,
         # so a checkpoint taken on a GPU resumes with identical draws on a CPU and vice versa.
         self._gen = torch.Generator().manual_seed(seed)
 
+        # torch.empty: pages are not touched (resident) until a sample is written to them.
         self._x = torch.empty((capacity, x_dim), dtype=torch.float32, device=self.device)
         self._y = torch.empty((capacity, *y_shape), dtype=torch.float32, device=self.device)
         self._member = torch.zeros(capacity, dtype=torch.int64)
         self._step = torch.zeros(capacity, dtype=torch.int64)
         self._seen = torch.zeros(capacity, dtype=torch.int64)
+        self._order = torch.zeros(capacity, dtype=torch.int64)  # arrival number (n_put before the put)
 
         self._head = 0
         self._size = 0
         self._n_put = 0
         self._n_evicted = 0
+        self._n_dropped = 0
         self._n_sampled = 0
         self._evicted_unseen = 0
 
     # ------------------------------------------------------------------ policy hooks
 
     def can_put(self) -> bool:
-        """Whether `put` accepts a sample now. By default only while the buffer is not full."""
-        return self._size < self.capacity
+        """Whether `put` accepts a sample now: always for a policy that replaces or a lossy buffer,
+        else only while the buffer is not full."""
+        return self.replaces or self.on_full == "drop_oldest" or self._size < self.capacity
 
-    def _victim(self) -> int:
-        """Position (0..len-1) of the held sample that a new sample replaces in a full buffer.
+    def _victim(self, member: int, step: int) -> int | None:
+        """Position (0..len-1) of the held sample that the incoming sample (`member`, `step`)
+        replaces in a full buffer, or None to turn the incoming sample away.
 
-        Only called when the buffer is full and `can_put()` is true, so a policy that keeps the
-        default `can_put` never needs it.
+        Only called for a policy that `replaces`, when the buffer is full.
         """
         raise NotImplementedError(f"policy {self.name!r} never replaces held samples")
 
@@ -124,6 +160,13 @@ class Buffer(ABC):
         `batch_size` (at most len(self)).
         """
 
+    def _policy_state(self) -> dict[str, Any]:
+        """Extra state of a policy with bookkeeping of its own (saved in `state_dict`)."""
+        return {}
+
+    def _load_policy_state(self, state: dict[str, Any]) -> None:
+        """Restore `_policy_state`; called after the held samples are restored."""
+
     # ------------------------------------------------------------------ public interface
 
     def __len__(self) -> int:
@@ -134,7 +177,7 @@ class Buffer(ABC):
         streams have ended (`final`), whenever anything is left."""
         return self._size >= self.watermark or (final and self._size > 0)
 
-    def put(self, x: torch.Tensor, y: torch.Tensor, *, member: int, step: int) -> None:
+    def put(self, x: torch.Tensor, y: torch.Tensor, *, member: int, step: int) -> Displaced | None:
         """Store one sample, copying it into preallocated storage.
 
         Args:
@@ -143,8 +186,14 @@ class Buffer(ABC):
             member: ensemble member the sample came from.
             step: time-step index the sample came from.
 
+        Returns:
+            None when nothing left the buffer, else the `Displaced` sample: a held sample replaced
+            or dropped to make room, or the incoming sample itself if the policy turned it away.
+            A trainer counts the displaced samples with ``seen == 0`` as received but never trained
+            on (per member, in its ledger).
+
         Raises:
-            RuntimeError: if `can_put()` is false (a full buffer whose policy does not evict).
+            RuntimeError: if `can_put()` is false (a full buffer that blocks).
             ValueError: if x or y has the wrong shape.
         """
         if not self.can_put():
@@ -159,20 +208,36 @@ class Buffer(ABC):
         if tuple(y.shape) != self.y_shape:
             raise ValueError(f"y must have shape {self.y_shape}, got {tuple(y.shape)}")
 
+        displaced = None
         if self._size < self.capacity:
             slot = (self._head + self._size) % self.capacity
             self._size += 1
-        else:
-            slot = (self._head + self._victim()) % self.capacity
+        elif self.replaces:
+            position = self._victim(member, step)
             self._n_evicted += 1
-            if self._seen[slot] == 0:
+            if position is None:
+                self._n_put += 1
                 self._evicted_unseen += 1
+                return Displaced(member=int(member), step=int(step), seen=0, reason="rejected")
+            slot = (self._head + position) % self.capacity
+            displaced = self._describe(slot, "evicted")
+            if displaced.seen == 0:
+                self._evicted_unseen += 1
+        else:  # on_full == "drop_oldest": remove the oldest held sample, append the new one
+            oldest = int(torch.argmin(self._order[self._held_slots()]))
+            displaced = self._describe((self._head + oldest) % self.capacity, "dropped")
+            self._remove(torch.tensor([oldest]))
+            self._n_dropped += 1
+            slot = (self._head + self._size) % self.capacity
+            self._size += 1
         self._x[slot].copy_(x)
         self._y[slot].copy_(y)
         self._member[slot] = member
         self._step[slot] = step
         self._seen[slot] = 0
+        self._order[slot] = self._n_put
         self._n_put += 1
+        return displaced
 
     def sample(self, batch_size: int) -> Batch:
         """Draw a batch chosen by the policy, count each drawn sample as seen once more, and, for a
@@ -209,48 +274,74 @@ class Buffer(ABC):
         """[len] int64: how many times each held sample has been drawn, in position order."""
         return self._seen[self._held_slots()]
 
-    def stats(self) -> dict[str, float]:
-        """Counters for logging.
+    def held_members(self) -> torch.Tensor:
+        """[len] int64: the member of each held sample, in position order (no field is copied)."""
+        return self._member[self._held_slots()]
 
-        Keys: occupancy (len/capacity), n_put, n_evicted, n_sampled (samples drawn, summed over
-        batches), seen_mean and seen_max (over held samples, 0 when empty), evicted_unseen (evicted
-        samples that had never been drawn).
+    def seen_histogram(self) -> torch.Tensor:
+        """[max seen + 1] int64: entry k is the number of held samples drawn exactly k times."""
+        return torch.bincount(self.seen_counts(), minlength=1)
+
+    def stats(self) -> dict[str, float]:
+        """Counters and statistics for logging (all values float; see docs/reservoir.md).
+
+        Keys: occupancy (len/capacity), n_put, n_evicted (samples displaced by a replacing policy,
+        turned-away incoming ones included), n_dropped (discarded by on_full="drop_oldest"),
+        n_sampled (samples drawn, summed over batches), seen_mean and seen_max (over held samples,
+        0 when empty), evicted_unseen (evicted samples never drawn), members_held (distinct members
+        among held samples), step_mean (mean time-step index of held samples, 0 when empty).
         """
-        seen = self.seen_counts().double()
+        held = self._held_slots()
+        seen = self._seen[held].double()
         return {
             "occupancy": self._size / self.capacity,
             "n_put": float(self._n_put),
             "n_evicted": float(self._n_evicted),
+            "n_dropped": float(self._n_dropped),
             "n_sampled": float(self._n_sampled),
             "seen_mean": seen.mean().item() if self._size else 0.0,
             "seen_max": seen.max().item() if self._size else 0.0,
             "evicted_unseen": float(self._evicted_unseen),
+            "members_held": float(len(self._member[held].unique())),
+            "step_mean": self._step[held].double().mean().item() if self._size else 0.0,
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: held samples (CPU copies, in position order), counters and
-        RNG state. Only held rows are saved, so a checkpoint is as large as the occupancy."""
-        held = self._held_slots()
+        """Everything needed to resume: the sample storage, per-sample metadata, counters, the ring
+        head and the RNG state (plus a policy's own bookkeeping).
+
+        Memory: for a buffer on the CPU, ``x`` and ``y`` are the live storage tensors themselves,
+        not copies, so that checkpointing a full reservoir does not double the trainer's memory.
+        Serialise the state (``torch.save``) before the next `put` or `sample`. A buffer on a GPU
+        returns CPU copies. The checkpoint holds all `capacity` rows (the unused ones of a buffer
+        that is not yet full included).
+        """
+        on_cpu = self.device.type == "cpu"
         return {
             "policy": self.name,
             "capacity": self.capacity,
             "x_dim": self.x_dim,
             "y_shape": self.y_shape,
-            "x": self._x[held.to(self.device)].cpu(),
-            "y": self._y[held.to(self.device)].cpu(),
-            "member": self._member[held],
-            "step": self._step[held],
-            "seen": self._seen[held],
+            "head": self._head,
+            "size": self._size,
+            "x": self._x if on_cpu else self._x.cpu(),
+            "y": self._y if on_cpu else self._y.cpu(),
+            "member": self._member.clone(),
+            "step": self._step.clone(),
+            "seen": self._seen.clone(),
+            "order": self._order.clone(),
             "n_put": self._n_put,
             "n_evicted": self._n_evicted,
+            "n_dropped": self._n_dropped,
             "n_sampled": self._n_sampled,
             "evicted_unseen": self._evicted_unseen,
             "rng_state": self._gen.get_state(),
+            "policy_state": self._policy_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict()`. The buffer must have the same policy, capacity, x_dim and
-        y_shape; the watermark is configuration and stays the constructor's.
+        y_shape; the watermark and on_full are configuration and stay the constructor's.
 
         Raises:
             ValueError: naming the first key that does not match.
@@ -260,26 +351,32 @@ class Buffer(ABC):
             theirs = tuple(state[key]) if key == "y_shape" else state[key]
             if theirs != mine:
                 raise ValueError(f"state_dict {key} is {theirs!r}, this buffer has {mine!r}")
-        n = len(state["member"])
-        # Positions are what policies see, so restoring them at slots 0..n-1 (head 0) gives the
-        # same subsequent draws as the original buffer, wherever its ring head was.
-        self._head = 0
-        self._size = n
-        self._x[:n].copy_(state["x"])
-        self._y[:n].copy_(state["y"])
-        self._member[:n].copy_(state["member"])
-        self._step[:n].copy_(state["step"])
-        self._seen[:n].copy_(state["seen"])
+        for key, tensor in (("x", self._x), ("y", self._y), ("member", self._member)):
+            if tuple(state[key].shape) != tuple(tensor.shape):
+                raise ValueError(
+                    f"state_dict {key} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}"
+                )
+        self._head = int(state["head"])
+        self._size = int(state["size"])
+        self._x.copy_(state["x"])
+        self._y.copy_(state["y"])
+        self._member.copy_(state["member"])
+        self._step.copy_(state["step"])
+        self._seen.copy_(state["seen"])
+        self._order.copy_(state["order"])
         self._n_put = int(state["n_put"])
         self._n_evicted = int(state["n_evicted"])
+        self._n_dropped = int(state["n_dropped"])
         self._n_sampled = int(state["n_sampled"])
         self._evicted_unseen = int(state["evicted_unseen"])
         self._gen.set_state(state["rng_state"])
+        self._load_policy_state(state["policy_state"])
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(capacity={self.capacity}, watermark={self.watermark}, "
-            f"x_dim={self.x_dim}, y_shape={self.y_shape}, len={self._size}, device={self.device})"
+            f"x_dim={self.x_dim}, y_shape={self.y_shape}, on_full={self.on_full!r}, len={self._size}, "
+            f"device={self.device})"
         )
 
     # ------------------------------------------------------------------ ring bookkeeping
@@ -291,6 +388,11 @@ class Buffer(ABC):
     def _held_slots(self) -> torch.Tensor:
         """[len] int64 slots of all held samples, in position order."""
         return self._slots(torch.arange(self._size))
+
+    def _describe(self, slot: int, reason: str) -> Displaced:
+        return Displaced(
+            member=int(self._member[slot]), step=int(self._step[slot]), seen=int(self._seen[slot]), reason=reason
+        )
 
     def _gather(self, slots: torch.Tensor) -> Batch:
         dev_slots = slots.to(self.device)
@@ -319,7 +421,7 @@ class Buffer(ABC):
             dev_src, dev_dst = src.to(self.device), dst.to(self.device)
             self._x[dev_dst] = self._x[dev_src]
             self._y[dev_dst] = self._y[dev_src]
-            for meta in (self._member, self._step, self._seen):
+            for meta in (self._member, self._step, self._seen, self._order):
                 meta[dst] = meta[src]
         self._head = (self._head + k) % self.capacity
         self._size -= k

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from datamove.reservoir.base import Buffer
+from datamove.reservoir.base import Buffer, Displaced
 
 
 class ReservoirBuffer(Buffer):
@@ -17,12 +19,9 @@ class ReservoirBuffer(Buffer):
 
     name = "reservoir"
     consumes = False
+    replaces = True
 
-    def can_put(self) -> bool:
-        # Never full from the producer's side: a new sample always finds a slot by eviction.
-        return True
-
-    def _victim(self) -> int:
+    def _victim(self, member: int, step: int) -> int | None:
         return int(torch.randint(len(self), (1,), generator=self._gen))
 
     def _pick(self, batch_size: int) -> torch.Tensor:
@@ -53,3 +52,84 @@ class FiroBuffer(FifoBuffer):
 
     def _pick(self, batch_size: int) -> torch.Tensor:
         return torch.randperm(len(self), generator=self._gen)[:batch_size]
+
+
+class BalancedBuffer(ReservoirBuffer):
+    """A reservoir that keeps a stratified sample of the stream: balanced over members, and within
+    each member uniform over its time steps (DATAMOVE's own policy; see docs/reservoir.md).
+
+    Batches are drawn as in `ReservoirBuffer` (uniform, with replacement; samples stay); only the
+    replacement differs. When the buffer is full, the incoming sample of member a is counted with a's
+    held samples, and the member to lose a sample is drawn uniformly among those that would then
+    hold the most:
+
+    * another member b: a uniformly chosen held sample of b is replaced by the incoming one;
+    * a itself: reservoir sampling (Algorithm R) within a: the incoming sample, a's j-th, is kept
+      with probability k/j (k = samples of a held) in place of a uniformly chosen held sample of a,
+      and is otherwise turned away (`Displaced.reason == "rejected"`).
+
+    So, once full, no member ever holds more samples than the most any member held before, every
+    member streamed so far keeps an equal share (within one sample, while members <= capacity),
+    and a member's held steps are a uniform sample of all the steps it sent, not its latest ones.
+    """
+
+    name = "balanced"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        # Bookkeeping per member, indexed by the order in which members first appeared: O(1) per
+        # put instead of counting the held members of a [capacity] array on every put.
+        self._index: dict[int, int] = {}
+        self._ids: list[int] = []
+        self._held_of = torch.zeros(16, dtype=torch.int64)
+        self._puts_of = torch.zeros(16, dtype=torch.int64)
+
+    def _member_index(self, member: int) -> int:
+        i = self._index.get(member)
+        if i is None:
+            i = self._index[member] = len(self._ids)
+            self._ids.append(member)
+            if i == len(self._held_of):
+                self._held_of = torch.cat([self._held_of, torch.zeros_like(self._held_of)])
+                self._puts_of = torch.cat([self._puts_of, torch.zeros_like(self._puts_of)])
+        return i
+
+    def put(self, x: torch.Tensor, y: torch.Tensor, *, member: int, step: int) -> Displaced | None:
+        i = self._member_index(int(member))
+        displaced = super().put(x, y, member=member, step=step)
+        self._puts_of[i] += 1
+        if displaced is None or displaced.reason != "rejected":
+            self._held_of[i] += 1
+        if displaced is not None and displaced.reason == "evicted":
+            self._held_of[self._index[displaced.member]] -= 1
+        return displaced
+
+    def _victim(self, member: int, step: int) -> int | None:
+        n = len(self._ids)
+        i = self._index[int(member)]
+        after = self._held_of[:n].clone()
+        after[i] += 1  # the incoming sample counts
+        tied = (after == after.max()).nonzero().squeeze(1)
+        loser = int(tied[torch.randint(len(tied), (1,), generator=self._gen)])
+        if loser == i:
+            held, nth = int(self._held_of[i]), int(self._puts_of[i]) + 1
+            if held == 0 or int(torch.randint(nth, (1,), generator=self._gen)) >= held:
+                return None  # kept with probability held / nth
+        positions = (self.held_members() == self._ids[loser]).nonzero().squeeze(1)
+        return int(positions[torch.randint(len(positions), (1,), generator=self._gen)])
+
+    def _policy_state(self) -> dict[str, Any]:
+        # Members in first-appearance order and their put counts; held counts follow from the samples.
+        n = len(self._ids)
+        return {"members": list(self._ids), "puts": self._puts_of[:n].clone()}
+
+    def _load_policy_state(self, state: dict[str, Any]) -> None:
+        self._index, self._ids = {}, []
+        self._held_of = torch.zeros(max(16, len(state["members"])), dtype=torch.int64)
+        self._puts_of = torch.zeros_like(self._held_of)
+        for member in state["members"]:
+            self._member_index(int(member))
+        n = len(self._ids)
+        self._puts_of[:n] = state["puts"]
+        for member, count in zip(*self.held_members().unique(return_counts=True)):
+            self._held_of[self._index[int(member)]] = count
