@@ -169,6 +169,7 @@ class ReservoirConfig:
     policy: str
     capacity: int
     watermark: int
+    on_full: str
 
 
 @dataclass(frozen=True, kw_only=True)

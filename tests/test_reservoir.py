@@ -8,6 +8,7 @@ import torch
 from scipy.stats import chisquare
 
 from datamove.reservoir import (
+    ON_FULL,
     POLICIES,
     BalancedBuffer,
     Batch,
@@ -589,3 +590,13 @@ def test_stats_describe_held_samples():
         "occupancy", "n_put", "n_evicted", "n_dropped", "n_sampled", "seen_mean", "seen_max",
         "evicted_unseen", "members_held", "step_mean",
     }
+
+
+def test_config_schema_lists_every_registered_policy_and_on_full_mode():
+    from datamove.config import StudyConfig, load_schema, validate_config
+
+    res = load_schema()["properties"]["reservoir"]["properties"]
+    assert set(res["policy"]["enum"]) == set(POLICIES)
+    assert tuple(res["on_full"]["enum"]) == ON_FULL
+    cfg = StudyConfig.from_dict(validate_config({"reservoir": {"policy": "balanced"}}))
+    assert cfg.reservoir.policy == "balanced" and cfg.reservoir.on_full == "block"
