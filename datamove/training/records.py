@@ -72,6 +72,15 @@ METRIC_COLUMNS = (
     "n_evicted",
     "seen_mean",
     "seen_max",
+    # Buffer statistics (Buffer.stats(), docs/reservoir.md): samples put, drawn (summed over
+    # batches), dropped by a lossy on_full, evicted before ever being drawn; distinct members and
+    # mean time-step index of the held samples (how far the buffer is from the streaming order).
+    "n_put",
+    "n_sampled",
+    "n_dropped",
+    "evicted_unseen",
+    "members_held",
+    "step_mean",
 )
 
 
