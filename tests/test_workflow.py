@@ -109,7 +109,7 @@ def _kill_member_when_streaming(stream_dir: Path, member: int, killed: list, dea
 
 @pytest.mark.slow
 def test_killed_solver_does_not_stop_the_study(tiny_config, tmp_path):
-    path = tiny_config(solver={"n_steps": 40, "step_delay_s": 0.03})
+    path = tiny_config(solver={"n_steps": 40, "step_delay_s": 0.03}, ensemble={"retries": 0})
     cfg = StudyConfig.load(path)
     killed: list[int] = []
     watcher = threading.Thread(
@@ -127,3 +127,25 @@ def test_killed_solver_does_not_stop_the_study(tiny_config, tmp_path):
     assert "stream error" in ledger[1]["reason"] or "ended after" in ledger[1]["reason"]
     assert (cfg.study_dir / "model.pt").exists()
     assert not list(Path(cfg.results_dir).rglob("*.sst"))
+
+
+@pytest.mark.slow
+def test_killed_solver_is_rerun_without_counting_steps_twice(tiny_config, tmp_path):
+    path = tiny_config(solver={"n_steps": 40, "step_delay_s": 0.03}, ensemble={"retries": 1})
+    cfg = StudyConfig.load(path)
+    killed: list[int] = []
+    watcher = threading.Thread(
+        target=_kill_member_when_streaming, args=(cfg.stream_dir, 1, killed, time.monotonic() + 240)
+    )
+    watcher.start()
+    proc = snakemake(tmp_path, path, "--cores", 2)
+    watcher.join()
+    assert killed, "the member was never seen streaming"
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # the retry succeeded
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    assert [r["status"] for r in ledger.values()] == ["complete"] * 3
+    rerun = ledger[1]
+    assert int(rerun["attempts"]) == 2
+    assert int(rerun["steps_received"]) == cfg.solver.n_steps  # each step once
+    assert 0 < int(rerun["steps_duplicate"]) < cfg.solver.n_steps  # resent by the rerun, not used
+    assert "waiting for a rerun" in (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()

@@ -82,11 +82,31 @@ def streams_present(stream: StreamConfig, stream_dir: str | Path, members) -> li
     return found
 
 
+def contact_signature(stream_dir: str | Path, member: int) -> tuple[int, int] | None:
+    """(inode, mtime) of a member's contact file, to tell a rerun's file from a dead writer's."""
+    try:
+        st = contact_file(stream_dir, member).stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
+class _Stop:
+    """The trainer's stop event, or the trainer's death (a worker must not outlive it)."""
+
+    def __init__(self, event):
+        self.event, self.parent = event, os.getppid()
+
+    def is_set(self) -> bool:
+        return self.event.is_set() or os.getppid() != self.parent
+
+
 def run_ingest(spec: IngestSpec, commands, free_slots, events, stop) -> None:
     """Entry point of an ingest process: read the members the trainer sends, one at a time.
 
     ``commands`` carries member ids; None ends the worker.
     """
+    stop = _Stop(stop)
     shm = shared_memory.SharedMemory(name=spec.shm_name)
     try:
         slots = slot_array(shm, spec.n_slots, spec.expect.field_shape)

@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -14,13 +15,17 @@ from dataclasses import dataclass
 from multiprocessing import shared_memory
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from datamove.config import StudyConfig
 from datamove.reservoir import make_buffer
-from datamove.streaming.contract import contact_file
-from datamove.streaming.ingest import IngestSpec, run_ingest, slot_array, streams_present
+from datamove.streaming.ingest import (
+    IngestSpec,
+    contact_signature,
+    run_ingest,
+    slot_array,
+    streams_present,
+)
 from datamove.streaming.reader import Expectation
 from datamove.training.heldout import load_heldout
 from datamove.training.records import Ledger, MetricsLog
@@ -73,6 +78,48 @@ class Heartbeat:
         self.path.unlink(missing_ok=True)
 
 
+class StudyBusyError(RuntimeError):
+    """Another trainer holds this study."""
+
+
+class StudyLock:
+    """One trainer per study: a second one refuses, naming the first (pid, host, start time).
+
+    A lock whose process is gone (a crash, kill -9) is taken over.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        try:
+            other = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            other = None
+        if other and other.get("pid") != me["pid"] and self._alive(other):
+            raise StudyBusyError(
+                f"study {self.path.parent.name} is already being trained by pid {other['pid']} on "
+                f"{other['host']} (started {other['started']}; lock file {self.path})"
+            )
+        self.path.write_text(json.dumps(me))
+
+    @staticmethod
+    def _alive(other: dict) -> bool:
+        if other.get("host") != socket.gethostname():
+            return True  # cannot check another host: assume it runs
+        try:
+            os.kill(int(other["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def _say(msg: str) -> None:
     print(f"[train] {msg}", flush=True)
 
@@ -88,12 +135,22 @@ def clean_stream_dir(stream_dir: Path) -> None:
 def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> TrainResult:
     """Train the surrogate from the ensemble's streams while the ensemble runs.
 
-    Writes ``model.pt``, ``metrics.csv`` and ``ledger.csv`` to ``cfg.study_dir``.
+    Writes ``model.pt``, ``metrics.csv`` and ``ledger.csv`` to ``cfg.study_dir``; checkpoints to
+    ``checkpoint.pt`` every ``trainer.checkpoint_every`` batches and resumes from it after a crash.
     """
+    cfg.study_dir.mkdir(parents=True, exist_ok=True)
+    lock = StudyLock(cfg.lock_path)
+    lock.acquire()
+    try:
+        return _train_online(cfg, members)
+    finally:
+        lock.release()
+
+
+def _train_online(cfg: StudyConfig, members: list[int] | None) -> TrainResult:
     tc = cfg.trainer
     members = list(range(cfg.ensemble.n_members)) if members is None else list(members)
     study_dir = cfg.study_dir
-    study_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tc.seed)
     device = pick_device(tc.device)
     ny, nx = cfg.solver.ny, cfg.solver.nx
@@ -114,7 +171,10 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
         device=device,
     )
     ledger = Ledger(members=members, steps_expected=n_steps)
-    metrics = MetricsLog(study_dir / "metrics.csv")
+    params: dict[int, torch.Tensor] = {}
+    resumed = _resume(cfg, model, optimizer, scheduler, buffer, ledger, params)
+    batch = resumed["step"] if resumed else 0
+    metrics = MetricsLog(study_dir / "metrics.csv", rows=resumed["metrics_rows"] if resumed else None)
     _say(
         f"study '{cfg.study}': {len(members)} members x {n_steps} steps of {ny}x{nx}, engine "
         f"{cfg.stream.engine}, model {tc.model} on {device}, {cfg.reservoir.policy} buffer "
@@ -130,7 +190,8 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
     for s in range(n_slots):
         free_slots.put(s)
     expect = Expectation(field_shape=(ny, nx), param_names=cfg.ensemble.names, solver=cfg.solver_name)
-    n_workers = min(tc.ingest_workers, max(len(members), 1))
+    unassigned = ledger.unfinished()  # members not yet handed to an ingest worker
+    n_workers = max(1, min(tc.ingest_workers, len(unassigned)))
     workers, commands = [], []
     for w in range(n_workers):
         spec = IngestSpec(
@@ -152,41 +213,86 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
     heartbeat.start()
     _say(f"ready: reading streams from {cfg.stream_dir} with {n_workers} ingest process(es)")
 
-    params: dict[int, torch.Tensor] = {}
     waiting: deque[tuple[int, int, float, int]] = deque()  # steps handed over, not yet in the buffer
     idle_workers = list(range(n_workers))
-    unassigned = list(members)  # members not yet handed to an ingest worker
+    dead_contact: dict[int, tuple[int, int]] = {}  # member -> contact file of its dead writer
     next_scan = 0.0
     t_start = time.perf_counter()
     last_activity = time.monotonic()
-    batch = 0
+    last_ckpt = (time.monotonic(), batch)
     extra = 0
-    streams_done = False
+    streams_done = not unassigned
     loss_sum = torch.zeros((), device=device)
     loss_n = 0
-    last_log = (t_start, 0)
+    last_log = (t_start, batch)
     fatal: list[str] = []
+    completed_since_ckpt = False
 
     def handle(ev) -> None:
+        nonlocal completed_since_ckpt
         kind = ev[0]
         if kind == "step":
             _, member, step, t, slot = ev
-            ledger.received(member)
-            waiting.append((member, step, t, slot))
+            if ledger.received(member, step):
+                waiting.append((member, step, t, slot))
+            else:
+                free_slots.put(slot)  # a rerun resending a step already received: not used twice
         elif kind == "info":
             params[ev[1]] = torch.as_tensor(ev[2], dtype=torch.float32)
         elif kind == "open":
             ledger.opened(ev[1])
         elif kind == "end":
             _, member, status, reason, _steps, worker = ev
-            ledger.ended(member, status, reason)
             idle_workers.append(worker)
-            if status == "lost":
-                _say(f"member {member} lost after {ledger[member].steps_received} steps: {reason}")
+            rec = ledger[member]
+            if status == "complete" or rec.steps_received == rec.steps_expected:
+                ledger.ended(member, "complete")
+                completed_since_ckpt = True
+            elif rec.attempts <= cfg.retries:
+                ledger.ended(member, "retrying", reason)
+                unassigned.append(member)
+                sig = contact_signature(cfg.stream_dir, member)
+                if sig is not None:
+                    dead_contact[member] = sig
+                _say(f"member {member} lost after {rec.steps_received} steps: {reason}; waiting for a rerun")
+            else:
+                ledger.ended(member, "lost", reason)
+                _say(f"member {member} lost after {rec.steps_received} steps: {reason}")
         elif kind == "fatal":
             fatal.append(ev[2])
         elif kind == "done" and not streams_done:
             fatal.append(f"ingest worker {ev[1]} exited early")
+
+    def dispatch() -> None:
+        for member in streams_present(cfg.stream, cfg.stream_dir, unassigned):
+            if not idle_workers:
+                return
+            if member in dead_contact:
+                if contact_signature(cfg.stream_dir, member) == dead_contact[member]:
+                    continue  # still the dead writer's file: wait for the rerun's
+                del dead_contact[member]
+            unassigned.remove(member)
+            commands[idle_workers.pop(0)].put(member)
+
+    def checkpoint() -> None:
+        nonlocal last_ckpt, completed_since_ckpt
+        save_checkpoint(
+            cfg.checkpoint_path,
+            model=model,
+            optimizer=optimizer,
+            model_args=margs,
+            config=cfg.raw,
+            step=batch,
+            extra={
+                "scheduler": scheduler.state_dict(),
+                "buffer": buffer.state_dict(),
+                "ledger": ledger.state(),
+                "params": {m: p.tolist() for m, p in params.items()},
+                "metrics_rows": metrics.rows,
+            },
+        )
+        ledger.write(study_dir / "ledger.csv")  # a readable view of the same moment
+        last_ckpt, completed_since_ckpt = (time.monotonic(), batch), False
 
     def log_row(final: bool = False) -> None:
         nonlocal loss_sum, loss_n, last_log
@@ -206,9 +312,7 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
             "samples_per_s": rate * tc.batch_size,
             "lr": optimizer.param_groups[0]["lr"],
             "members_done": len(members) - len(ledger.unfinished()),
-            "n_evicted": stats.get("n_evicted", 0),
-            "seen_mean": stats.get("seen_mean", 0.0),
-            "seen_max": stats.get("seen_max", 0.0),
+            **stats,
         }
         metrics.log(row)
         loss_sum, loss_n, last_log = torch.zeros((), device=device), 0, (now, batch)
@@ -233,9 +337,7 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
                 raise RuntimeError("ingest process failed:\n" + fatal[0])
             if unassigned and idle_workers and time.monotonic() >= next_scan:
                 next_scan = time.monotonic() + 0.02  # a directory scan, not on every batch
-                for member in streams_present(cfg.stream, cfg.stream_dir, unassigned)[: len(idle_workers)]:
-                    unassigned.remove(member)
-                    commands[idle_workers.pop(0)].put(member)
+                dispatch()
             while waiting and buffer.can_put():
                 member, step, t, slot = waiting.popleft()
                 x = torch.cat([params[member], torch.tensor([t], dtype=torch.float32)])
@@ -245,10 +347,14 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
             if not streams_done:
                 busy = len(idle_workers) < n_workers
                 if unassigned and not busy and time.monotonic() - last_activity > cfg.stream.member_timeout_s:
-                    reason = f"never connected ({cfg.stream.member_timeout_s:g} s without stream activity)"
                     for m in unassigned:
+                        rec = ledger[m]
+                        if rec.status == "retrying":
+                            reason = f"{rec.reason}; no rerun within {cfg.stream.member_timeout_s:g} s"
+                        else:
+                            reason = f"never connected ({cfg.stream.member_timeout_s:g} s without stream activity)"
                         ledger.ended(m, "lost", reason)
-                    _say(f"members {unassigned} lost: {reason}")
+                        _say(f"member {m} lost: {reason}")
                     unassigned.clear()
                 if not ledger.unfinished() and not waiting and not busy:
                     streams_done = True
@@ -269,8 +375,14 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
                 extra += streams_done
                 if batch % tc.log_every == 0:
                     log_row()
+                if tc.checkpoint_every and batch - last_ckpt[1] >= tc.checkpoint_every:
+                    checkpoint()
             elif streams_done:
                 break  # extra batches done, or a fifo buffer drained
+            # A member's completion is worth a checkpoint soon: its job's marker now exists, and a
+            # resumed trainer would otherwise wait for a member Snakemake will not rerun.
+            if tc.checkpoint_every and completed_since_ckpt and time.monotonic() - last_ckpt[0] > 2.0:
+                checkpoint()
     finally:
         stop.set()
         heartbeat.stop()
@@ -298,8 +410,9 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
         model_args=margs,
         config=cfg.raw,
         step=batch,
-        extra={"ledger": [vars(r) for r in ledger.records.values()]},
+        extra={"ledger": ledger.state()},
     )
+    cfg.checkpoint_path.unlink(missing_ok=True)  # the study is done: a rerun starts afresh
     result = TrainResult(
         batches=batch,
         val_loss=metrics.rows[-1]["val_loss"],
@@ -315,3 +428,37 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
     )
     sys.stdout.flush()
     return result
+
+
+def _resume(cfg: StudyConfig, model, optimizer, scheduler, buffer, ledger: Ledger, params: dict) -> dict | None:
+    """Restore the state of a crashed run from its checkpoint; the checkpoint, or None."""
+    path = cfg.checkpoint_path
+    if not path.exists():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("config") != dict(cfg.raw):
+        stale = path.with_name("checkpoint.stale.pt")
+        path.replace(stale)
+        _say(f"checkpoint {path} belongs to another configuration: starting afresh (kept as {stale})")
+        return None
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    buffer.load_state_dict(ckpt["buffer"])
+    ledger.load_state(ckpt["ledger"])
+    params.update({m: torch.tensor(p, dtype=torch.float32) for m, p in ckpt["params"].items()})
+    for member in ledger.unfinished():
+        rec = ledger[member]
+        if cfg.member_marker(member).exists():
+            # Its solver finished after the checkpoint: Snakemake will not rerun it.
+            ledger.ended(
+                member, "lost", "its solver finished between the last trainer checkpoint and the trainer crash"
+            )
+        elif rec.status == "streaming":
+            rec.status = "retrying"  # its solver died with the trainer; a rerun resends it
+    done = sum(ledger[m].status == "complete" for m in ledger.records)
+    _say(
+        f"resumed from {path} at batch {ckpt['step']}: {done} members complete, "
+        f"{len(ledger.unfinished())} to come, {len(buffer)} samples in the buffer"
+    )
+    return ckpt

@@ -9,13 +9,23 @@ from pathlib import Path
 
 @dataclass
 class MemberRecord:
-    """One row of ledger.csv: every step a solver sent is trained on or accounted for here."""
+    """One row of ledger.csv: every step a solver sent is trained on or accounted for here.
+
+    ``steps_received`` counts distinct steps (1..n in order); a rerun of a lost member sends its
+    steps again, and those already received are counted in ``steps_duplicate`` and not used twice.
+    A lost member's missing steps are ``steps_expected - steps_received``, with the ``reason``.
+    """
 
     member: int
     steps_expected: int
     steps_received: int = 0
-    status: str = "pending"  # pending -> streaming -> complete | lost
+    status: str = "pending"  # pending -> streaming -> complete | lost; retrying after a loss
     reason: str = ""
+    attempts: int = 0  # streams opened for this member (reruns included)
+    steps_duplicate: int = 0
+
+
+UNFINISHED = ("pending", "streaming", "retrying")
 
 
 class Ledger:
@@ -28,17 +38,33 @@ class Ledger:
         return self.records[member]
 
     def opened(self, member: int) -> None:
-        self.records[member].status = "streaming"
+        rec = self.records[member]
+        rec.status = "streaming"
+        rec.attempts += 1
 
-    def received(self, member: int) -> None:
-        self.records[member].steps_received += 1
+    def received(self, member: int, step: int) -> bool:
+        """Count step ``step`` (1-based) of ``member``; False if it was already received."""
+        rec = self.records[member]
+        if step <= rec.steps_received:
+            rec.steps_duplicate += 1
+            return False
+        rec.steps_received += 1
+        return True
 
     def ended(self, member: int, status: str, reason: str = "") -> None:
         rec = self.records[member]
         rec.status, rec.reason = status, reason
 
     def unfinished(self) -> list[int]:
-        return [m for m, r in self.records.items() if r.status in ("pending", "streaming")]
+        return [m for m, r in self.records.items() if r.status in UNFINISHED]
+
+    def state(self) -> list[dict]:
+        return [asdict(r) for r in self.records.values()]
+
+    def load_state(self, state: list[dict]) -> None:
+        for row in state:
+            if row["member"] in self.records:
+                self.records[row["member"]] = MemberRecord(**row)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.records.values())
@@ -87,12 +113,15 @@ METRIC_COLUMNS = (
 class MetricsLog:
     """metrics.csv, one row every ``log_every`` batches, flushed as it goes (readable mid-study)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, rows: list[dict] | None = None):
+        """``rows``: those of a resumed run (from its checkpoint), written first."""
         self.path = Path(path)
         self._fh = self.path.open("w", newline="")
         self._writer = csv.DictWriter(self._fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
         self._writer.writeheader()
         self.rows: list[dict] = []
+        for row in rows or []:
+            self.log(row)
 
     def log(self, row: dict) -> None:
         self._writer.writerow(row)
