@@ -56,16 +56,19 @@ def test_external_producers_feed_datamove_train(tiny_config, tmp_path):
 
 @pytest.mark.slow
 def test_members_that_never_connect_are_timed_out(tiny_config, tmp_path):
-    path = tiny_config(stream={"member_timeout_s": 2})
+    path = tiny_config(stream={"member_timeout_s": 3})
     cfg = StudyConfig.load(path)
     datamove("make-heldout", "--config", path)
+    # Member 0 starts first and waits for the trainer, so it connects well within the timeout on a
+    # loaded machine; members 1 and 2 never come.
+    solver = popen_datamove("simulate", "--config", path, "--member", 0, "--wait-trainer", log=tmp_path / "sim.log")
     trainer = popen_datamove("train", "--config", path, "--threads", 1, log=tmp_path / "train.log")
     try:
-        datamove("wait-trainer", "--config", path, "--timeout", 60)
-        datamove("simulate", "--config", path, "--member", 0)
         returncode = trainer.wait(timeout=60)
+        assert solver.wait(timeout=60) == 0, solver.output
     finally:
         trainer.kill()
+        solver.kill()
     assert returncode == 0, trainer.output
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     assert ledger[0]["status"] == "complete"

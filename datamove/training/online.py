@@ -27,8 +27,9 @@ from datamove.streaming.ingest import (
     streams_present,
 )
 from datamove.streaming.reader import Expectation
+from datamove.training.distributed import Dist, init_from_env
 from datamove.training.heldout import load_heldout
-from datamove.training.records import Ledger, MetricsLog
+from datamove.training.records import Ledger, MemberRecord, MetricsLog
 from datamove.training.step import (
     build_surrogate,
     evaluate,
@@ -138,21 +139,32 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
     Writes ``model.pt``, ``metrics.csv`` and ``ledger.csv`` to ``cfg.study_dir``; checkpoints to
     ``checkpoint.pt`` every ``trainer.checkpoint_every`` batches and resumes from it after a crash.
     """
+    dd = init_from_env(cfg.trainer.device)
     cfg.study_dir.mkdir(parents=True, exist_ok=True)
     lock = StudyLock(cfg.lock_path)
-    lock.acquire()
+    if dd.main:
+        lock.acquire()
     try:
-        return _train_online(cfg, members)
+        return _train_online(cfg, members, dd)
     finally:
-        lock.release()
+        if dd.main:
+            lock.release()
 
 
-def _train_online(cfg: StudyConfig, members: list[int] | None) -> TrainResult:
+def _rank_path(path: Path, dd: Dist) -> Path:
+    """Rank 0 keeps the plain name; other ranks of a data-parallel run get their own file."""
+    return path if dd.main else path.with_name(f"{path.stem}.rank{dd.rank}{path.suffix}")
+
+
+def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> TrainResult:
     tc = cfg.trainer
-    members = list(range(cfg.ensemble.n_members)) if members is None else list(members)
+    all_members = list(range(cfg.ensemble.n_members)) if members is None else list(members)
+    members = dd.share(all_members)  # data-parallel: each rank reads its own share
     study_dir = cfg.study_dir
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # the same initial model on every rank
     device = pick_device(tc.device)
+    if dd.active and device.type == "cuda":
+        device = torch.device("cuda", dd.local_rank)
     ny, nx = cfg.solver.ny, cfg.solver.nx
     n_steps = cfg.solver.n_steps
 
@@ -167,21 +179,29 @@ def _train_online(cfg: StudyConfig, members: list[int] | None) -> TrainResult:
         watermark=cfg.reservoir.watermark,
         x_dim=margs["in_dim"],
         y_shape=(ny, nx),
-        seed=tc.seed,
+        seed=tc.seed + dd.rank,
         device=device,
     )
     ledger = Ledger(members=members, steps_expected=n_steps)
     params: dict[int, torch.Tensor] = {}
-    resumed = _resume(cfg, model, optimizer, scheduler, buffer, ledger, params)
+    ckpt_path = _rank_path(cfg.checkpoint_path, dd)
+    resumed = _resume(cfg, ckpt_path, model, optimizer, scheduler, buffer, ledger, params)
     batch = resumed["step"] if resumed else 0
-    metrics = MetricsLog(study_dir / "metrics.csv", rows=resumed["metrics_rows"] if resumed else None)
+    metrics = MetricsLog(
+        study_dir / "metrics.csv" if dd.main else os.devnull, rows=resumed["metrics_rows"] if resumed else None
+    )
+    sync = dd.average_gradients if dd.active else None
+    if dd.active:
+        _say(f"rank {dd.rank} of {dd.world}: members {members[:8]}{' ...' if len(members) > 8 else ''}")
     _say(
-        f"study '{cfg.study}': {len(members)} members x {n_steps} steps of {ny}x{nx}, engine "
+        f"study '{cfg.study}': {len(all_members)} members x {n_steps} steps of {ny}x{nx}, engine "
         f"{cfg.stream.engine}, model {tc.model} on {device}, {cfg.reservoir.policy} buffer "
         f"{cfg.reservoir.capacity} (watermark {cfg.reservoir.watermark}), {len(val_x)} validation samples"
     )
 
-    clean_stream_dir(cfg.stream_dir)
+    if dd.main:
+        clean_stream_dir(cfg.stream_dir)
+    dd.barrier()  # no rank reads before the stale contact files are gone
     n_slots = tc.slots
     shm = shared_memory.SharedMemory(create=True, size=n_slots * ny * nx * 4)
     slots = slot_array(shm, n_slots, (ny, nx))
@@ -209,8 +229,10 @@ def _train_online(cfg: StudyConfig, members: list[int] | None) -> TrainResult:
         )
         proc.start()
         workers.append(proc)
+    dd.barrier()  # every rank's ingest pool is up before the gate opens
     heartbeat = Heartbeat(cfg.heartbeat_path, tc.heartbeat_s)
-    heartbeat.start()
+    if dd.main:
+        heartbeat.start()
     _say(f"ready: reading streams from {cfg.stream_dir} with {n_workers} ingest process(es)")
 
     waiting: deque[tuple[int, int, float, int]] = deque()  # steps handed over, not yet in the buffer
@@ -221,7 +243,8 @@ def _train_online(cfg: StudyConfig, members: list[int] | None) -> TrainResult:
     last_activity = time.monotonic()
     last_ckpt = (time.monotonic(), batch)
     extra = 0
-    streams_done = not unassigned
+    streams_done = not unassigned  # this rank's members
+    all_done = False  # every rank's members
     loss_sum = torch.zeros((), device=device)
     loss_n = 0
     last_log = (t_start, batch)
@@ -277,7 +300,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None) -> TrainResult:
     def checkpoint() -> None:
         nonlocal last_ckpt, completed_since_ckpt
         save_checkpoint(
-            cfg.checkpoint_path,
+            ckpt_path,
             model=model,
             optimizer=optimizer,
             model_args=margs,
@@ -291,35 +314,42 @@ def _train_online(cfg: StudyConfig, members: list[int] | None) -> TrainResult:
                 "metrics_rows": metrics.rows,
             },
         )
-        ledger.write(study_dir / "ledger.csv")  # a readable view of the same moment
+        ledger.write(_rank_path(study_dir / "ledger.csv", dd))  # a readable view of the same moment
         last_ckpt, completed_since_ckpt = (time.monotonic(), batch), False
 
     def log_row(final: bool = False) -> None:
+        """Every rank calls it at the same batch (collectives inside); rank 0 writes the row."""
         nonlocal loss_sum, loss_n, last_log
         now = time.perf_counter()
         dt = max(now - last_log[0], 1e-9)
         rate = (batch - last_log[1]) / dt
-        val = evaluate(model, val_x, val_y)
-        stats = buffer.stats()
+        # One sync per log row, not per batch; sums over ranks under data-parallel training.
+        loss_total, n_total, received, done = dd.all_sum(
+            float(loss_sum), loss_n, ledger.steps_received, len(members) - len(ledger.unfinished())
+        )
+        val = evaluate(model, val_x, val_y) if dd.main else float("nan")
+        stats = buffer.stats()  # this rank's reservoir (rank 0's in metrics.csv)
         row = {
             "batch": batch,
             "wall_s": round(now - t_start, 4),
-            "train_loss": float(loss_sum) / max(loss_n, 1),  # one sync per log row, not per batch
+            "train_loss": loss_total / max(n_total, 1),
             "val_loss": val,
-            "samples_received": ledger.steps_received,
+            "samples_received": int(received),
             "occupancy": stats["occupancy"],
             "batches_per_s": rate,
-            "samples_per_s": rate * tc.batch_size,
+            "samples_per_s": rate * tc.batch_size * dd.world,
             "lr": optimizer.param_groups[0]["lr"],
-            "members_done": len(members) - len(ledger.unfinished()),
+            "members_done": int(done),
             **stats,
         }
         metrics.log(row)
         loss_sum, loss_n, last_log = torch.zeros((), device=device), 0, (now, batch)
+        if not dd.main:
+            return  # one progress line per batch, from rank 0
         _say(
             f"batch {batch:6d} | {row['wall_s']:7.1f} s | train {row['train_loss']:.3e} | val {val:.3e} | "
-            f"received {row['samples_received']}/{len(members) * n_steps} | members done "
-            f"{row['members_done']}/{len(members)} | buffer {len(buffer)}/{cfg.reservoir.capacity} | "
+            f"received {row['samples_received']}/{len(all_members) * n_steps} | members done "
+            f"{row['members_done']}/{len(all_members)} | buffer {len(buffer)}/{cfg.reservoir.capacity} | "
             f"{rate:6.1f} batch/s" + (" | final" if final else "")
         )
 
@@ -363,29 +393,35 @@ def _train_online(cfg: StudyConfig, members: list[int] | None) -> TrainResult:
                     _say(
                         f"all members ended ({ledger.count('complete')} complete, {ledger.count('lost')} "
                         f"lost); training {tc.extra_batches} more batches"
+                        + (f" (rank {dd.rank}; waiting for the other ranks)" if dd.active else "")
                     )
 
-            if buffer.ready(final=streams_done) and not (streams_done and extra >= tc.extra_batches):
+            # Under data-parallel training every rank takes the same decision (collective below).
+            can_train = buffer.ready(final=all_done) and not (all_done and extra >= tc.extra_batches)
+            all_done, can_train = dd.all_min(streams_done, can_train)
+            if can_train:
                 b = buffer.sample(tc.batch_size)
-                loss = train_step(model, optimizer, b.x, b.y)
+                loss = train_step(model, optimizer, b.x, b.y, sync_gradients=sync)
                 scheduler.step()
                 loss_sum += loss
                 loss_n += 1
                 batch += 1
-                extra += streams_done
+                extra += all_done
                 if batch % tc.log_every == 0:
                     log_row()
                 if tc.checkpoint_every and batch - last_ckpt[1] >= tc.checkpoint_every:
                     checkpoint()
-            elif streams_done:
+            elif all_done:
                 break  # extra batches done, or a fifo buffer drained
             # A member's completion is worth a checkpoint soon: its job's marker now exists, and a
-            # resumed trainer would otherwise wait for a member Snakemake will not rerun.
-            if tc.checkpoint_every and completed_since_ckpt and time.monotonic() - last_ckpt[0] > 2.0:
+            # resumed trainer would otherwise wait for a member Snakemake will not rerun. (Not
+            # under data-parallel training: ranks checkpoint together, at fixed batches.)
+            if tc.checkpoint_every and completed_since_ckpt and not dd.active and time.monotonic() - last_ckpt[0] > 2.0:
                 checkpoint()
     finally:
         stop.set()
-        heartbeat.stop()
+        if dd.main:
+            heartbeat.stop()
         for proc in workers:
             proc.join(timeout=10)
             if proc.is_alive():
@@ -393,16 +429,28 @@ def _train_online(cfg: StudyConfig, members: list[int] | None) -> TrainResult:
         del slots
         shm.close()
         shm.unlink()
-        for stale in cfg.stream_dir.glob("*.sst"):  # killed writers leave their contact file
-            stale.unlink(missing_ok=True)
-        try:
-            cfg.stream_dir.rmdir()
-        except OSError:
-            pass
-        ledger.write(study_dir / "ledger.csv")
+        if dd.main:
+            for stale in cfg.stream_dir.glob("*.sst"):  # killed writers leave their contact file
+                stale.unlink(missing_ok=True)
+        ledger.write(_rank_path(study_dir / "ledger.csv", dd))
 
     log_row(final=True)
     metrics.close()
+    # The whole ensemble's ledger, from every rank's share.
+    if dd.active:
+        for state in dd.gather(ledger.state()):
+            for row in state:
+                ledger.records[row["member"]] = MemberRecord(**row)
+    dd.barrier()
+    ckpt_path.unlink(missing_ok=True)  # the study is done: a rerun starts afresh
+    if dd.active and not dd.main:
+        _rank_path(study_dir / "ledger.csv", dd).unlink(missing_ok=True)
+        return TrainResult(batch, float("nan"), ledger.steps_received, 0, 0, time.perf_counter() - t_start)
+    ledger.write(study_dir / "ledger.csv")
+    try:
+        cfg.stream_dir.rmdir()
+    except OSError:
+        pass
     save_checkpoint(
         study_dir / "model.pt",
         model=model,
@@ -412,7 +460,6 @@ def _train_online(cfg: StudyConfig, members: list[int] | None) -> TrainResult:
         step=batch,
         extra={"ledger": ledger.state()},
     )
-    cfg.checkpoint_path.unlink(missing_ok=True)  # the study is done: a rerun starts afresh
     result = TrainResult(
         batches=batch,
         val_loss=metrics.rows[-1]["val_loss"],
@@ -430,9 +477,10 @@ def _train_online(cfg: StudyConfig, members: list[int] | None) -> TrainResult:
     return result
 
 
-def _resume(cfg: StudyConfig, model, optimizer, scheduler, buffer, ledger: Ledger, params: dict) -> dict | None:
-    """Restore the state of a crashed run from its checkpoint; the checkpoint, or None."""
-    path = cfg.checkpoint_path
+def _resume(
+    cfg: StudyConfig, path: Path, model, optimizer, scheduler, buffer, ledger: Ledger, params: dict
+) -> dict | None:
+    """Restore the state of a crashed run from its checkpoint ``path``; the checkpoint, or None."""
     if not path.exists():
         return None
     ckpt = torch.load(path, map_location="cpu", weights_only=False)

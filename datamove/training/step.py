@@ -58,9 +58,17 @@ def make_optimizer(model: Surrogate, cfg: StudyConfig) -> tuple[torch.optim.Opti
 
 
 def train_step(
-    model: Surrogate, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    model: Surrogate,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    sync_gradients=None,
 ) -> torch.Tensor:
     """One optimisation step on a batch; x [B, in_dim], y [B, ny, nx] raw (on the model's device).
+
+    ``sync_gradients(model)``, under data-parallel training, averages the gradients across ranks
+    between backward and the optimizer step.
 
     Returns the (normalised) MSE as a 0-d tensor, left on the device: calling ``.item()`` here would
     be a CPU-GPU sync point on every batch.
@@ -69,6 +77,8 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     loss = F.mse_loss(model.forward_normalised(x), model.normalise_y(y))
     loss.backward()
+    if sync_gradients is not None:
+        sync_gradients(model)
     optimizer.step()
     return loss.detach()
 

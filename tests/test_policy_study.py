@@ -1,0 +1,122 @@
+"""The policy study (workflow/rules/policies.smk, datamove.reservoir.study): sub-study configs,
+the chaining of runs, the summary table and the figure; and a tiny study run end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, TINY, _merge
+from datamove.config import ConfigError, load_config
+from datamove.reservoir import POLICIES
+from datamove.reservoir.study import (
+    SUMMARY_COLUMNS,
+    plot_policy_study,
+    policy_names,
+    run_inputs,
+    sub_study_config,
+    summarize,
+)
+
+
+def test_every_registered_policy_is_in_the_study():
+    assert sorted(policy_names()) == sorted(POLICIES)
+
+
+@pytest.mark.parametrize("setting", ["fast", "slow"])
+def test_setting_files_are_valid_and_differ_only_in_producer_speed(setting):
+    cfg = load_config(REPO / "config" / f"policies-{setting}.yaml")
+    other = load_config(REPO / "config" / f"policies-{'slow' if setting == 'fast' else 'fast'}.yaml")
+    diff = {k for k in cfg if cfg[k] != other[k]}
+    assert diff == {"study", "solver"}
+    assert {k for k in cfg["solver"] if cfg["solver"][k] != other["solver"][k]} == {"step_delay_s"}
+
+
+def test_sub_study_config_changes_only_policy_and_folders(tmp_path):
+    base = load_config(REPO / "config" / "policies-fast.yaml")
+    cfg = sub_study_config(base, root=tmp_path / "res", setting="fast", policy="firo", data_root=tmp_path / "d")
+    assert cfg["reservoir"]["policy"] == "firo" and cfg["study"] == "firo"
+    assert cfg["results_dir"] == str(tmp_path / "res" / "fast") and cfg["data_dir"] == str(tmp_path / "d" / "fast")
+    for key in ("solver", "trainer", "ensemble", "heldout", "stream"):
+        assert cfg[key] == base[key]
+    with pytest.raises(ConfigError, match="reservoir.policy"):
+        sub_study_config(base, root="r", setting="fast", policy="lifo", data_root="d")
+
+
+def test_runs_are_chained_one_after_another():
+    runs = [("fast", "fifo"), ("fast", "firo"), ("slow", "fifo")]
+    inputs = run_inputs("R", runs)
+    assert inputs(SimpleNamespace(setting="fast", policy="fifo")) == {"cfg": "R/fast/fifo.yaml"}
+    assert inputs(SimpleNamespace(setting="slow", policy="fifo")) == {
+        "cfg": "R/slow/fifo.yaml", "after": "R/fast/firo/metrics.csv"
+    }
+
+
+def fake_run(folder, *, val_losses, batch_size=8, steps=20, members=2):
+    """The files a finished sub-study leaves: metrics.csv, ledger.csv, members/, config.yaml."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"trainer": {"batch_size": batch_size}}))
+    rows = [{"batch": 10 * (i + 1), "wall_s": 2.0 * (i + 1), "val_loss": v, "n_evicted": 5, "evicted_unseen": 1,
+             "n_dropped": "", "seen_mean": 1.5} for i, v in enumerate(val_losses)]
+    pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+    pd.DataFrame([{"member": m, "steps_expected": steps, "steps_received": steps, "status": "complete"}
+                  for m in range(members)]).to_csv(folder / "ledger.csv", index=False)
+    (folder / "members").mkdir()
+    for m in range(members):
+        (folder / "members" / f"member-{m:06d}.json").write_text(
+            json.dumps({"member": m, "steps": steps, "open_s": 0.5, "solve_s": 0.5, "total_s": 2.5}))
+
+
+def test_summary_and_figure(tmp_path):
+    runs = {}
+    for setting in ("fast", "slow"):
+        for k, policy in enumerate(("fifo", "reservoir")):
+            runs[(setting, policy)] = tmp_path / setting / policy
+            fake_run(runs[(setting, policy)], val_losses=[0.5, 0.1 + k, 0.2])
+    summary = summarize(runs)
+    assert list(summary.columns) == list(SUMMARY_COLUMNS) and len(summary) == 4
+    row = summary[(summary.setting == "fast") & (summary.policy == "fifo")].iloc[0]
+    assert row.val_loss_final == 0.2 and row.val_loss_best == 0.1
+    assert row.batches == 30 and row.batches_per_s == pytest.approx(30 / 6.0)
+    assert row.trained_samples_per_s == pytest.approx(30 * 8 / 6.0)
+    assert row.samples_received == row.steps_expected == 40 and row.members_complete == 2
+    assert row.solver_steps_per_s == pytest.approx(40 / 4.0) and row.solver_wait_s == pytest.approx(3.0)
+    assert pd.isna(row.n_dropped) and row.evicted_unseen == 1
+    png = plot_policy_study(runs, summary, tmp_path / "out" / "policies.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_tiny_policy_study_runs_every_policy(tmp_path):
+    """`snakemake compare_policies` in a working directory whose config/policies-*.yaml are tiny."""
+    (tmp_path / "config").mkdir()
+    tiny = _merge(TINY, {"ensemble": {"n_members": 2}, "heldout": {"n_members": 1},
+                         "solver": {"n_steps": 15}, "trainer": {"extra_batches": 10, "log_every": 5}})
+    for setting, delay in (("fast", 0.0), ("slow", 0.005)):
+        cfg = _merge(tiny, {"study": f"policies-{setting}", "solver": {"step_delay_s": delay}})
+        (tmp_path / "config" / f"policies-{setting}.yaml").write_text(yaml.safe_dump(cfg))
+    main = _merge(TINY, {"results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data")})
+    (tmp_path / "main.yaml").write_text(yaml.safe_dump(main))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(tmp_path / "main.yaml"), "--cores", "2", "compare_policies"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    root = tmp_path / "results" / "policies"
+    with open(root / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((r["setting"], r["policy"]) for r in rows) == sorted(
+        (s, p) for s in ("fast", "slow") for p in POLICIES)
+    for r in rows:
+        assert int(r["samples_received"]) == int(r["steps_expected"]) == 2 * 15, r
+        assert int(r["members_complete"]) == 2
+    assert (root / "policies.png").stat().st_size > 0
+    assert not (tmp_path / "results" / "default").exists()  # the default study did not run

@@ -1,0 +1,90 @@
+# The policy study (docs/reservoir.md): every reservoir policy under a fast- and a slow-producer
+# setting (config/policies-<setting>.yaml), compared in one figure and one table. Not part of the
+# default target:
+#
+#     snakemake --cores 2 compare_policies
+#
+# Each (setting, policy) run is a complete online study run by this same workflow in a nested
+# snakemake, so it takes exactly the production path (trainer first, gate, solvers in waves,
+# ledger); only reservoir.policy differs within a setting. The runs are chained one after another:
+# their throughputs are compared, so they must not share the cores.
+
+from datamove.reservoir.study import policy_names, run_inputs
+
+# Only in the top-level workflow, not inside the arms of a comparison study (evaluate.smk loads this
+# Snakefile as a module per arm).
+if not config.get("arm"):
+
+    POLICY_ROOT = str(STUDY.results_dir / "policies")
+    POLICY_DATA = str(STUDY.data_dir / "policies")
+    POLICY_SETTINGS = ["fast", "slow"]
+    POLICY_NAMES = policy_names()
+    POLICY_RUNS = [(s, p) for s in POLICY_SETTINGS for p in POLICY_NAMES]
+    SNAKEMAKE = f"{shlex.quote(sys.executable)} -m snakemake"
+
+    # cfg: the run's config; after: the previous run's metrics (one run at a time).
+    POLICY_RUN_INPUTS = run_inputs(POLICY_ROOT, POLICY_RUNS)
+
+    POLICY_WILDCARDS = {"setting": "|".join(POLICY_SETTINGS), "policy": "|".join(POLICY_NAMES)}
+
+
+    localrules:
+        write_policy_config,
+        compare_policies,
+
+
+    rule write_policy_config:
+        # The setting's config with reservoir.policy, study and folders set (datamove.reservoir.study).
+        input:
+            setting="config/policies-{setting}.yaml",
+        output:
+            cfg=f"{POLICY_ROOT}/{{setting}}/{{policy}}.yaml",
+        wildcard_constraints:
+            **POLICY_WILDCARDS,
+        params:
+            data=POLICY_DATA,
+        conda:
+            "../envs/datamove.yaml"
+        log:
+            f"{POLICY_ROOT}/logs/write_policy_config/{{setting}}-{{policy}}.log",
+        script:
+            "../scripts/policy_config.py"
+
+
+    rule run_policy_study:
+        # --nolock: the outer snakemake holds the lock of this working directory and of these outputs.
+        input:
+            unpack(POLICY_RUN_INPUTS),
+        output:
+            metrics=f"{POLICY_ROOT}/{{setting}}/{{policy}}/metrics.csv",
+            ledger=f"{POLICY_ROOT}/{{setting}}/{{policy}}/ledger.csv",
+        wildcard_constraints:
+            **POLICY_WILDCARDS,
+        conda:
+            "../envs/datamove.yaml"
+        log:
+            f"{POLICY_ROOT}/logs/run_policy_study/{{setting}}-{{policy}}.log",
+        threads: 2
+        params:
+            snakemake=SNAKEMAKE,
+            snakefile=workflow.main_snakefile,
+        shell:
+            "{params.snakemake} -s {params.snakefile} --directory . --configfile {input.cfg} "
+            "--cores {threads} --nolock > {log} 2>&1"
+
+
+    rule compare_policies:
+        input:
+            metrics=[f"{POLICY_ROOT}/{s}/{p}/metrics.csv" for s, p in POLICY_RUNS],
+            ledgers=[f"{POLICY_ROOT}/{s}/{p}/ledger.csv" for s, p in POLICY_RUNS],
+        output:
+            summary=report(f"{POLICY_ROOT}/summary.csv", caption="../report/policy_summary.rst", category="Policies"),
+            figure=report(f"{POLICY_ROOT}/policies.png", caption="../report/policies.rst", category="Policies"),
+        params:
+            runs=[[s, p, f"{POLICY_ROOT}/{s}/{p}"] for s, p in POLICY_RUNS],
+        conda:
+            "../envs/datamove.yaml"
+        log:
+            f"{POLICY_ROOT}/logs/compare_policies/compare_policies.log",
+        script:
+            "../scripts/compare_policies.py"

@@ -1,0 +1,13 @@
+"""The policy study's table and figure from its finished runs (policies.smk)."""
+
+import sys
+
+from datamove.reservoir.study import plot_policy_study, summarize
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+with open(sm.log[0], "w") as sys.stderr:
+    runs = {(setting, policy): path for setting, policy, path in sm.params.runs}
+    summary = summarize(runs)
+    summary.to_csv(sm.output.summary, index=False, float_format="%.6g")
+    plot_policy_study(runs, summary, sm.output.figure)
+    print(summary.to_string(index=False), file=sys.stderr)
