@@ -195,17 +195,24 @@ def memory_run(work: Path, capacity: int, side: int) -> dict:
         os.dup2(saved, 1)
         os.close(saved)
     _datamove("wait-trainer", "--config", path, "--timeout", 120)
-    running: list[subprocess.Popen] = []
-    for m in range(members):  # two solvers at a time, beside the trainer
-        while len(running) >= 2:
-            running = [p for p in running if p.poll() is None]
-            time.sleep(0.05)
-        running.append(subprocess.Popen([sys.executable, "-m", "datamove", "simulate", "--config", str(path),
-                                         "--member", str(m)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    for p in running:
-        p.wait()
-    trainer.join(timeout=600)
-    log.close()
+    solvers: list[subprocess.Popen] = []
+    try:
+        for m in range(members):  # two solvers at a time, beside the trainer
+            while sum(p.poll() is None for p in solvers) >= 2:
+                time.sleep(0.05)
+            with open(work / f"solver-{capacity}-{m}.log", "w") as solver_log:
+                solvers.append(subprocess.Popen(
+                    [sys.executable, "-m", "datamove", "simulate", "--config", str(path), "--member", str(m)],
+                    stdout=solver_log, stderr=subprocess.STDOUT))
+        for m, p in enumerate(solvers):
+            if p.wait() != 0:
+                raise RuntimeError(f"solver {m} failed: {(work / f'solver-{capacity}-{m}.log').read_text()[-2000:]}")
+        trainer.join(timeout=600)
+    finally:
+        if trainer.is_alive():
+            trainer.terminate()
+            trainer.join()
+        log.close()
     if trainer.exitcode != 0:
         raise RuntimeError(f"trainer failed (exit {trainer.exitcode}); see {work}/train-{capacity}.log")
     report = json.loads(out.read_text())

@@ -600,3 +600,46 @@ def test_config_schema_lists_every_registered_policy_and_on_full_mode():
     assert tuple(res["on_full"]["enum"]) == ON_FULL
     cfg = StudyConfig.from_dict(validate_config({"reservoir": {"policy": "balanced"}}))
     assert cfg.reservoir.policy == "balanced" and cfg.reservoir.on_full == "block"
+
+
+@pytest.mark.parametrize("on_full", ["block", "drop_oldest"])
+def test_fifo_never_permutes_its_ring(on_full):
+    """The fifo fast path (slices of storage) relies on it."""
+    gen = torch.Generator().manual_seed(1)
+    buf = make("fifo", capacity=7, watermark=1, on_full=on_full)
+    expected, i = [], 0
+    for _ in range(300):
+        if torch.rand(1, generator=gen) < 0.55 and buf.can_put():
+            put_id(buf, i)
+            i += 1
+        elif len(buf):
+            expected.append(buf.held_members()[: 3].tolist())
+            assert buf.sample(3).member.tolist() == expected[-1]
+    assert torch.equal(buf._ring, torch.arange(7))
+
+
+def test_firo_removal_moves_no_field():
+    """Removing from the middle swaps slot ids: every held sample stays in the slot it was put in."""
+    buf = make("firo", capacity=6, watermark=1, seed=2)
+    slot_of = {}
+    for i in range(40):
+        while buf.can_put():
+            put_id(buf, i)
+            slot_of[i] = int(buf._slots(torch.tensor(len(buf) - 1)))
+            i += 100
+        buf.sample(2)
+        for member, slot in zip(buf.held_members().tolist(), buf._held_slots().tolist()):
+            assert slot_of[member] == slot
+
+
+@pytest.mark.parametrize("capacity", [40, 400])  # a batch of 8: a permutation, then subsets of draws
+def test_firo_picks_uniform_subsets_of_distinct_positions(capacity):
+    buf = make("firo", capacity=capacity, watermark=1, seed=6)
+    counts = torch.zeros(capacity)
+    for i in range(capacity):
+        put_id(buf, i)
+    for _ in range(4000):
+        positions = buf._pick(8)
+        assert len(positions.unique()) == 8
+        counts += torch.bincount(positions, minlength=capacity)
+    assert chisquare(counts.numpy()).pvalue > 1e-3

@@ -11,10 +11,12 @@ these things, and a subclass overrides only those:
 * which held samples a batch is made of (`_pick`),
 * whether drawn samples leave the buffer (`consumes`).
 
-Storage is a ring of `capacity` preallocated slots. Held samples occupy the `len(self)` slots that
-follow `_head`; their *positions* 0..len-1 count from `_head`, so position 0 is the oldest sample as
-long as samples only leave from the front. Policies work in positions, never in slots, which keeps
-the ring arithmetic (and the checkpoint layout) in this module.
+Storage is `capacity` preallocated slots that never move. A ring of slot ids (`_ring`, int64 on the
+CPU) orders them: held samples are in the `len(self)` ring entries that follow `_head`, free slots in
+the rest; a sample's *position* 0..len-1 counts from `_head`, so position 0 is the oldest sample as
+long as samples only leave from the front. Removing samples from the middle (firo, a lossy drop)
+swaps a few slot ids in the ring and never copies a field, which matters on a GPU. Policies work in
+positions, never in slots, which keeps the ring arithmetic (and the checkpoint layout) in this module.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ class Buffer(ABC):
         self._step = torch.zeros(capacity, dtype=torch.int64)
         self._seen = torch.zeros(capacity, dtype=torch.int64)
         self._order = torch.zeros(capacity, dtype=torch.int64)  # arrival number (n_put before the put)
+        self._ring = torch.arange(capacity)  # slot ids in position order from _head, then free slots
 
         self._head = 0
         self._size = 0
@@ -210,7 +213,7 @@ class Buffer(ABC):
 
         displaced = None
         if self._size < self.capacity:
-            slot = (self._head + self._size) % self.capacity
+            slot = self._free_slot()
             self._size += 1
         elif self.replaces:
             position = self._victim(member, step)
@@ -219,16 +222,16 @@ class Buffer(ABC):
                 self._n_put += 1
                 self._evicted_unseen += 1
                 return Displaced(member=int(member), step=int(step), seen=0, reason="rejected")
-            slot = (self._head + position) % self.capacity
+            slot = int(self._slots(torch.tensor(position)))
             displaced = self._describe(slot, "evicted")
             if displaced.seen == 0:
                 self._evicted_unseen += 1
         else:  # on_full == "drop_oldest": remove the oldest held sample, append the new one
-            oldest = int(torch.argmin(self._order[self._held_slots()]))
-            displaced = self._describe((self._head + oldest) % self.capacity, "dropped")
-            self._remove(torch.tensor([oldest]))
+            oldest = torch.argmin(self._order[self._held_slots()])
+            displaced = self._describe(int(self._slots(oldest)), "dropped")
+            self._remove(oldest.reshape(1))
             self._n_dropped += 1
-            slot = (self._head + self._size) % self.capacity
+            slot = self._free_slot()
             self._size += 1
         self._x[slot].copy_(x)
         self._y[slot].copy_(y)
@@ -324,6 +327,7 @@ class Buffer(ABC):
             "y_shape": self.y_shape,
             "head": self._head,
             "size": self._size,
+            "ring": self._ring.clone(),
             "x": self._x if on_cpu else self._x.cpu(),
             "y": self._y if on_cpu else self._y.cpu(),
             "member": self._member.clone(),
@@ -351,13 +355,14 @@ class Buffer(ABC):
             theirs = tuple(state[key]) if key == "y_shape" else state[key]
             if theirs != mine:
                 raise ValueError(f"state_dict {key} is {theirs!r}, this buffer has {mine!r}")
-        for key, tensor in (("x", self._x), ("y", self._y), ("member", self._member)):
+        for key, tensor in (("x", self._x), ("y", self._y), ("member", self._member), ("ring", self._ring)):
             if tuple(state[key].shape) != tuple(tensor.shape):
                 raise ValueError(
                     f"state_dict {key} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}"
                 )
         self._head = int(state["head"])
         self._size = int(state["size"])
+        self._ring.copy_(state["ring"])
         self._x.copy_(state["x"])
         self._y.copy_(state["y"])
         self._member.copy_(state["member"])
@@ -383,7 +388,11 @@ class Buffer(ABC):
 
     def _slots(self, positions: torch.Tensor) -> torch.Tensor:
         """[k] int64 storage slots of positions [k]."""
-        return (self._head + positions) % self.capacity
+        return self._ring[(self._head + positions) % self.capacity]
+
+    def _free_slot(self) -> int:
+        """The slot a sample appended at position len(self) goes to (the buffer is not full)."""
+        return int(self._ring[(self._head + self._size) % self.capacity])
 
     def _held_slots(self) -> torch.Tensor:
         """[len] int64 slots of all held samples, in position order."""
@@ -394,8 +403,15 @@ class Buffer(ABC):
             member=int(self._member[slot]), step=int(self._step[slot]), seen=int(self._seen[slot]), reason=reason
         )
 
+    def _on_device(self, index: torch.Tensor) -> torch.Tensor:
+        """An index tensor on the storage's device. From pinned memory and non-blocking on a GPU:
+        a pageable copy would wait for every kernel queued before it (the last train step)."""
+        if self.device.type == "cuda":
+            return index.pin_memory().to(self.device, non_blocking=True)
+        return index.to(self.device)
+
     def _gather(self, slots: torch.Tensor) -> Batch:
-        dev_slots = slots.to(self.device)
+        dev_slots = self._on_device(slots)
         # Advanced indexing copies, which is what makes a returned batch independent of storage.
         return Batch(
             x=self._x[dev_slots],
@@ -405,23 +421,22 @@ class Buffer(ABC):
         )
 
     def _remove(self, positions: torch.Tensor) -> None:
-        """Remove the samples at the k distinct `positions` without shifting the whole ring.
+        """Remove the samples at the k distinct `positions`; no field is copied.
 
-        The ring drops its k front positions; survivors sitting there first move into the holes
-        that the removed samples leave further back. For a policy that removes the front (fifo)
-        nothing moves and arrival order is kept; otherwise only min(k, survivors) rows are copied.
+        The ring drops its k front entries. A survivor among them swaps ring entries with a removed
+        sample further back: the survivor's slot id takes the hole, the freed slot id goes to the
+        front entries, which become free. For a policy that removes the front (fifo) nothing is
+        swapped and arrival order is kept.
         """
         k = len(positions)
-        removed = torch.zeros(self._size, dtype=torch.bool)
-        removed[positions] = True
-        survivors_in_front = (~removed[:k]).nonzero().squeeze(1)
-        holes_behind = removed[k:].nonzero().squeeze(1) + k
+        in_front = positions < k
+        holes_behind = positions[~in_front]
+        survivor = torch.ones(k, dtype=torch.bool)
+        survivor[positions[in_front]] = False
+        survivors_in_front = survivor.nonzero().squeeze(1)
         if len(survivors_in_front):
-            src, dst = self._slots(survivors_in_front), self._slots(holes_behind)
-            dev_src, dev_dst = src.to(self.device), dst.to(self.device)
-            self._x[dev_dst] = self._x[dev_src]
-            self._y[dev_dst] = self._y[dev_src]
-            for meta in (self._member, self._step, self._seen, self._order):
-                meta[dst] = meta[src]
+            a = (self._head + survivors_in_front) % self.capacity
+            b = (self._head + holes_behind) % self.capacity
+            self._ring[a], self._ring[b] = self._ring[b], self._ring[a]
         self._head = (self._head + k) % self.capacity
         self._size -= k

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from datamove.reservoir.base import Buffer, Displaced
+from datamove.reservoir.base import Batch, Buffer, Displaced
 
 
 class ReservoirBuffer(Buffer):
@@ -42,17 +42,46 @@ class FifoBuffer(Buffer):
     def _pick(self, batch_size: int) -> torch.Tensor:
         return torch.arange(min(batch_size, len(self)))
 
+    def sample(self, batch_size: int) -> Batch:
+        k = min(batch_size, len(self))
+        if batch_size < 1 or k == 0 or self._head + k > self.capacity:
+            return super().sample(batch_size)  # the errors, and a draw across the end of storage
+        # fifo only ever removes its front, so its ring of slot ids stays the identity and the k
+        # oldest samples are the slots head..head+k: slices instead of index tensors, a few ops
+        # per draw (on a GPU each op costs a launch).
+        run = slice(self._head, self._head + k)
+        self._seen[run] += 1
+        self._n_sampled += k
+        batch = Batch(
+            x=self._x[run].clone(), y=self._y[run].clone(), member=self._member[run].clone(),
+            step=self._step[run].clone(),
+        )
+        self._head = (self._head + k) % self.capacity
+        self._size -= k
+        return batch
 
-class FiroBuffer(FifoBuffer):
+
+class FiroBuffer(Buffer):
     """First in, random out: as fifo (each sample used once, backpressure when full), but a batch
     is min(B, len) held samples drawn uniformly without replacement, which breaks up the time order
     in which the solvers produce samples."""
 
     name = "firo"
+    consumes = True
 
     def _pick(self, batch_size: int) -> torch.Tensor:
-        # randperm of 10,000 positions costs ~30 us: not worth a cleverer subset sampler.
-        return torch.randperm(len(self), generator=self._gen)[:batch_size]
+        n = len(self)
+        if 4 * batch_size >= n:
+            return torch.randperm(n, generator=self._gen)[:batch_size]
+        # B << len: O(B) work instead of permuting every held position. Given how many distinct
+        # values m draws with replacement give, they are a uniform random subset of that size
+        # (symmetry), and a uniform subset of it of size B is a uniform B-subset; randperm also
+        # puts it in random order. m leaves room for the ~m^2 / 2n repeats expected.
+        m = batch_size + batch_size * batch_size // n + 16
+        while True:
+            distinct = torch.randint(n, (m,), generator=self._gen).unique()
+            if len(distinct) >= batch_size:
+                return distinct[torch.randperm(len(distinct), generator=self._gen)[:batch_size]]
 
 
 class BalancedBuffer(ReservoirBuffer):
@@ -116,7 +145,8 @@ class BalancedBuffer(ReservoirBuffer):
             held, nth = int(self._held_of[i]), int(self._puts_of[i]) + 1
             if held == 0 or int(torch.randint(nth, (1,), generator=self._gen)) >= held:
                 return None  # kept with probability held / nth
-        # A replacing buffer never removes samples, so its ring head stays 0: positions are slots.
+        # A replacing buffer never removes samples: its ring stays the identity from head 0, so
+        # positions are slots.
         positions = (self._member[: self._size] == self._ids[loser]).nonzero().squeeze(1)
         return int(positions[torch.randint(len(positions), (1,), generator=self._gen)])
 
