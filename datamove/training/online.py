@@ -181,6 +181,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
         y_shape=(ny, nx),
         seed=tc.seed + dd.rank,
         device=device,
+        on_full=cfg.reservoir.on_full,
     )
     ledger = Ledger(members=members, steps_expected=n_steps)
     params: dict[int, torch.Tensor] = {}
@@ -371,8 +372,10 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
             while waiting and buffer.can_put():
                 member, step, t, slot = waiting.popleft()
                 x = torch.cat([params[member], torch.tensor([t], dtype=torch.float32)])
-                buffer.put(x, torch.from_numpy(slots[slot]), member=member, step=step)
+                displaced = buffer.put(x, torch.from_numpy(slots[slot]), member=member, step=step)
                 free_slots.put(slot)  # the buffer holds its own copy now
+                if displaced is not None and displaced.reason == "dropped":
+                    ledger.dropped(displaced.member)  # on_full=drop_oldest: lost, and counted
 
             if not streams_done:
                 busy = len(idle_workers) < n_workers

@@ -14,6 +14,8 @@ class MemberRecord:
     ``steps_received`` counts distinct steps (1..n in order); a rerun of a lost member sends its
     steps again, and those already received are counted in ``steps_duplicate`` and not used twice.
     A lost member's missing steps are ``steps_expected - steps_received``, with the ``reason``.
+    With the lossy ``reservoir.on_full: drop_oldest``, ``steps_dropped`` received steps were
+    discarded before any batch used them.
     """
 
     member: int
@@ -23,6 +25,7 @@ class MemberRecord:
     reason: str = ""
     attempts: int = 0  # streams opened for this member (reruns included)
     steps_duplicate: int = 0
+    steps_dropped: int = 0  # received, then discarded untrained by reservoir.on_full=drop_oldest
 
 
 UNFINISHED = ("pending", "streaming", "retrying")
@@ -50,6 +53,9 @@ class Ledger:
             return False
         rec.steps_received += 1
         return True
+
+    def dropped(self, member: int) -> None:
+        self.records[member].steps_dropped += 1
 
     def ended(self, member: int, status: str, reason: str = "") -> None:
         rec = self.records[member]
