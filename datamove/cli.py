@@ -16,9 +16,13 @@ def _config(args) -> StudyConfig:
 
 
 def cmd_simulate(args) -> int:
-    from datamove.simulate import simulate
+    from datamove.simulate import simulate, simulate_job
 
-    simulate(_config(args), args.member, marker=Path(args.marker) if args.marker else None)
+    marker = Path(args.marker) if args.marker else None
+    if args.job is not None:
+        simulate_job(_config(args), args.job, marker=marker)
+    else:
+        simulate(_config(args), args.member, marker=marker)
     return 0
 
 
@@ -36,6 +40,88 @@ def cmd_train(args) -> int:
             f"`datamove train` trains online from SST streams; stream.engine is {cfg.stream.engine}"
         )
     train_online(cfg)
+    return 0
+
+
+def cmd_train_offline(args) -> int:
+    import torch
+
+    from datamove.training.offline import DatasetError, online_budget, train_offline
+
+    cfg = _config(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if cfg.stream.engine.upper() != "BP5":
+        raise ConfigError(
+            f"`datamove train-offline` trains on member files written with BP5; stream.engine is {cfg.stream.engine}"
+        )
+    budget = {}
+    if args.budget_from:
+        value = online_budget(args.budget_from, args.budget)
+        budget = {"budget_batches": int(value)} if args.budget == "batches" else {"budget_seconds": float(value)}
+    try:
+        train_offline(cfg, **budget)
+    except DatasetError as exc:
+        print(f"datamove: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_make_testset(args) -> int:
+    from datamove.simulate import make_testset
+
+    make_testset(_config(args))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from datamove.evaluation.arms import arm_name
+    from datamove.evaluation.errors import evaluate_members, pooled
+    from datamove.training.offline import DatasetError
+    from datamove.training.step import load_surrogate
+
+    cfg = _config(args)
+    model, _ = load_surrogate(args.model)
+    try:
+        errors, maps = evaluate_members(model, cfg, arm=arm_name(cfg))
+    except DatasetError as exc:
+        print(f"datamove: {exc}", file=sys.stderr)
+        return 3
+    errors.to_csv(args.out, index=False)
+    if args.maps:
+        maps.to_csv(args.maps, index=False)
+    overall = pooled(errors).iloc[0]
+    print(
+        f"[evaluate] {args.model}: {cfg.test.n_members} test members, MSE {overall['mse']:.4e} (normalised), "
+        f"relative L2 {overall['rel_l2']:.4e}; wrote {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_figure_data(args) -> int:
+    from datamove.evaluation.report import collect_figure_data
+
+    data = collect_figure_data(_config(args))
+    data.to_csv(args.out, index=False)
+    print(f"[figure-data] {len(data)} rows -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from datamove.plots import plot
+
+    plot(args.figure, args.data, args.out)
+    return 0
+
+
+def cmd_results_table(args) -> int:
+    import pandas as pd
+
+    from datamove.evaluation.report import write_table
+
+    text = write_table(pd.read_csv(args.data), args.out, args.markdown)
+    print(f"\nResults ({args.data}):\n\n{text}\n", flush=True)
     return 0
 
 
@@ -94,11 +180,38 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("simulate", cmd_simulate, "Run one ensemble member and stream its steps (SST or BP5).")
-    p.add_argument("--member", type=int, required=True, help="member id, 0 <= K < ensemble.n_members")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--member", type=int, help="member id, 0 <= K < ensemble.n_members")
+    which.add_argument(
+        "--job", type=int, help="job id J: members J*k .. J*k+k-1 one after another (k = ensemble.members_per_job)"
+    )
     p.add_argument("--marker", help="write a JSON summary here on success (workflow output)")
     p = add("train", cmd_train, "Train the surrogate online from the member streams (SST).")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add("make-heldout", cmd_make_heldout, "Write the held-out validation members (BP5 files).")
+    p = add("train-offline", cmd_train_offline, "Train the surrogate for epochs over member files (BP5).")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--budget-from", help="the online arm's metrics.csv: train as many batches or seconds as it did")
+    p.add_argument("--budget", choices=["batches", "seconds"], default="batches", help="what --budget-from matches")
+    add("make-testset", cmd_make_testset, "Write the test members (own seed; BP5 files).")
+    p = add("evaluate", cmd_evaluate, "Evaluate a trained model on the test members (MSE, relative L2, maps).")
+    p.add_argument("--model", required=True, help="model.pt written by a trainer")
+    p.add_argument("--out", required=True, help="per-sample errors (CSV)")
+    p.add_argument("--maps", help="truth, prediction and error maps of evaluation.map_member (CSV)")
+    p = add("figure-data", cmd_figure_data, "Collect every number of the study's figures into one tidy CSV.")
+    p.add_argument("--out", required=True, help="figure_data.csv")
+    p = sub.add_parser("plot", help="Draw one figure from figure_data.csv.", description="Draw one figure from figure_data.csv.")
+    p.add_argument("--figure", required=True, help="figure name (datamove.plots.FIGURES)")
+    p.add_argument("--data", required=True, help="figure_data.csv")
+    p.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
+    p.set_defaults(func=cmd_plot)
+    p = sub.add_parser(
+        "results-table", help="Print and save the results table.", description="Print and save the results table."
+    )
+    p.add_argument("--data", required=True, help="figure_data.csv")
+    p.add_argument("--out", required=True, help="results.csv")
+    p.add_argument("--markdown", help="also write the table as Markdown here")
+    p.set_defaults(func=cmd_results_table)
     p = add("wait-trainer", cmd_wait_trainer, "Wait until the trainer reports ready (readiness gate).")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
     p.add_argument("--touch", help="file to write once the trainer is ready (workflow output)")

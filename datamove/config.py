@@ -94,6 +94,16 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
         problems.append(
             "key 'heldout.seed': equals ensemble.seed, so held-out members would repeat training members"
         )
+    for other in ("ensemble", "heldout"):
+        if cfg["test"]["seed"] == cfg[other]["seed"]:
+            problems.append(
+                f"key 'test.seed': equals {other}.seed, so test members would repeat {other} members"
+            )
+    if cfg["evaluation"]["map_member"] >= cfg["test"]["n_members"]:
+        problems.append(
+            f"key 'evaluation.map_member': {cfg['evaluation']['map_member']} is not a test member "
+            f"(test.n_members is {cfg['test']['n_members']})"
+        )
     xml = cfg["stream"]["xml_config"]
     if xml is not None:
         problems += _check_adios_xml(Path(xml), cfg["stream"]["engine"])
@@ -144,6 +154,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- typed views
 
 
+def _sampling(section: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: section[k] for k in ("seed", "n_members")}
+
+
 @dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
     """How the parameters of a set of members are drawn."""
@@ -191,6 +205,33 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OfflineConfig:
+    """The offline trainer: epochs over the BP5 member files."""
+
+    epochs: int
+    max_batches: int | None
+    max_seconds: float | None
+    reader: str
+    loader_workers: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComparisonConfig:
+    """Online against offline in one study (see the schema's ``comparison``)."""
+
+    enabled: bool
+    offline_members: int
+    budget: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationConfig:
+    enabled: bool
+    map_member: int
+    map_max_side: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class StudyConfig:
     """A validated study configuration; ``raw`` keeps the full dict (saved in checkpoints)."""
 
@@ -206,6 +247,12 @@ class StudyConfig:
     reservoir: ReservoirConfig
     trainer: TrainerConfig
     raw: Mapping[str, Any] = field(repr=False)
+    arm: str | None
+    members_per_job: int
+    test: SamplingConfig
+    offline: OfflineConfig
+    comparison: ComparisonConfig
+    evaluation: EvaluationConfig
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> StudyConfig:
@@ -225,14 +272,23 @@ class StudyConfig:
                 diffusivity=s["diffusivity"], dt=s["dt"], n_steps=s["n_steps"],
             ),
             step_delay_s=s["step_delay_s"],
-            ensemble=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **cfg["ensemble"]),
-            heldout=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **cfg["heldout"]),
+            ensemble=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **_sampling(cfg["ensemble"])),
+            heldout=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **_sampling(cfg["heldout"])),
             stream=StreamConfig(**cfg["stream"]),
             reservoir=ReservoirConfig(**cfg["reservoir"]),
             trainer=TrainerConfig(
                 **{**t, "lr_milestones": tuple(t["lr_milestones"])}
             ),
             raw=copy.deepcopy(dict(cfg)),
+            arm=cfg["arm"],
+            members_per_job=cfg["ensemble"]["members_per_job"],
+            test=SamplingConfig(
+                sampler=sampler, names=names, ranges=ranges,
+                seed=cfg["test"]["seed"], n_members=cfg["test"]["n_members"],
+            ),
+            offline=OfflineConfig(**cfg["offline"]),
+            comparison=ComparisonConfig(**cfg["comparison"]),
+            evaluation=EvaluationConfig(**cfg["evaluation"]),
         )
 
     @classmethod
@@ -242,7 +298,9 @@ class StudyConfig:
     # Where things live. One place, so the CLI, the workflow and the tests agree.
     @property
     def study_dir(self) -> Path:
-        return self.results_dir / self.study
+        """results/<study>/, or results/<study>/<arm>/ for an arm of a comparison study."""
+        base = self.results_dir / self.study
+        return base / self.arm if self.arm else base
 
     @property
     def stream_dir(self) -> Path:
@@ -252,6 +310,11 @@ class StudyConfig:
     @property
     def heldout_dir(self) -> Path:
         return self.data_dir / self.study / "heldout"
+
+    @property
+    def test_dir(self) -> Path:
+        """The test members (BP5), shared by the arms of a comparison study."""
+        return self.data_dir / self.study / "test"
 
     @property
     def heartbeat_path(self) -> Path:

@@ -94,12 +94,62 @@ def simulate(cfg: StudyConfig, member: int, *, marker: Path | None = None) -> di
     return summary
 
 
+def job_members(cfg: StudyConfig, job: int) -> list[int]:
+    """The members simulation job ``job`` runs: ``ensemble.members_per_job`` consecutive ids."""
+    k = cfg.members_per_job
+    members = list(range(job * k, min((job + 1) * k, cfg.ensemble.n_members)))
+    if job < 0 or not members:
+        raise ValueError(f"--job {job} is outside [0, {n_jobs(cfg)}) ({cfg.ensemble.n_members} members, {k} per job)")
+    return members
+
+
+def n_jobs(cfg: StudyConfig) -> int:
+    return -(-cfg.ensemble.n_members // cfg.members_per_job)
+
+
+def simulate_job(cfg: StudyConfig, job: int, *, marker: Path | None = None) -> list[dict]:
+    """``datamove simulate --job J``: the members of job J one after another, one stream each.
+
+    One process for several members pays the start-up (interpreter, numpy, adios2) once. With SST
+    each member's stream is read by the trainer before the next one opens. Each member's marker
+    (``members/member-K.json``) is written as soon as it is sent; ``marker`` gets the job summary.
+    """
+    members = job_members(cfg, job)
+    summaries = []
+    with Watchdog() as watchdog:  # before any ADIOS2 object: it forks
+        for member in members:
+            summary = run_member(
+                cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog
+            )
+            summaries.append(summary)
+            member_marker = cfg.study_dir / "members" / f"member-{member:06d}.json"
+            member_marker.parent.mkdir(parents=True, exist_ok=True)
+            member_marker.write_text(json.dumps(summary, indent=1))
+            print(
+                f"[simulate] job {job}: member {member}: {summary['steps']} steps sent ({cfg.stream.engine}) in "
+                f"{summary['total_s']:.2f} s (solve {summary['solve_s']:.2f} s)",
+                file=sys.stderr,
+            )
+    if marker is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"job": job, "members": summaries}, indent=1))
+    return summaries
+
+
+def _write_bp5_members(cfg: StudyConfig, sampling: SamplingConfig, out: Path, label: str) -> Path:
+    stream = dataclasses.replace(cfg.stream, engine="BP5", xml_config=None)
+    out.mkdir(parents=True, exist_ok=True)
+    for member in range(sampling.n_members):
+        run_member(cfg, member, sampling=sampling, stream=stream, stream_dir=out)
+    print(f"[{label}] wrote {sampling.n_members} members to {out}", file=sys.stderr)
+    return out
+
+
 def make_heldout(cfg: StudyConfig) -> Path:
     """Write the held-out members with BP5 into ``cfg.heldout_dir`` (idempotent per member)."""
-    stream = dataclasses.replace(cfg.stream, engine="BP5", xml_config=None)
-    out = cfg.heldout_dir
-    out.mkdir(parents=True, exist_ok=True)
-    for member in range(cfg.heldout.n_members):
-        run_member(cfg, member, sampling=cfg.heldout, stream=stream, stream_dir=out)
-    print(f"[heldout] wrote {cfg.heldout.n_members} members to {out}", file=sys.stderr)
-    return out
+    return _write_bp5_members(cfg, cfg.heldout, cfg.heldout_dir, "heldout")
+
+
+def make_testset(cfg: StudyConfig) -> Path:
+    """Write the test members (own seed) with BP5 into ``cfg.test_dir``, for the final evaluation."""
+    return _write_bp5_members(cfg, cfg.test, cfg.test_dir, "test")

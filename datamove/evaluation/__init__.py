@@ -1,0 +1,2 @@
+"""Evaluation of trained surrogates on test members, the comparison study's arms, figure data and
+the results table."""

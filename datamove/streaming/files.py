@@ -1,0 +1,149 @@
+"""Random access to member files written with BP5 (the stream contract on disk).
+
+The offline trainer reads samples in any order: one step of one member at a time (an ADIOS2 step
+selection, ~16 us for a 100x100 field from the page cache), or a whole member at once. Each
+``MemberFile`` owns its ADIOS2 objects; open it in the process that reads it (a DataLoader worker),
+never pickle an open one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import adios2
+import numpy as np
+
+from datamove.streaming.contract import FIELDS, REQUIRED_ATTRIBUTES, TIME, ContractError, StreamError
+from datamove.streaming.reader import MemberInfo
+
+
+class MemberFile:
+    """One member's BP5 file, opened for random access.
+
+    Attributes after :meth:`open`: ``info`` (validated attributes), ``n_steps``, ``field_shape``
+    (ny, nx) and ``times`` (float64 [n_steps]).
+
+    Raises (from :meth:`open`): StreamError naming the file when it is missing or unreadable,
+    ContractError when it does not follow the stream contract.
+    """
+
+    def __init__(self, path: str | Path, member: int):
+        self.path = Path(path)
+        self.member = member
+        self.info: MemberInfo | None = None
+        self.n_steps = 0
+        self.field_shape: tuple[int, ...] = ()
+        self.times = np.empty(0)
+        self._adios: adios2.Adios | None = None
+        self._reader: adios2.FileReader | None = None
+
+    def open(self) -> MemberFile:
+        if not self.path.exists():
+            raise StreamError(self.member, f"file not found: {self.path}")
+        try:
+            adios = adios2.Adios()
+            io = adios.declare_io(f"member-file-{self.member}")
+            io.set_engine("BP5")
+            # A file cut short must fail, not wait for a writer that will never come: with the
+            # default POSIX transport, ADIOS2 2.12 waits forever for the missing bytes of a
+            # truncated data file (measured), and 3600 s for a truncated metadata file.
+            io.set_parameters({"OpenTimeoutSecs": "1"})
+            io.add_transport("File", {"Library": "stdio"})
+            self._adios = adios  # the IO lives as long as its Adios object
+            self._reader = adios2.FileReader(io, str(self.path))
+            variables = self._reader.available_variables()
+            attributes = {name: self._reader.read_attribute(name) for name in self._reader.available_attributes()}
+        except Exception as exc:
+            self.close()
+            raise StreamError(self.member, f"{self.path} is not a readable BP5 file: {exc}") from exc
+        try:
+            self.info = _member_info(self.member, attributes, self.path)
+            for name in (TIME, *FIELDS):
+                if name not in variables:
+                    raise ContractError(self.member, f"{self.path} has no variable '{name}'")
+            u = variables[FIELDS[0]]
+            if u.get("Type") != "float":
+                raise ContractError(self.member, f"{self.path}: '{FIELDS[0]}' has type {u.get('Type')}, expected float")
+            self.field_shape = tuple(int(s) for s in u.get("Shape", "").replace(",", " ").split())
+            self.n_steps = int(u.get("AvailableStepsCount", 0))
+            if len(self.field_shape) != 2 or self.n_steps < 1:
+                raise ContractError(
+                    self.member, f"{self.path}: '{FIELDS[0]}' has shape {list(self.field_shape)} and {self.n_steps} steps"
+                )
+            self.times = np.asarray(self._read(TIME, step_start=0, step_count=self.n_steps), dtype=np.float64)
+            self.times = self.times.reshape(-1)
+        except Exception:
+            self.close()
+            raise
+        return self
+
+    def read_step(self, step: int) -> np.ndarray:
+        """Field ``u`` of step ``step`` (0-based): float32 [ny, nx]."""
+        return self._read(FIELDS[0], step_start=step, step_count=1).reshape(self.field_shape)
+
+    def read_all(self) -> np.ndarray:
+        """Every step of ``u``: float32 [n_steps, ny, nx]."""
+        return self._read(FIELDS[0], step_start=0, step_count=self.n_steps).reshape(self.n_steps, *self.field_shape)
+
+    def _read(self, name: str, *, step_start: int, step_count: int) -> np.ndarray:
+        if self._reader is None:
+            raise StreamError(self.member, f"{self.path}: read before open()")
+        if not (0 <= step_start and step_start + step_count <= self.n_steps):
+            raise IndexError(f"{self.path}: steps [{step_start}, {step_start + step_count}) out of range ({self.n_steps} steps)")
+        try:
+            if name == TIME:
+                return np.asarray(self._reader.read(name, step_selection=[step_start, step_count]))
+            count = list(self.field_shape)
+            return np.asarray(
+                self._reader.read(name, start=[0] * len(count), count=count, step_selection=[step_start, step_count]),
+                dtype=np.float32,
+            )
+        except Exception as exc:
+            raise StreamError(
+                self.member, f"{self.path}: reading '{name}' steps [{step_start}, {step_start + step_count}) failed: {exc}"
+            ) from exc
+
+    def close(self) -> None:
+        if self._reader is not None:
+            try:
+                self._reader.close()
+            except Exception:
+                pass
+            self._reader = None
+        self._adios = None
+
+    def __enter__(self) -> MemberFile:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ADIOS2 objects do not survive pickling or fork: a copy sent to a worker reopens the file.
+        state = dict(self.__dict__)
+        state["_reader"] = state["_adios"] = None
+        return state
+
+
+def _member_info(member: int, attributes: dict[str, Any], path: Path) -> MemberInfo:
+    missing = [a for a in REQUIRED_ATTRIBUTES if a not in attributes]
+    if missing:
+        raise ContractError(member, f"{path}: missing attribute(s) {missing} (have {sorted(attributes)})")
+    attrs = dict(attributes)
+    found = int(np.asarray(attrs.pop("member")).reshape(-1)[0])
+    if found != member:
+        raise ContractError(member, f"{path}: attribute member={found} does not match the file name")
+    params = np.asarray(attrs.pop("params"), dtype=np.float64).reshape(-1)
+    names = attrs.pop("param_names")
+    names = tuple(n.strip() for n in names.split(",")) if isinstance(names, str) else tuple(names)
+    solver = attrs.pop("solver")
+    solver = solver[0] if isinstance(solver, list) else solver
+    if len(names) != params.size:
+        raise ContractError(member, f"{path}: {params.size} params but {len(names)} param_names")
+    constants = {}
+    for name, value in attrs.items():
+        if not isinstance(value, (str, list)) and np.size(value) == 1:
+            value = np.asarray(value).reshape(-1)[0].item()
+        constants[name] = value
+    return MemberInfo(member=member, params=params, param_names=names, solver=solver, constants=constants)
