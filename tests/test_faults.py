@@ -146,6 +146,14 @@ def test_sst_study_writes_nothing_but_its_outputs(tiny_config, tmp_path):
     assert other < 0.25 * dataset_bytes, (other, dataset_bytes, sizes)
 
 
+def _checkpointed_complete(cfg, member: int) -> bool:
+    try:
+        ledger = torch.load(cfg.checkpoint_path, weights_only=False)["ledger"]
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return False
+    return any(r["member"] == member and r["status"] == "complete" for r in ledger)
+
+
 @pytest.mark.slow
 def test_trainer_crash_resumes_from_checkpoint(tiny_config, tmp_path):
     path = tiny_config(
@@ -160,8 +168,7 @@ def test_trainer_crash_resumes_from_checkpoint(tiny_config, tmp_path):
     def kill_trainer_after_first_member():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            ckpt_ok = cfg.checkpoint_path.exists() and cfg.member_marker(0).exists()
-            if ckpt_ok and (cfg.stream_dir / "member-000001.sst").exists():
+            if (cfg.stream_dir / "member-000001.sst").exists() and _checkpointed_complete(cfg, 0):
                 for pid in _pids_running("datamove train", str(cfg.study_dir)):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)

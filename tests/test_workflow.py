@@ -90,6 +90,7 @@ def _kill_member_when_streaming(stream_dir: Path, member: int, killed: list, dea
     target = f"--member {member:06d}"
     while time.monotonic() < deadline and not killed:
         if contact_file(stream_dir, member).exists():
+            victims = []
             for pid in os.listdir("/proc"):
                 if not pid.isdigit():
                     continue
@@ -98,12 +99,15 @@ def _kill_member_when_streaming(stream_dir: Path, member: int, killed: list, dea
                 except OSError:
                     continue
                 cmd = " ".join(argv)
-                # The solver's Python process itself, not the shell Snakemake wraps it in.
+                # The solver's Python processes (it and its watchdog), not the shell around them.
                 if Path(argv[0]).name.startswith("python") and "datamove simulate" in cmd and target in cmd:
-                    time.sleep(0.3)  # let a few steps through: killed mid-stream
-                    os.kill(int(pid), signal.SIGKILL)
-                    killed.append(int(pid))
-                    return
+                    victims.append(int(pid))
+            if victims:
+                time.sleep(0.3)  # let a few steps through: killed mid-stream
+                for pid in victims:
+                    os.kill(pid, signal.SIGKILL)
+                killed.extend(victims)
+                return
         time.sleep(0.02)
 
 

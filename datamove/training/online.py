@@ -63,20 +63,28 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
 
+    def _beat(self, **extra) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "time": time.time(), **extra}))
+        tmp.replace(self.path)
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
-            tmp.replace(self.path)
+            self._beat()
             self._stop.wait(self.period)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, finished: bool) -> None:
+        """``finished``: the trainer read every stream to its end; a last beat says so, and lets
+        the last solvers confirm that it outlived their streams (see datamove.gate)."""
         self._stop.set()
         self._thread.join()
-        self.path.unlink(missing_ok=True)
+        if finished:
+            self._beat(finished=True)
+        else:
+            self.path.unlink(missing_ok=True)
 
 
 class StudyBusyError(RuntimeError):
@@ -424,7 +432,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
     finally:
         stop.set()
         if dd.main:
-            heartbeat.stop()
+            heartbeat.stop(finished=all_done)
         for proc in workers:
             proc.join(timeout=10)
             if proc.is_alive():
