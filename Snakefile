@@ -8,6 +8,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/policies.smk"
+include: "workflow/rules/offline.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

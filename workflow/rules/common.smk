@@ -4,6 +4,8 @@ import shlex
 import sys
 
 from datamove.config import ConfigError, StudyConfig, validate_config
+from datamove.evaluation.arms import arm_config, arm_dirs
+from datamove.plots import FIGURES
 
 # The datamove CLI of the Python that runs Snakemake: no reliance on PATH or an activated venv.
 DATAMOVE = f"{shlex.quote(sys.executable)} -m datamove"
@@ -17,12 +19,13 @@ except ConfigError as exc:
 config.clear()
 config.update(_validated)
 STUDY = StudyConfig.from_dict(config)
-if STUDY.stream.engine.upper() != "SST":
-    raise WorkflowError(
-        f"stream.engine: {STUDY.stream.engine} is not supported by the workflow yet: this release "
-        "trains online from SST streams (the offline BP5 trainer is future work)"
-    )
+# stream.engine decides the arm: SST streams to train_online, BP5 writes files for train_offline.
+ONLINE = STUDY.stream.engine.upper() == "SST"
+# comparison.enabled: this workflow runs both arms as modules (evaluate.smk); an arm has `arm` set.
+COMPARISON = STUDY.comparison.enabled and STUDY.arm is None
 MEMBER_IDS = [f"{m:06d}" for m in range(STUDY.ensemble.n_members)]
+# ensemble.members_per_job > 1: simulate_members runs several members per job (simulate.smk).
+JOB_IDS = [f"{j:06d}" for j in range(-(-STUDY.ensemble.n_members // STUDY.members_per_job))]
 
 
 def study_path(*parts):
@@ -36,16 +39,83 @@ def log_path(rule, name="{rule}"):
 
 
 def member_markers():
+    if STUDY.members_per_job > 1:
+        return expand(study_path("members", "job-{job}.json"), job=JOB_IDS)
     return expand(study_path("members", "member-{member}.json"), member=MEMBER_IDS)
 
 
+def simulate_inputs(wildcards):
+    """Online (SST), a solver waits for the trainer's gate; a BP5 writer needs no reader."""
+    inputs = {"cfg": study_path("config.yaml")}
+    if ONLINE:
+        inputs["gate"] = study_path(".gate")
+    return inputs
+
+
+def online_arm_metrics():
+    """The online arm's metrics.csv, whose batches or seconds are the offline arm's budget."""
+    return str(STUDY.results_dir / STUDY.study / "online" / "metrics.csv")
+
+
+def offline_inputs(wildcards):
+    inputs = {"cfg": study_path("config.yaml"), "heldout": str(STUDY.heldout_dir), "members": member_markers()}
+    if STUDY.arm == "offline":
+        inputs["budget"] = online_arm_metrics()
+    return inputs
+
+
+def offline_budget_args(wildcards):
+    if STUDY.arm != "offline":
+        return ""
+    return f"--budget-from {online_arm_metrics()} --budget {STUDY.comparison.budget}"
+
+
 def final_outputs():
+    if COMPARISON:
+        return comparison_outputs()  # evaluate.smk
     return [
         study_path("model.pt"),
         study_path("metrics.csv"),
         study_path("ledger.csv"),
         *member_markers(),
+        *(evaluation_outputs() if STUDY.evaluation.enabled else []),  # evaluate.smk
     ]
+
+
+
+# ---- evaluation, figures and the comparison study (evaluate.smk)
+
+# Study-level outputs: one set per study (not per arm).
+TABLE = study_path("results.csv")
+FIGURE_DATA = study_path("figure_data.csv")
+
+
+def figure_path(name):
+    return study_path("figures", f"{name}.png")
+
+
+def evaluation_outputs():
+    """A trained model's test errors; for a study (not an arm of it), its figures and table."""
+    outputs = [] if COMPARISON else [study_path("evaluation.csv"), study_path("maps.csv")]
+    if not STUDY.arm:
+        outputs += [TABLE, study_path("results.md"), *(figure_path(name) for name in FIGURES)]
+    return outputs
+
+
+def comparison_outputs():
+    """The study's figures and table, and everything each arm's own workflow makes (the arms are
+    the modules online_arm and offline_arm of evaluate.smk)."""
+    return [*evaluation_outputs(), *online_arm.final_outputs(), *offline_arm.final_outputs()]
+
+
+def figure_data_inputs(wildcards):
+    inputs = {"cfg": study_path("config.yaml")}
+    for arm, folder in arm_dirs(STUDY).items():
+        for name in ("metrics.csv", "ledger.csv", "evaluation.csv", "maps.csv", "model.pt"):
+            inputs[f"{arm}_{name.split('.')[0]}"] = str(folder / name)
+        if arm == "offline":
+            inputs["offline_seen"] = str(folder / "seen.csv")
+    return inputs
 
 
 onstart:
@@ -53,7 +123,7 @@ onstart:
     # core for the whole study; the solvers need at least one more or they would never run.
     cores = workflow.global_resources.get("_cores")
     cores = getattr(cores, "value", cores)
-    if cores is not None and cores < 2:
+    if (ONLINE or COMPARISON) and cores is not None and cores < 2:
         raise WorkflowError(
             f"--cores {cores} is too small: the online trainer runs for the whole study and holds "
             "one core, and at least one more is needed for the solvers. Use --cores 2 or more."

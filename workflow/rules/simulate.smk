@@ -34,8 +34,7 @@ rule simulate_member:
     # Waits for the gate, so it never opens a stream before the trainer reads (SST writers have no
     # open timeout of their own; stream.open_timeout_s guards it anyway).
     input:
-        cfg=study_path("config.yaml"),
-        gate=study_path(".gate"),
+        unpack(simulate_inputs),  # the trainer's gate when streaming (SST); none for BP5 files
     output:
         marker=study_path("members", "member-{member}.json"),
     wildcard_constraints:
@@ -49,4 +48,26 @@ rule simulate_member:
         datamove=DATAMOVE,
     shell:
         "{params.datamove} simulate --config {input.cfg} --member {wildcards.member} "
+        "--marker {output.marker} > {log} 2>&1"
+
+
+rule simulate_members:
+    # ensemble.members_per_job > 1: one job runs several members one after another (one stream
+    # each), so that the start-up of a job is paid once per job. Writes each member's marker
+    # (members/member-K.json) as it is sent, and the job's summary as its output.
+    input:
+        unpack(simulate_inputs),
+    output:
+        marker=study_path("members", "job-{job}.json"),
+    wildcard_constraints:
+        job=r"\d{6}",
+    conda:
+        "../envs/datamove.yaml"
+    log:
+        log_path("simulate_members", "job-{job}"),
+    threads: 1
+    params:
+        datamove=DATAMOVE,
+    shell:
+        "{params.datamove} simulate --config {input.cfg} --job {wildcards.job} "
         "--marker {output.marker} > {log} 2>&1"

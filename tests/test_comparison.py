@@ -1,0 +1,125 @@
+"""The workflow with stream.engine SST or BP5, and the online-versus-offline comparison study end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+from datamove.config import StudyConfig, load_config
+from datamove.plots import FIGURES
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, config: Path, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def rows(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["SST", "BP5"])
+def test_engine_alone_moves_a_study_between_memory_and_disk(tiny_config, tmp_path, engine):
+    path = tiny_config(stream={"engine": engine})
+    cfg = StudyConfig.load(path)
+    proc = snakemake(tmp_path, path, "--cores", 2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trainer = "train_online" if engine == "SST" else "train_offline"
+    assert (cfg.study_dir / "logs" / trainer).is_dir()
+    metrics = rows(cfg.study_dir / "metrics.csv")
+    assert float(metrics[-1]["val_loss"]) < float(metrics[0]["val_loss"])
+    ledger = rows(cfg.study_dir / "ledger.csv")
+    assert [r["status"] for r in ledger] == ["complete"] * cfg.ensemble.n_members
+    stored = sorted(p.name for p in Path(cfg.results_dir).rglob("*.bp"))
+    if engine == "SST":
+        assert stored == []  # nothing of the training ensemble touches the disk
+    else:
+        assert stored == [f"member-{m:06d}.bp" for m in range(cfg.ensemble.n_members)]
+
+
+@pytest.mark.slow
+def test_tiny_comparison_study_end_to_end(tiny_config, tmp_path):
+    path = tiny_config(
+        study="cmp",
+        ensemble={"n_members": 4, "members_per_job": 2},
+        test={"n_members": 2, "seed": 77},
+        comparison={"enabled": True, "offline_members": 2, "budget": "batches"},
+    )
+    cfg = StudyConfig.load(path)
+    proc = snakemake(tmp_path, path, "--cores", 2)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    study, online, offline = cfg.study_dir, cfg.study_dir / "online", cfg.study_dir / "offline"
+
+    # The online arm streamed 4 members (2 jobs of 2) and stored none; the offline arm stored 2.
+    assert [r["status"] for r in rows(online / "ledger.csv")] == ["complete"] * 4
+    assert sorted(p.name for p in (online / "members").glob("job-*.json")) == ["job-000000.json", "job-000001.json"]
+    assert json.loads((online / "members" / "job-000001.json").read_text())["members"][1]["member"] == 3
+    assert not list(online.rglob("*.bp"))
+    assert sorted(p.name for p in (offline / "streams").iterdir()) == ["member-000000.bp", "member-000001.bp"]
+    # The same budget: the offline arm trained as many batches as the online arm.
+    assert rows(offline / "metrics.csv")[-1]["batch"] == rows(online / "metrics.csv")[-1]["batch"]
+    # Both arms validated on the same held-out members and were tested on the same test members.
+    assert load_config(online / "config.yaml")["heldout"] == load_config(offline / "config.yaml")["heldout"]
+    errors = {arm: pd.read_csv(study / arm / "evaluation.csv") for arm in ("online", "offline")}
+    for arm in errors:
+        assert sorted(errors[arm]["member"].unique()) == [0, 1]
+        assert len(errors[arm]) == 2 * cfg.solver.n_steps
+    assert errors["online"]["t_init"].tolist() == errors["offline"]["t_init"].tolist()
+
+    # Figures, figure data and the table.
+    for name in FIGURES:
+        assert (study / "figures" / f"{name}.png").stat().st_size > 5000
+    data = pd.read_csv(study / "figure_data.csv")
+    assert set(data["arm"]) == {"online", "offline"}
+    table = pd.read_csv(study / "results.csv").set_index("quantity")
+    assert list(table.columns) == ["online", "offline", "online vs offline"]
+    assert table.loc["test relative L2 error", "online vs offline"].endswith("%")
+    assert table.loc["batch throughput (batches/s)", "online vs offline"].startswith("x")
+    assert "| quantity | online | offline | online vs offline |" in out  # printed at the end
+    assert (study / "results.md").read_text().startswith("| quantity |")
+
+    # One HTML page of the study.
+    report = tmp_path / "report.html"
+    proc = snakemake(tmp_path, path, "--report", report, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    html = report.read_text(errors="replace")
+    for name in FIGURES:
+        assert f"{name}.png" in html
+    assert "results.csv" in html
+
+
+def test_comparison_dry_run_lists_both_arms(tiny_config, tmp_path):
+    path = tiny_config(comparison={"enabled": True, "offline_members": 2}, ensemble={"members_per_job": 2})
+    proc = snakemake(tmp_path, path, "--cores", 2, "-n", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for rule in ("online_train_online", "online_simulate_members", "online_open_gate", "offline_simulate_members",
+                 "offline_train_offline", "make_testset", "collect_figure_data", "make_results_table",
+                 *(f"plot_{name}" for name in FIGURES)):
+        assert rule in proc.stdout, rule
+    assert "offline_train_online" not in proc.stdout and "offline_open_gate" not in proc.stdout
+    lint = snakemake(tmp_path, path, "--lint", timeout=120)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@pytest.mark.parametrize("name", ["comparison.yaml", "workstation.yaml", "fullscale.yaml"])
+def test_shipped_study_configs_are_valid(name, tmp_path):
+    cfg = StudyConfig.load(REPO / "config" / name)
+    assert cfg.comparison.enabled
+    proc = snakemake(tmp_path, REPO / "config" / name, "--cores", 2, "-n", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load((REPO / "config" / name).read_text())["study"] == cfg.study
