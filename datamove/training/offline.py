@@ -112,7 +112,10 @@ class MemberDataset(Dataset):
         self.n_steps = n_steps
         self.field_shape = tuple(field_shape)
         self.reader = reader
-        self._fields: dict[int, torch.Tensor] = {}  # memory reader: position -> [n_steps, ny, nx]
+        # memory reader: every field in one tensor [len, ny, nx], filled member by member as they are
+        # first touched, so that a batch is one gather (as from the online reservoir).
+        self._fields: torch.Tensor | None = None
+        self._loaded = torch.zeros(len(self.files), dtype=torch.bool)
 
     @classmethod
     def from_config(cls, cfg: StudyConfig, *, members: Sequence[int] | None = None) -> MemberDataset:
@@ -148,19 +151,26 @@ class MemberDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files) * self.n_steps
 
+    def _load(self, positions: torch.Tensor) -> None:
+        """Memory reader: read the members at ``positions`` that this process has not read yet."""
+        if self._fields is None:
+            self._fields = torch.empty((len(self), *self.field_shape), dtype=torch.float32)
+        for pos in positions[~self._loaded[positions]].unique().tolist():
+            mf = self._file(pos)
+            self._fields[pos * self.n_steps : (pos + 1) * self.n_steps] = torch.from_numpy(mf.read_all())
+            mf.close()  # read once: the file is not needed any more
+            self._loaded[pos] = True
+
     def _field(self, i: int) -> torch.Tensor:
         pos, step = divmod(i, self.n_steps)
         if self.reader == "memory":
-            fields = self._fields.get(pos)
-            if fields is None:
-                fields = self._fields[pos] = torch.from_numpy(self._file(pos).read_all())
-                self._file(pos).close()  # read once: the file is not needed any more
-            return fields[step]
+            self._load(torch.tensor([pos]))
+            return self._fields[i]
         return torch.from_numpy(self._file(pos).read_step(step))
 
     def _file(self, pos: int) -> MemberFile:
         mf = self.files[pos]
-        if mf._reader is None and not (self.reader == "memory" and pos in self._fields):
+        if mf._reader is None and not (self.reader == "memory" and self._loaded[pos]):
             try:
                 mf.open()
             except StreamError as exc:
@@ -173,6 +183,9 @@ class MemberDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]):
         idx = torch.as_tensor(indices, dtype=torch.int64)
+        if self.reader == "memory":
+            self._load(idx // self.n_steps)
+            return self.x[idx], self._fields[idx], idx
         y = torch.stack([self._field(int(i)) for i in indices])
         return self.x[idx], y, idx
 
@@ -182,7 +195,8 @@ class MemberDataset(Dataset):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_fields"] = {}  # each worker reads its own copy
+        state["_fields"] = None  # each worker reads its own copy
+        state["_loaded"] = torch.zeros(len(self.files), dtype=torch.bool)
         return state
 
 
