@@ -21,6 +21,7 @@ if not config.get("arm"):
     POLICY_NAMES = policy_names()
     POLICY_RUNS = [(s, p) for s in POLICY_SETTINGS for p in POLICY_NAMES]
     SNAKEMAKE = f"{shlex.quote(sys.executable)} -m snakemake"
+    POLICY_RUN_LIMIT_S = 1200  # one run takes 1-8 min on 2 busy cores
 
     # cfg: the run's config; after: the previous run's metrics (one run at a time).
     POLICY_RUN_INPUTS = run_inputs(POLICY_ROOT, POLICY_RUNS)
@@ -53,6 +54,9 @@ if not config.get("arm"):
 
     rule run_policy_study:
         # --nolock: the outer snakemake holds the lock of this working directory and of these outputs.
+        # Each attempt starts from an empty folder (no resume: the runs' timings are compared) and is
+        # stopped after POLICY_RUN_LIMIT_S: an ingest worker killed by a crash of the ADIOS2 SST
+        # reader (SIGSEGV, seen here under heavy load) leaves the trainer waiting; the retry reruns it.
         input:
             unpack(POLICY_RUN_INPUTS),
         output:
@@ -65,10 +69,14 @@ if not config.get("arm"):
         log:
             f"{POLICY_ROOT}/logs/run_policy_study/{{setting}}-{{policy}}.log",
         threads: 2
+        retries: 2
         params:
             snakemake=SNAKEMAKE,
             snakefile=workflow.main_snakefile,
+            folder=f"{POLICY_ROOT}/{{setting}}/{{policy}}",
+            limit=POLICY_RUN_LIMIT_S,
         shell:
+            "rm -rf {params.folder} && timeout --kill-after 30 {params.limit} "
             "{params.snakemake} -s {params.snakefile} --directory . --configfile {input.cfg} "
             "--cores {threads} --nolock > {log} 2>&1"
 
