@@ -243,3 +243,4 @@ def test_chaos_members_killed_at_random(tiny_config, tmp_path):
     model, _ = load_surrogate(cfg.study_dir / "model.pt")
     val_x, val_y = load_heldout(cfg)
     assert torch.isfinite(torch.tensor(evaluate(model, val_x, val_y)))
+

@@ -221,8 +221,10 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
     expect = Expectation(field_shape=(ny, nx), param_names=cfg.ensemble.names, solver=cfg.solver_name)
     unassigned = ledger.unfinished()  # members not yet handed to an ingest worker
     n_workers = max(1, min(tc.ingest_workers, len(unassigned)))
-    workers, commands = [], []
-    for w in range(n_workers):
+    workers: list = [None] * n_workers
+    commands: list = [None] * n_workers
+
+    def start_worker(w: int) -> None:
         spec = IngestSpec(
             worker=w,
             stream=cfg.stream,
@@ -232,12 +234,14 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
             shm_name=shm.name,
             n_slots=n_slots,
         )
-        commands.append(ctx.Queue())
-        proc = ctx.Process(
+        commands[w] = ctx.Queue()
+        workers[w] = ctx.Process(
             target=run_ingest, args=(spec, commands[w], free_slots, events, stop), name=f"ingest-{w}"
         )
-        proc.start()
-        workers.append(proc)
+        workers[w].start()
+
+    for w in range(n_workers):
+        start_worker(w)
     dd.barrier()  # every rank's ingest pool is up before the gate opens
     heartbeat = Heartbeat(cfg.heartbeat_path, tc.heartbeat_s)
     if dd.main:
@@ -246,6 +250,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
 
     waiting: deque[tuple[int, int, float, int]] = deque()  # steps handed over, not yet in the buffer
     idle_workers = list(range(n_workers))
+    reading: dict[int, int] = {}  # worker -> member it reads
     dead_contact: dict[int, tuple[int, int]] = {}  # member -> contact file of its dead writer
     next_scan = 0.0
     t_start = time.perf_counter()
@@ -276,6 +281,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
         elif kind == "end":
             _, member, status, reason, _steps, worker = ev
             idle_workers.append(worker)
+            reading.pop(worker, None)
             rec = ledger[member]
             if status == "complete" or rec.steps_received == rec.steps_expected:
                 ledger.ended(member, "complete")
@@ -304,7 +310,23 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
                     continue  # still the dead writer's file: wait for the rerun's
                 del dead_contact[member]
             unassigned.remove(member)
-            commands[idle_workers.pop(0)].put(member)
+            worker = idle_workers.pop(0)
+            reading[worker] = member
+            commands[worker].put(member)
+
+    def replace_dead_workers() -> None:
+        """An ingest process that dies (ADIOS2 has crashed readers: SIGSEGV) sends no event: its
+        member would wait forever. Account for the member and start a fresh worker."""
+        for w, proc in enumerate(workers):
+            if proc.exitcode is None or streams_done:
+                continue
+            member = reading.pop(w, None)
+            _say(f"ingest worker {w} died (exit code {proc.exitcode}); starting another")
+            start_worker(w)
+            if member is not None:
+                handle(("end", member, "lost", f"ingest process crashed (exit code {proc.exitcode})", 0, w))
+            elif w not in idle_workers:
+                idle_workers.append(w)
 
     def checkpoint() -> None:
         nonlocal last_ckpt, completed_since_ckpt
@@ -374,9 +396,11 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
                 last_activity = time.monotonic()
             if fatal:
                 raise RuntimeError("ingest process failed:\n" + fatal[0])
-            if unassigned and idle_workers and time.monotonic() >= next_scan:
+            if time.monotonic() >= next_scan:
                 next_scan = time.monotonic() + 0.02  # a directory scan, not on every batch
-                dispatch()
+                replace_dead_workers()
+                if unassigned and idle_workers:
+                    dispatch()
             while waiting and buffer.can_put():
                 member, step, t, slot = waiting.popleft()
                 x = torch.cat([params[member], torch.tensor([t], dtype=torch.float32)])
