@@ -13,10 +13,14 @@ float32 ``nx x nx`` field ``u`` plus a float64 ``time``, pre-computed random fie
 producer is not the bottleneck), the same SST parameters (the config defaults: RendezvousReaderCount=1,
 QueueLimit=4, QueueFullPolicy=Block, DataTransport=WAN). A rate is samples (steps, all members) over
 the time from the first step in a consumer's hands to the last one. MiB/s counts the field bytes only.
-Each case runs ``--repeats`` times, alternating which goes first; the table shows medians.
+Each case runs ``--repeats`` times, alternating which goes first; the table shows medians. The
+machine is shared: a run during which other processes used more than NOISE_WARN_CORES is run again
+(``--retries``), and a verdict reached on disturbed runs is flagged and exits with 2.
 
     python benchmarks/bench_ingest.py [--nx 64 128] [--steps 1000] [--members 4] [--repeats 3]
-                                      [--ingest-workers 1] [--slots 64]
+                                      [--ingest-workers N] [--slots 64] [--retries 2]
+
+Exit code: 0 PASS, 1 FAIL, 2 not conclusive (other processes disturbed the runs).
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ def consume(ingest: h.Ingest, nx: int) -> list[float]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"datamove ingest: no end after {RUN_TIMEOUT_S:g} s ({len(stamps)} samples)")
         ingest.dispatch()
+        ingest.check_alive()
         try:
             ev = ingest.events.get(timeout=0.02)
         except queue.Empty:
@@ -173,11 +178,16 @@ def measure_size(pool: h.Pool, nx: int, args, workers: int, slots: int) -> tuple
     for r in range(args.repeats):
         order = list(runs) if r % 2 == 0 else list(reversed(runs))
         for case in order:
-            if case == "datamove ingest":
-                m = run_datamove(pool, nx=nx, steps=args.steps, members=args.members, ingest_workers=workers, slots=slots)
-            else:
-                m = run_bare(pool, nx=nx, steps=args.steps, members=args.members)
-            runs[case].append(m)
+            tries = []
+            for _ in range(1 + args.retries):  # a run disturbed by other work is run again
+                if case == "datamove ingest":
+                    m = run_datamove(pool, nx=nx, steps=args.steps, members=args.members, ingest_workers=workers, slots=slots)
+                else:
+                    m = run_bare(pool, nx=nx, steps=args.steps, members=args.members)
+                tries.append(m)
+                if m.foreign_cores <= NOISE_WARN_CORES:
+                    break
+            runs[case].append(min(tries, key=lambda t: t.foreign_cores))
     rate = {case: h.median([m.rate for m in ms]) for case, ms in runs.items()}
     steady = {case: h.median([m.steady_rate for m in ms]) for case, ms in runs.items()}
     ratio = rate["datamove ingest"] / rate["bare SST"]
@@ -210,8 +220,15 @@ def main(argv: list[str] | None = None) -> int:
         "--ingest-workers", type=int, default=None,
         help="ingest processes (default: trainer.ingest_workers of the config defaults)",
     )
+    parser.add_argument(
+        "--retries", type=int, default=2,
+        help=f"runs again a run during which other processes used > {NOISE_WARN_CORES:g} cores, up to this many "
+        "times, and keeps the least disturbed (default 2)",
+    )
     parser.add_argument("--slots", type=int, default=None, help="shared-memory slots (default: trainer.slots of the config defaults)")
     args = parser.parse_args(argv)
+    import torch  # noqa: F401  (the consumer's; imported now so that no run pays for the import)
+
     defaults = h.study_config(nx=8, ny=8, n_steps=1, n_members=1)
     workers = args.ingest_workers or defaults.trainer.ingest_workers
     slots = args.slots or defaults.trainer.slots
@@ -225,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "min..max: samples/s over the runs;\nsteady: samples/s between the 10th and 90th percentile arrival "
         "(diagnostic); CPU us/s: CPU microseconds per sample, all processes of the case (writers, readers or "
         f"ingest + consumer), from go to end;\ncores: their mean CPU load (busy cores) in the steady part ({os.cpu_count()} cores here); "
-        "others: the highest CPU load of all other processes on the machine during a run (noise)"
+        "others: the highest CPU load of all other processes on the machine during a kept run (noise)"
     )
     header = (
         f"{'nx':>5} {'case':<16} {'samples/s':>10} {'MiB/s':>8} {'min..max':>16} {'window':>7} {'ratio':>6} "
@@ -239,15 +256,17 @@ def main(argv: list[str] | None = None) -> int:
             ratio, foreign = measure_size(pool, nx, args, workers, slots)
             ratios.append((nx, ratio))
             noise.append(foreign)
-    if max(noise) > NOISE_WARN_CORES:
-        print(
-            f"WARNING: other processes used up to {max(noise):.2f} of the {os.cpu_count()} cores during a run: "
-            "these numbers are disturbed; run again on a quiet machine"
-        )
     passed = all(r >= RATIO_TARGET for _, r in ratios)
     summary = ", ".join(f"nx={nx}: {r:.2f}" for nx, r in ratios)
-    print(f"ratio datamove ingest / bare SST, target >= {RATIO_TARGET:g}: {summary} -> {'PASS' if passed else 'FAIL'}")
-    return 0 if passed else 1
+    disturbed = max(noise) > NOISE_WARN_CORES
+    verdict = "PASS" if passed else "FAIL"
+    if disturbed:
+        verdict += (
+            f" (DISTURBED: other processes used up to {max(noise):.2f} of the {os.cpu_count()} cores during a "
+            "run; not conclusive, run again on a quiet machine)"
+        )
+    print(f"ratio datamove ingest / bare SST, target >= {RATIO_TARGET:g}: {summary} -> {verdict}")
+    return 2 if disturbed else 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
 Producers here are not the solver: each writer process pre-computes a small pool of random float32
 fields before it opens its stream, so that the producer is never the bottleneck, and writes them by
 the stream contract (datamove.streaming.writer.MemberWriter). The consumer side is datamove's own
-ingest machinery (IngestSpec + run_ingest in spawned processes, shared-memory slots, free-slot and
-event queues), started the way datamove.training.online.train_online starts it.
+ingest machinery (IngestSpec + run_ingest in spawned processes, shared-memory slots, free-slot,
+event and command queues), started and fed the way datamove.training.online.train_online does.
 
-This module imports neither torch nor the benchmark scripts' heavy dependencies, and it is what the
-spawned writer and reader processes import: keep it light.
+The spawned writer, reader and ingest processes import this module (and the benchmark script, as
+``__mp_main__``): neither imports anything at module level that the children do not need.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamove.config import StreamConfig, StudyConfig, validate_config
+from datamove.config import StudyConfig, validate_config
 from datamove.streaming.contract import join_names
 from datamove.streaming.ingest import IngestSpec, run_ingest, slot_array, streams_present
 from datamove.streaming.reader import Expectation
@@ -260,6 +260,7 @@ class Ingest:
     unassigned: list[int] = field(init=False, default_factory=list)
     ended: dict[int, tuple] = field(init=False, default_factory=dict)
     _next_scan: float = field(init=False, default=0.0)
+    _next_alive_check: float = field(init=False, default=0.0)
 
     def start(self) -> Ingest:
         ny, nx = self.cfg.solver.ny, self.cfg.solver.nx
@@ -305,6 +306,16 @@ class Ingest:
         _, member, status, reason, steps, worker = ev
         self.ended[member] = (status, reason, steps)
         self.idle_workers.append(worker)
+
+    def check_alive(self) -> None:
+        """Raise if an ingest process has died (a signal, e.g. a segfault in ADIOS2, sends no event).
+        Looks at most every 0.5 s."""
+        if time.monotonic() < self._next_alive_check:
+            return
+        self._next_alive_check = time.monotonic() + 0.5
+        for w, proc in enumerate(self.workers):
+            if proc.exitcode is not None and not self.all_ended:
+                raise RuntimeError(f"ingest worker {w} died with exit code {proc.exitcode} before every member ended")
 
     @property
     def all_ended(self) -> bool:
@@ -414,10 +425,9 @@ class CpuMonitor:
 
 
 def wait_settled(pids, *, busy_below: float = 0.2, timeout_s: float = 60.0) -> None:
-    """Wait until the processes ``pids`` use less than ``busy_below`` of a core (0.2 s windows):
+    """Wait until the processes ``pids`` use less than ``busy_below`` of a core each (0.2 s windows):
     a freshly spawned ingest process spends seconds importing (adios2 imports torch), and that must
-    not fall into a measurement. An idle ingest loop polls for contact files every 2 ms, which costs
-    a few percent of a core."""
+    not fall into a measurement (the trainer is up before the solvers start)."""
     deadline = time.monotonic() + timeout_s
     last = cpu_seconds(pids).sum()
     while time.monotonic() < deadline:

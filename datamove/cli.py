@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import time
 from pathlib import Path
 
 from datamove.config import ConfigError, StudyConfig
@@ -16,18 +16,39 @@ def _config(args) -> StudyConfig:
 
 
 def cmd_simulate(args) -> int:
-    from datamove.simulate import simulate, simulate_job
+    from datamove.simulate import simulate
 
+    from datamove.gate import TrainerLostError, wait_for_trainer
+
+    cfg = _config(args)
+    trainer_pid = None
+    if args.wait_trainer and cfg.stream.engine.upper() == "SST":  # nobody reads BP5 files live
+        # The workflow's gate may be left from an earlier run whose trainer has since died.
+        beat = wait_for_trainer(cfg, cfg.stream.open_timeout_s)
+        if beat is None:
+            print(
+                f"datamove: member {args.member}: no live trainer (no fresh {cfg.heartbeat_path} within "
+                f"{cfg.stream.open_timeout_s:g} s, stream.open_timeout_s)",
+                file=sys.stderr,
+            )
+            return 1
+        trainer_pid = beat["pid"]
     marker = Path(args.marker) if args.marker else None
-    if args.job is not None:
-        simulate_job(_config(args), args.job, marker=marker)
-    else:
-        simulate(_config(args), args.member, marker=marker)
+    try:
+        if args.job is not None:
+            from datamove.simulate import simulate_job
+
+            simulate_job(cfg, args.job, marker=marker, trainer_pid=trainer_pid)
+        else:
+            simulate(cfg, args.member, marker=marker, trainer_pid=trainer_pid)
+    except TrainerLostError as exc:
+        print(f"datamove: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_train(args) -> int:
-    from datamove.training.online import train_online
+    from datamove.training.online import StudyBusyError, train_online
 
     import torch
 
@@ -39,7 +60,16 @@ def cmd_train(args) -> int:
         raise ConfigError(
             f"`datamove train` trains online from SST streams; stream.engine is {cfg.stream.engine}"
         )
-    train_online(cfg)
+    if cfg.trainer.world_size > 1 and "RANK" not in os.environ:
+        from datamove.training.distributed import relaunch_under_torchrun
+
+        argv = ["train", "--config", str(args.config)] + (["--threads", str(args.threads)] if args.threads else [])
+        return relaunch_under_torchrun(cfg.trainer.world_size, argv)
+    try:
+        train_online(cfg)
+    except StudyBusyError as exc:
+        print(f"datamove: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -134,29 +164,23 @@ def cmd_make_heldout(args) -> int:
 
 def cmd_wait_trainer(args) -> int:
     """The readiness gate: wait for a fresh trainer heartbeat."""
+    from datamove.gate import wait_for_trainer
+
     cfg = _config(args)
-    path = cfg.heartbeat_path
-    fresh = max(3 * cfg.trainer.heartbeat_s, 2.0)
-    deadline = time.monotonic() + args.timeout
-    print(f"[gate] waiting for the trainer's heartbeat {path} (up to {args.timeout:g} s)", file=sys.stderr)
-    while time.monotonic() < deadline:
-        try:
-            beat = json.loads(path.read_text())
-            if time.time() - float(beat["time"]) < fresh:
-                print(f"[gate] trainer ready (pid {beat['pid']})", file=sys.stderr)
-                if args.touch:
-                    Path(args.touch).parent.mkdir(parents=True, exist_ok=True)
-                    Path(args.touch).write_text(json.dumps(beat))
-                return 0
-        except (FileNotFoundError, ValueError, KeyError):
-            pass  # not written yet, or caught mid-replace
-        time.sleep(0.2)
-    print(
-        f"[gate] error: the trainer did not report ready within {args.timeout:g} s (no fresh {path}); "
-        f"see the train_online log",
-        file=sys.stderr,
-    )
-    return 1
+    print(f"[gate] waiting for the trainer's heartbeat {cfg.heartbeat_path} (up to {args.timeout:g} s)", file=sys.stderr)
+    beat = wait_for_trainer(cfg, args.timeout)
+    if beat is None:
+        print(
+            f"[gate] error: the trainer did not report ready within {args.timeout:g} s (no fresh "
+            f"{cfg.heartbeat_path}); see the train_online log",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"[gate] trainer ready (pid {beat['pid']})", file=sys.stderr)
+    if args.touch:
+        Path(args.touch).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.touch).write_text(json.dumps(beat))
+    return 0
 
 
 def cmd_check_config(args) -> int:
@@ -186,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--job", type=int, help="job id J: members J*k .. J*k+k-1 one after another (k = ensemble.members_per_job)"
     )
     p.add_argument("--marker", help="write a JSON summary here on success (workflow output)")
+    p.add_argument(
+        "--wait-trainer", action="store_true", help="wait for a live trainer's heartbeat before streaming"
+    )
     p = add("train", cmd_train, "Train the surrogate online from the member streams (SST).")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add("make-heldout", cmd_make_heldout, "Write the held-out validation members (BP5 files).")

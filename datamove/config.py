@@ -197,6 +197,8 @@ class TrainerConfig:
     lr_gamma: float
     extra_batches: int
     log_every: int
+    checkpoint_every: int
+    world_size: int
     device: str
     seed: int
     ingest_workers: int
@@ -243,6 +245,7 @@ class StudyConfig:
     step_delay_s: float
     ensemble: SamplingConfig
     heldout: SamplingConfig
+    retries: int
     stream: StreamConfig
     reservoir: ReservoirConfig
     trainer: TrainerConfig
@@ -274,6 +277,7 @@ class StudyConfig:
             step_delay_s=s["step_delay_s"],
             ensemble=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **_sampling(cfg["ensemble"])),
             heldout=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **_sampling(cfg["heldout"])),
+            retries=cfg["ensemble"]["retries"],
             stream=StreamConfig(**cfg["stream"]),
             reservoir=ReservoirConfig(**cfg["reservoir"]),
             trainer=TrainerConfig(
@@ -318,7 +322,19 @@ class StudyConfig:
 
     @property
     def heartbeat_path(self) -> Path:
-        return self.study_dir / "trainer.heartbeat"
+        return self.study_dir / "trainer.heartbeat.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.study_dir / "checkpoint.pt"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.study_dir / "trainer.lock"
+
+    def member_marker(self, member: int) -> Path:
+        """Written by the workflow's simulate_member job once the member has been sent."""
+        return self.study_dir / "members" / f"member-{member:06d}.json"
 
 
 def write_config(cfg: Mapping[str, Any], path: str | Path) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 from datamove.config import SamplingConfig, StreamConfig, StudyConfig
 from datamove.solvers import HeatSolver, get_solver, member_params
 from datamove.streaming.contract import join_names
+from datamove.gate import confirm_trainer
 from datamove.streaming.watchdog import Watchdog
 from datamove.streaming.writer import MemberWriter
 
@@ -34,8 +35,12 @@ def run_member(
     stream: StreamConfig,
     stream_dir: Path,
     watchdog: Watchdog | None = None,
+    step_delay_s: float = 0.0,
 ) -> dict:
-    """Solve one member and write every step to its stream. Returns a small summary."""
+    """Solve one member and write every step to its stream. Returns a small summary.
+
+    ``step_delay_s`` emulates a slower solver (``solver.step_delay_s``, training members only).
+    """
     params = params_of(sampling, member)
     solver_cls = get_solver(cfg.solver_name)
     solver: HeatSolver = solver_cls(config=cfg.solver, params=params)
@@ -62,8 +67,8 @@ def run_member(
                 break
             solve_s += time.perf_counter() - ts
             writer.write_step(time=t, fields={"u": u})
-            if cfg.step_delay_s:
-                time.sleep(cfg.step_delay_s)
+            if step_delay_s:
+                time.sleep(step_delay_s)
     return {
         "member": member,
         "params": [float(p) for p in params],
@@ -75,14 +80,27 @@ def run_member(
     }
 
 
-def simulate(cfg: StudyConfig, member: int, *, marker: Path | None = None) -> dict:
-    """``datamove simulate``: one training member, streamed with the configured engine."""
+def _confirm(cfg: StudyConfig, trainer_pid: int | None, since: float, member: int) -> None:
+    if trainer_pid is not None:
+        confirm_trainer(cfg, pid=trainer_pid, since=since, member=member)
+
+
+def simulate(
+    cfg: StudyConfig, member: int, *, marker: Path | None = None, trainer_pid: int | None = None
+) -> dict:
+    """``datamove simulate``: one training member, streamed with the configured engine.
+
+    ``trainer_pid``: the live trainer found by the readiness gate; the member counts as sent (marker
+    written) only if that trainer was still alive when the stream closed.
+    """
     if not 0 <= member < cfg.ensemble.n_members:
         raise ValueError(f"--member {member} is outside the ensemble [0, {cfg.ensemble.n_members})")
     with Watchdog() as watchdog:  # before any ADIOS2 object: it forks
         summary = run_member(
-            cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog
+            cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
+                step_delay_s=cfg.step_delay_s,
         )
+    _confirm(cfg, trainer_pid, time.time(), member)
     print(
         f"[simulate] member {member}: {summary['steps']} steps sent ({cfg.stream.engine}) in "
         f"{summary['total_s']:.2f} s (solve {summary['solve_s']:.2f} s)",
@@ -107,7 +125,9 @@ def n_jobs(cfg: StudyConfig) -> int:
     return -(-cfg.ensemble.n_members // cfg.members_per_job)
 
 
-def simulate_job(cfg: StudyConfig, job: int, *, marker: Path | None = None) -> list[dict]:
+def simulate_job(
+    cfg: StudyConfig, job: int, *, marker: Path | None = None, trainer_pid: int | None = None
+) -> list[dict]:
     """``datamove simulate --job J``: the members of job J one after another, one stream each.
 
     One process for several members pays the start-up (interpreter, numpy, adios2) once. With SST
@@ -119,8 +139,10 @@ def simulate_job(cfg: StudyConfig, job: int, *, marker: Path | None = None) -> l
     with Watchdog() as watchdog:  # before any ADIOS2 object: it forks
         for member in members:
             summary = run_member(
-                cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog
+                cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
+                step_delay_s=cfg.step_delay_s,
             )
+            _confirm(cfg, trainer_pid, time.time(), member)
             summaries.append(summary)
             member_marker = cfg.study_dir / "members" / f"member-{member:06d}.json"
             member_marker.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,8 @@ rule simulate_member:
         marker=study_path("members", "member-{member}.json"),
     wildcard_constraints:
         member=r"\d{6}",
+    # A rerun streams the member again; the trainer keeps the steps it already has.
+    retries: STUDY.retries
     conda:
         "../envs/datamove.yaml"
     log:
@@ -47,7 +49,7 @@ rule simulate_member:
     params:
         datamove=DATAMOVE,
     shell:
-        "{params.datamove} simulate --config {input.cfg} --member {wildcards.member} "
+        "{params.datamove} simulate --config {input.cfg} --member {wildcards.member} --wait-trainer "
         "--marker {output.marker} > {log} 2>&1"
 
 
@@ -69,5 +71,5 @@ rule simulate_members:
     params:
         datamove=DATAMOVE,
     shell:
-        "{params.datamove} simulate --config {input.cfg} --job {wildcards.job} "
+        "{params.datamove} simulate --config {input.cfg} --job {wildcards.job} --wait-trainer "
         "--marker {output.marker} > {log} 2>&1"
