@@ -120,3 +120,14 @@ def test_tiny_policy_study_runs_every_policy(tmp_path):
         assert int(r["members_complete"]) == 2
     assert (root / "policies.png").stat().st_size > 0
     assert not (tmp_path / "results" / "default").exists()  # the default study did not run
+
+
+def test_an_incomplete_run_is_refused(tmp_path):
+    from datamove.reservoir.study import require_complete
+
+    fake_run(tmp_path / "ok", val_losses=[0.1])
+    require_complete(tmp_path / "ok" / "ledger.csv")
+    pd.DataFrame([{"member": 0, "steps_expected": 20, "steps_received": 7, "status": "lost",
+                   "reason": "ingest process crashed"}]).to_csv(tmp_path / "lost.csv", index=False)
+    with pytest.raises(SystemExit, match="member 0: lost, 7/20 steps, ingest process crashed"):
+        require_complete(tmp_path / "lost.csv")

@@ -83,6 +83,17 @@ def run_inputs(root: str | Path, runs: list[tuple[str, str]]):
     return inputs
 
 
+def require_complete(ledger_path: str | Path) -> None:
+    """Exit with an error naming the lost members unless every member of a run arrived whole: a run
+    that lost members (a crashed stream) is not comparable with the others, so it is retried."""
+    ledger = pd.read_csv(ledger_path)
+    lost = ledger[(ledger["status"] != "complete") | (ledger["steps_received"] < ledger["steps_expected"])]
+    if len(lost):
+        rows = "; ".join(f"member {r.member}: {r.status}, {r.steps_received}/{r.steps_expected} steps, {r.reason}"
+                         for r in lost.itertuples())
+        raise SystemExit(f"{ledger_path}: {len(lost)} member(s) incomplete, the run is not comparable: {rows}")
+
+
 def load_setting(path: str | Path) -> dict[str, Any]:
     """A setting file, validated (a typo fails here, before any sub-study starts)."""
     return load_config(path)

@@ -55,8 +55,8 @@ if not config.get("arm"):
     rule run_policy_study:
         # --nolock: the outer snakemake holds the lock of this working directory and of these outputs.
         # Each attempt starts from an empty folder (no resume: the runs' timings are compared) and is
-        # stopped after POLICY_RUN_LIMIT_S: an ingest worker killed by a crash of the ADIOS2 SST
-        # reader (SIGSEGV, seen here under heavy load) leaves the trainer waiting; the retry reruns it.
+        # stopped after POLICY_RUN_LIMIT_S; a run whose ledger is incomplete (an ingest worker killed
+        # by a crash of the ADIOS2 SST reader, SIGSEGV, seen here under load) fails and is retried.
         input:
             unpack(POLICY_RUN_INPUTS),
         output:
@@ -75,10 +75,13 @@ if not config.get("arm"):
             snakefile=workflow.main_snakefile,
             folder=f"{POLICY_ROOT}/{{setting}}/{{policy}}",
             limit=POLICY_RUN_LIMIT_S,
+            python=shlex.quote(sys.executable),
+            # A run that lost members is not comparable: fail it, so that it is retried.
+            check="import sys; from datamove.reservoir.study import require_complete; require_complete(sys.argv[1])",
         shell:
             "rm -rf {params.folder} && timeout --kill-after 30 {params.limit} "
             "{params.snakemake} -s {params.snakefile} --directory . --configfile {input.cfg} "
-            "--cores {threads} --nolock > {log} 2>&1"
+            "--cores {threads} --nolock > {log} 2>&1 && {params.python} -c {params.check:q} {output.ledger} >> {log} 2>&1"
 
 
     rule compare_policies:
