@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         f"trainer; glibc malloc thresholds {'pinned' if pinned else 'dynamic'} in the trainer; "
         f"{os.cpu_count()} cores here.\nstreaming: writers flat out"
         + (f" (+{args.step_delay:g} s a step)" if args.step_delay else "")
-        + f", {args.steps} steps each, {workers} ingest process(es), {t.slots} slots, writers and ingest at nice "
+        + f", {args.steps} steps each, min({workers}, writers) ingest process(es), {t.slots} slots, writers and ingest at nice "
         f"{args.nice}, {args.repeats} run(s) "
         "pooled.\nstep: buffer.sample + train_step (ms); drain: event drain + buffer puts before a step (ms); "
         "batch/s: 1000 / mean(step + drain);\ncores: CPU load of the trainer process / of all processes of "

@@ -43,9 +43,10 @@ def confirm_trainer(cfg: StudyConfig, *, pid: int, since: float, member: int) ->
 
     Why: an SST writer whose reader dies gets no error (ADIOS2 only prints "unexpected connection
     close"), so a member would look sent, its marker would be written and the workflow would not
-    rerun it. Waits at most about three heartbeat periods.
+    rerun it. Waits up to 10 s (or ten heartbeat periods): a busy trainer on a loaded machine can
+    beat late, and waiting only costs time when the trainer really is gone.
     """
-    deadline = time.monotonic() + max(3 * cfg.trainer.heartbeat_s, 2.0)
+    deadline = time.monotonic() + max(10 * cfg.trainer.heartbeat_s, 10.0)
     while time.monotonic() < deadline:
         try:
             beat = json.loads(cfg.heartbeat_path.read_text())

@@ -93,34 +93,6 @@ def test_summary_and_figure(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.slow
-def test_tiny_policy_study_runs_every_policy(tmp_path):
-    """`snakemake compare_policies` in a working directory whose config/policies-*.yaml are tiny."""
-    (tmp_path / "config").mkdir()
-    tiny = _merge(TINY, {"ensemble": {"n_members": 2}, "heldout": {"n_members": 1},
-                         "solver": {"n_steps": 15}, "trainer": {"extra_batches": 10, "log_every": 5}})
-    for setting, delay in (("fast", 0.0), ("slow", 0.005)):
-        cfg = _merge(tiny, {"study": f"policies-{setting}", "solver": {"step_delay_s": delay}})
-        (tmp_path / "config" / f"policies-{setting}.yaml").write_text(yaml.safe_dump(cfg))
-    main = _merge(TINY, {"results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data")})
-    (tmp_path / "main.yaml").write_text(yaml.safe_dump(main))
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", str(tmp_path / "main.yaml"), "--cores", "2", "compare_policies"],
-        capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    root = tmp_path / "results" / "policies"
-    with open(root / "summary.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    assert sorted((r["setting"], r["policy"]) for r in rows) == sorted(
-        (s, p) for s in ("fast", "slow") for p in POLICIES)
-    for r in rows:
-        assert int(r["samples_received"]) == int(r["steps_expected"]) == 2 * 15, r
-        assert int(r["members_complete"]) == 2
-    assert (root / "policies.png").stat().st_size > 0
-    assert not (tmp_path / "results" / "default").exists()  # the default study did not run
-
 
 def test_an_incomplete_run_is_refused(tmp_path):
     from datamove.reservoir.study import require_complete
