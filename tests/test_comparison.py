@@ -115,9 +115,13 @@ def test_comparison_dry_run_lists_both_arms(tiny_config, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["comparison.yaml", "workstation.yaml", "fullscale.yaml"])
-def test_shipped_study_configs_are_valid(name, tmp_path):
+def test_shipped_study_configs_are_valid(name):
     cfg = StudyConfig.load(REPO / "config" / name)
-    assert cfg.comparison.enabled
-    proc = snakemake(tmp_path, REPO / "config" / name, "--cores", 2, "-n", timeout=120)
+    assert cfg.comparison.enabled and cfg.study == yaml.safe_load((REPO / "config" / name).read_text())["study"]
+    assert cfg.comparison.offline_members < cfg.ensemble.n_members
+
+
+def test_small_comparison_config_dry_run(tmp_path):
+    proc = snakemake(tmp_path, REPO / "config" / "comparison.yaml", "--cores", 2, "-n", timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert yaml.safe_load((REPO / "config" / name).read_text())["study"] == cfg.study
+    assert "online_simulate_members" in proc.stdout and "offline_train_offline" in proc.stdout
