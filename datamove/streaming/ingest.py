@@ -144,8 +144,13 @@ def _read_member(spec: IngestSpec, member: int, slots, free_slots, events, stop)
     last_step = time.monotonic()
     try:
         while not stop.is_set():
-            status = reader.poll(timeout=POLL_S)
+            # timeout=0, never a positive timeout: begin_step with a timeout other than 0 or -1
+            # intermittently segfaults the SST reader (ADIOS2 issue #1862, measured in 2.12.1:
+            # 2-3 crashes in 6 runs with 0.01-0.2 s, none in 6 with 0). The sleep also releases
+            # the GIL, so the event queue's feeder thread can send.
+            status = reader.poll(timeout=0.0)
             if status is Poll.NOT_READY:
+                time.sleep(0.001)
                 if time.monotonic() - last_step > idle_limit:
                     return "lost", f"no step for {idle_limit:g} s (stream.member_timeout_s)", reader.steps_read
                 continue
