@@ -3,7 +3,6 @@ the chaining of runs, the summary table and the figure; and a tiny study run end
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -92,6 +91,26 @@ def test_summary_and_figure(tmp_path):
     png = plot_policy_study(runs, summary, tmp_path / "out" / "policies.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
+def test_compare_policies_plans_every_run_one_after_another(tmp_path):
+    """A dry run (no training; the study itself was removed from the suite: minutes, and load-
+    sensitive in CI): one run per setting x policy, chained, then the comparison; `all` untouched."""
+    (tmp_path / "config").mkdir()
+    for setting in ("fast", "slow"):
+        (tmp_path / "config" / f"policies-{setting}.yaml").write_text(yaml.safe_dump(TINY))
+    main = _merge(TINY, {"results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data")})
+    (tmp_path / "main.yaml").write_text(yaml.safe_dump(main))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(tmp_path / "main.yaml"), "-n", "compare_policies"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
+            if line.split()[:1] in (["write_policy_config"], ["run_policy_study"], ["compare_policies"])
+            and len(line.split()) == 2}
+    n = 2 * len(POLICIES)
+    assert jobs == {"write_policy_config": n, "run_policy_study": n, "compare_policies": 1}, proc.stdout
+    assert "train_online" not in proc.stdout  # the default study is not part of it
 
 
 def test_an_incomplete_run_is_refused(tmp_path):
