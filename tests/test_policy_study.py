@@ -1,5 +1,5 @@
 """The policy study (workflow/rules/policies.smk, datamove.reservoir.study): sub-study configs,
-the chaining of runs, the summary table and the figure; and a tiny study run end to end."""
+the chaining of runs, the summary table and the figure, and a dry run of the rules."""
 
 from __future__ import annotations
 
