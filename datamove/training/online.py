@@ -432,7 +432,9 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
                     )
 
             # Under data-parallel training every rank takes the same decision (collective below).
-            can_train = buffer.ready(final=all_done) and not (all_done and extra >= tc.extra_batches)
+            # final=streams_done (this rank's streams, known now): with the previous iteration's all_done a
+            # consuming buffer below its watermark at the end was never drained.
+            can_train = buffer.ready(final=streams_done) and not (streams_done and extra >= tc.extra_batches)
             all_done, can_train = dd.all_min(streams_done, can_train)
             if can_train:
                 b = buffer.sample(tc.batch_size)
