@@ -85,6 +85,15 @@ def cmd_train_offline(args) -> int:
         raise ConfigError(
             f"`datamove train-offline` trains on member files written with BP5; stream.engine is {cfg.stream.engine}"
         )
+    if cfg.trainer.world_size > 1 and "RANK" not in os.environ:
+        from datamove.training.distributed import relaunch_under_torchrun
+
+        argv = ["train-offline", "--config", str(args.config)]
+        if args.threads:
+            argv += ["--threads", str(args.threads)]
+        if args.budget_from:
+            argv += ["--budget-from", str(args.budget_from), "--budget", args.budget]
+        return relaunch_under_torchrun(cfg.trainer.world_size, argv)
     budget = {}
     if args.budget_from:
         value = online_budget(args.budget_from, args.budget)

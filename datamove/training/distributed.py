@@ -1,8 +1,9 @@
 """Data-parallel training with torch.distributed (torchrun): what a trainer needs to know and do.
 
-Each rank ingests its own share of the members (member id modulo world size) into its own
-reservoir and trains the same model; gradients are averaged across ranks after each backward pass,
-so the replicas stay identical. gloo on CPU, NCCL on GPUs.
+Online, each rank ingests its own share of the members (member id modulo world size) into its own
+reservoir; offline, each rank reads its own shard of the stored samples every epoch. Every rank
+trains the same model; gradients are averaged across ranks after each backward pass, so the
+replicas stay identical. gloo on CPU, NCCL on GPUs.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ class Dist:
         t = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
+
+    def sum_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum of ``t`` over ranks (a copy; ``t`` itself is left as it is)."""
+        out = t.clone()
+        if self.active:
+            dist.all_reduce(out)
+        return out
 
     def gather(self, obj):
         """All ranks' ``obj`` on every rank (a list indexed by rank)."""

@@ -4,12 +4,18 @@ It shares everything with the online trainer except where samples come from: the
 (``build_surrogate``), train step, optimiser and schedule (``train_step``, ``make_optimizer``),
 validation (``evaluate`` on the same held-out members) and metrics columns. Samples come from a
 PyTorch ``DataLoader`` over :class:`MemberDataset`, shuffled anew every epoch.
+
+Under data-parallel training (``trainer.world_size > 1``, ranks started by torchrun) each rank
+reads its own shard of every epoch's permutation (``DistributedSampler``) and gradients are
+averaged in the shared train step, as online; a batch is then one optimisation step over
+``world_size x batch_size`` samples.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamove.config import StudyConfig
 from datamove.simulate import params_of
 from datamove.streaming.contract import StreamError, stream_path
 from datamove.streaming.files import MemberFile
+from datamove.training.distributed import init_from_env
 from datamove.training.heldout import load_heldout
 from datamove.training.records import Ledger, MetricsLog
 from datamove.training.step import (
@@ -205,19 +212,39 @@ def _as_batch(batch):
     return batch
 
 
-def make_loader(dataset: MemberDataset, *, batch_size: int, workers: int, seed: int, pin_memory: bool = False) -> DataLoader:
-    """Shuffled every epoch (a seeded generator), whole batches only (as the online trainer draws)."""
-    generator = torch.Generator().manual_seed(seed)
+def make_loader(
+    dataset: MemberDataset,
+    *,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> DataLoader:
+    """Shuffled every epoch, whole batches only (as the online trainer draws).
+
+    ``world > 1``: this ``rank``'s shard of each epoch's permutation (a ``DistributedSampler`` with
+    ``seed``; call ``loader.sampler.set_epoch(epoch)`` before each epoch). Shards are disjoint and of
+    equal size (up to ``world - 1`` samples of a permutation are left out), so every rank runs the
+    same number of batches per epoch and no rank waits in a gradient all-reduce for another.
+    """
+    if world > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        order = {"sampler": sampler}
+        shard = len(sampler)
+    else:
+        order = {"shuffle": True, "generator": torch.Generator().manual_seed(seed)}
+        shard = len(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= batch_size,
+        drop_last=shard >= batch_size,
         num_workers=workers,
         persistent_workers=workers > 0,  # keeps each worker's open files and memory across epochs
         collate_fn=_as_batch,
-        generator=generator,
         pin_memory=pin_memory,
+        **order,
     )
 
 
@@ -271,12 +298,19 @@ def train_offline(
     a comparison study) it trains exactly that, however many epochs it takes.
 
     Writes ``model.pt``, ``metrics.csv``, ``ledger.csv`` and ``seen.csv`` to ``cfg.study_dir``.
+
+    Under torchrun (``trainer.world_size > 1``) every rank calls this; each trains on its own shard
+    of every epoch, all stop at the same batch (the budget is decided collectively), and rank 0
+    alone writes the outputs. Other ranks return a result whose ``val_loss`` is NaN.
     """
     tc, oc = cfg.trainer, cfg.offline
+    dd = init_from_env(tc.device)
     study_dir = cfg.study_dir
     study_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # the same initial model on every rank
     device = pick_device(tc.device)
+    if dd.active and device.type == "cuda":
+        device = torch.device("cuda", dd.local_rank)
 
     dataset = MemberDataset.from_config(cfg)
     val_x, val_y = load_heldout(cfg)
@@ -285,8 +319,10 @@ def train_offline(
     model = build_surrogate(margs).to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
     loader = make_loader(
-        dataset, batch_size=tc.batch_size, workers=oc.loader_workers, seed=tc.seed, pin_memory=device.type == "cuda"
+        dataset, batch_size=tc.batch_size, workers=oc.loader_workers, seed=tc.seed,
+        pin_memory=device.type == "cuda", rank=dd.rank, world=dd.world,
     )
+    sync = dd.average_gradients if dd.active else None
     if budget_batches is not None or budget_seconds is not None:
         max_epochs, max_batches, max_seconds = math.inf, budget_batches, budget_seconds
     else:
@@ -296,8 +332,13 @@ def train_offline(
     for member in members:
         ledger[member].steps_received = cfg.solver.n_steps
         ledger.ended(member, "complete")
-    seen = torch.zeros(len(dataset), dtype=torch.int64)
-    metrics = MetricsLog(study_dir / "metrics.csv")
+    seen = torch.zeros(len(dataset), dtype=torch.int64)  # this rank's draws; summed over ranks when logged
+    metrics = MetricsLog(study_dir / "metrics.csv" if dd.main else os.devnull)
+    if dd.active:
+        _say(
+            f"rank {dd.rank} of {dd.world}: a shard of {len(loader.sampler)} of {len(dataset)} samples "
+            f"({len(loader)} batches) per epoch"
+        )
     _say(
         f"study '{cfg.study}'{f' ({cfg.arm} arm)' if cfg.arm else ''}: {len(members)} stored members x "
         f"{dataset.n_steps} steps of {dataset.field_shape[0]}x{dataset.field_shape[1]} ({len(dataset)} samples, "
@@ -315,20 +356,23 @@ def train_offline(
     last_log = (t_start, 0)
 
     def log_row(final: bool = False) -> None:
+        """Every rank calls it at the same batch (collectives inside); rank 0 writes the row."""
         nonlocal loss_sum, loss_n, last_log
         now = time.perf_counter()
         rate = (batch - last_log[1]) / max(now - last_log[0], 1e-9)
-        val = evaluate(model, val_x, val_y)
-        seen_f = seen.double()
+        # One sync per log row, not per batch; sums over ranks under data-parallel training.
+        loss_total, n_total = dd.all_sum(float(loss_sum), loss_n)
+        seen_f = dd.sum_tensor(seen).double()
+        val = evaluate(model, val_x, val_y) if dd.main else float("nan")
         row = {
             "batch": batch,
             "wall_s": round(now - t_start, 4),
-            "train_loss": float(loss_sum) / max(loss_n, 1),  # one sync per log row, not per batch
+            "train_loss": loss_total / max(n_total, 1),
             "val_loss": val,
             "samples_received": len(dataset),  # the whole dataset is on disk from the start
             "occupancy": 1.0,
             "batches_per_s": rate,
-            "samples_per_s": rate * tc.batch_size,
+            "samples_per_s": rate * tc.batch_size * dd.world,  # every rank's batch
             "lr": optimizer.param_groups[0]["lr"],
             "members_done": len(members),
             "n_evicted": 0,
@@ -337,6 +381,8 @@ def train_offline(
         }
         metrics.log(row)
         loss_sum, loss_n, last_log = torch.zeros((), device=device), 0, (now, batch)
+        if not dd.main:
+            return  # one progress line per row, from rank 0
         _say(
             f"batch {batch:6d} | {row['wall_s']:7.1f} s | epoch {seen_f.mean().item():6.2f} | train "
             f"{row['train_loss']:.3e} | val {val:.3e} | {rate:6.1f} batch/s" + (" | final" if final else "")
@@ -345,9 +391,12 @@ def train_offline(
     stopped_by = "epochs"
     try:
         while epoch < max_epochs:
+            if dd.active:
+                loader.sampler.set_epoch(epoch)  # a new permutation, the same on every rank
             for x, y, idx in loader:
                 loss = train_step(
-                    model, optimizer, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    model, optimizer, x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                    sync_gradients=sync,
                 )
                 scheduler.step()
                 seen.index_add_(0, idx, torch.ones_like(idx))
@@ -356,12 +405,16 @@ def train_offline(
                 batch += 1
                 if batch % tc.log_every == 0:
                     log_row()
-                if max_batches is not None and batch >= max_batches:
+                if max_batches is not None and batch >= max_batches:  # the same batch on every rank
                     stopped_by = "batches"
                     break
-                if max_seconds is not None and time.perf_counter() - t_start >= max_seconds:
-                    stopped_by = "seconds"
-                    break
+                if max_seconds is not None:
+                    # Clocks and speeds differ between ranks: all stop as soon as one is out of time,
+                    # or the others would wait forever in the next gradient all-reduce.
+                    (in_time,) = dd.all_min(time.perf_counter() - t_start < max_seconds)
+                    if not in_time:
+                        stopped_by = "seconds"
+                        break
             else:
                 epoch += 1
                 continue
@@ -372,9 +425,15 @@ def train_offline(
     if not metrics.rows or metrics.rows[-1]["batch"] != batch:
         log_row(final=True)
     metrics.close()
+    seen = dd.sum_tensor(seen)  # every rank's draws
+    epochs_done = float(seen.double().mean())
+    if not dd.main:
+        return OfflineResult(
+            batches=batch, epochs=epochs_done, val_loss=float("nan"), samples=len(dataset),
+            wall_s=time.perf_counter() - t_start, stopped_by=stopped_by,
+        )
     ledger.write(study_dir / "ledger.csv")
     write_seen_histogram(seen, study_dir / "seen.csv")
-    epochs_done = float(seen.double().mean())
     save_checkpoint(
         study_dir / "model.pt",
         model=model,
