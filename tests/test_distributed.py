@@ -4,7 +4,14 @@ offline (each reading its own shard of the stored samples)."""
 from __future__ import annotations
 
 import csv
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +153,135 @@ def test_two_ranks_train_offline_to_a_comparable_loss(tiny_config, tmp_path):
     assert ckpt["trainer"] == "offline" and ckpt["step"] == budget
     written = sorted(p.name for p in cfg.study_dir.iterdir())
     assert written == ["ledger.csv", "metrics.csv", "model.pt", "seen.csv", "streams"]  # rank 0's, nothing else
+
+
+def _checkpoints(cfg) -> list[dict] | None:
+    """Both ranks' checkpoints (rank 0: checkpoint.pt, rank 1: checkpoint.rank1.pt), or None."""
+    paths = [cfg.checkpoint_path, cfg.checkpoint_path.with_name("checkpoint.rank1.pt")]
+    try:
+        return [torch.load(p, weights_only=False) for p in paths]
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return None
+
+
+def _complete(ckpt: dict) -> set[int]:
+    return {r["member"] for r in ckpt["ledger"] if r["status"] == "complete"}
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (torchrun starts each rank in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+class _Trainer:
+    """``datamove train`` under torchrun; :meth:`signal` reaches torchrun, its ranks and their ingest."""
+
+    def __init__(self, path, log):
+        self.log = log
+        with open(log, "w") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "datamove", "train", "--config", str(path), "--threads", "1"],
+                stdout=fh, stderr=subprocess.STDOUT,
+            )
+        self._tree: list[int] = []
+
+    def signal(self, sig) -> None:
+        if self.proc.poll() is None:
+            self._tree = _descendants(self.proc.pid)  # before torchrun dies and its ranks lose their parent
+        for pid in self._tree:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.mark.slow
+def test_two_ranks_resume_from_their_checkpoints(tiny_config, tmp_path):
+    """Data-parallel online training killed (kill -9, every rank) resumes where its ranks checkpointed."""
+    path = tiny_config(
+        ensemble={"n_members": 4, "retries": 1},
+        solver={"n_steps": 30, "step_delay_s": 0.05},
+        trainer={"world_size": 2, "checkpoint_every": 100, "ingest_workers": 1, "extra_batches": 100},
+        stream={"open_timeout_s": 30, "member_timeout_s": 30},
+    )
+    cfg = StudyConfig.load(path)
+    datamove("make-heldout", "--config", path)
+
+    def solvers(members, tag):
+        return [
+            popen_datamove("simulate", "--config", path, "--member", m, "--wait-trainer", log=tmp_path / f"{tag}{m}.log")
+            for m in members
+        ]
+
+    first = _Trainer(path, tmp_path / "train1.log")
+    first_solvers = solvers(range(4), "first")
+    try:
+        # Kill once each rank has checkpointed one of its members complete (rank 0: 0, 2; rank 1: 1, 3).
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline and first.proc.poll() is None, first.log.read_text()
+            ckpts = _checkpoints(cfg)
+            if ckpts and _complete(ckpts[0]) & {0, 2} and _complete(ckpts[1]) & {1, 3}:
+                # Frozen, the pair cannot change under us. Killed only with both ranks at one batch:
+                # a kill between the two ranks' writes (milliseconds apart) would leave them at
+                # different batches, which a resume does not reconcile yet.
+                first.signal(signal.SIGSTOP)
+                ckpts = _checkpoints(cfg)
+                if ckpts[0]["step"] == ckpts[1]["step"]:
+                    break
+                first.signal(signal.SIGCONT)
+            time.sleep(0.05)
+        first.kill()
+    finally:
+        first.kill()
+        for s in first_solvers:
+            s.kill()  # their trainer is gone: those still streaming or waiting would fail or time out
+    step = ckpts[0]["step"]
+    done = _complete(ckpts[0]) | _complete(ckpts[1])
+    assert step > 0 and len(done) < 4
+    dead_pid = json.loads(cfg.heartbeat_path.read_text())["pid"]  # left behind by the killed rank 0
+
+    second = _Trainer(path, tmp_path / "train2.log")
+    try:
+        # Solvers only once the new trainer beats: the dead one's heartbeat file is still there.
+        deadline = time.monotonic() + 60
+        while json.loads(cfg.heartbeat_path.read_text())["pid"] == dead_pid:
+            assert time.monotonic() < deadline and second.proc.poll() is None, second.log.read_text()
+            time.sleep(0.05)
+        rerun = solvers(sorted(set(range(4)) - done), "second")
+        assert second.proc.wait(timeout=180) == 0, second.log.read_text()
+        for s in rerun:
+            assert s.wait(timeout=60) == 0, s.output
+    finally:
+        second.kill()
+    log = second.log.read_text()
+    assert f"resumed from {cfg.checkpoint_path} at batch {step}" in log
+    assert f"resumed from {cfg.checkpoint_path.with_name('checkpoint.rank1.pt')} at batch {step}" in log
+    with open(cfg.study_dir / "ledger.csv") as fh:
+        ledger = list(csv.DictReader(fh))
+    assert [r["status"] for r in ledger] == ["complete"] * 4, ledger
+    assert all(int(r["steps_received"]) == cfg.solver.n_steps for r in ledger), ledger
+    assert all(int(ledger[m]["attempts"]) == 1 for m in done)  # complete before the crash: not resent
+    _, ckpt = load_surrogate(cfg.study_dir / "model.pt")
+    assert ckpt["step"] > step
+    assert not list(cfg.study_dir.glob("checkpoint*.pt"))
+    with open(cfg.study_dir / "metrics.csv") as fh:
+        batches = [int(r["batch"]) for r in csv.DictReader(fh)]
+    assert batches == sorted(batches) and batches[0] < step < batches[-1]  # the first run's rows kept
