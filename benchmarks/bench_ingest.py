@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import sys
 import time
 from dataclasses import dataclass
@@ -104,23 +103,19 @@ def consume(ingest: h.Ingest, nx: int) -> list[float]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"datamove ingest: no end after {RUN_TIMEOUT_S:g} s ({len(stamps)} samples)")
         ingest.dispatch()
-        ingest.check_alive()
-        try:
-            ev = ingest.events.get(timeout=0.02)
-        except queue.Empty:
-            continue
-        kind = ev[0]
-        if kind == "step":
-            slot = ev[4]
-            store[len(stamps) % len(store)].copy_(torch.from_numpy(ingest.slots[slot]))
-            ingest.free_slots.put(slot)
-            stamps.append(time.perf_counter())
-        elif kind == "end":
-            ingest.handle_end(ev)
-        elif kind == "fatal":
-            raise RuntimeError("ingest process failed:\n" + ev[2])
-        elif kind == "done":
-            raise RuntimeError(f"ingest worker {ev[1]} exited early")
+        for ev in ingest.poll(timeout=0.02):
+            kind = ev[0]
+            if kind == "step":
+                slot = ev[4]
+                store[len(stamps) % len(store)].copy_(torch.from_numpy(ingest.slots[slot]))
+                ingest.release(slot)
+                stamps.append(time.perf_counter())
+            elif kind == "end":
+                ingest.handle_end(ev)
+            elif kind == "fatal":
+                raise RuntimeError("ingest process failed:\n" + ev[2])
+            elif kind == "done":
+                raise RuntimeError(f"ingest worker {ev[1]} exited early")
     return stamps
 
 
@@ -131,11 +126,11 @@ def run_datamove(pool: h.Pool, *, nx: int, steps: int, members: int, ingest_work
     with h.ScratchDir() as stream_dir:
         ingest = h.Ingest(cfg, ids, ingest_workers, slots, stream_dir).start()
         try:
-            h.wait_settled([p.pid for p in ingest.workers])  # the trainer is up before the solvers
+            h.wait_settled(ingest.pids)  # the trainer is up before the solvers
             for m in ids:
                 pool.submit(m, h.writer_job(cfg, m, stream_dir))
             pool.expect({"ready": members})
-            pids = [os.getpid()] + [pool.procs[m].pid for m in ids] + [p.pid for p in ingest.workers]
+            pids = [os.getpid()] + [pool.procs[m].pid for m in ids] + ingest.pids
             with h.CpuMonitor(pids, period=0.02) as monitor:
                 pool.go(ids)
                 stamps = consume(ingest, nx)

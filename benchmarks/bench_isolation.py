@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import sys
 import time
 from collections import deque
@@ -168,17 +167,15 @@ def run_streaming(pool: h.Pool, cfg, *, writers: int, ingest_workers: int, step_
     buffer = trainer.buffer
     members = list(range(writers))
     with h.ScratchDir() as stream_dir:
-        ingest = h.Ingest(cfg, members, ingest_workers, cfg.trainer.slots, stream_dir).start()
+        ingest = h.Ingest(cfg, members, ingest_workers, cfg.trainer.slots, stream_dir, nice=nice).start()
         try:
-            for proc in ingest.workers:
-                os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
-            h.wait_settled([p.pid for p in ingest.workers])  # the trainer is up before the solvers
+            h.wait_settled(ingest.pids)  # the trainer is up before the solvers
             for _ in range(WARMUP_STEPS):
                 trainer.step()
             for m in members:
                 pool.submit(m, h.writer_job(cfg, m, stream_dir, step_delay_s=step_delay_s))
             pool.expect({"ready": writers})
-            others = [pool.procs[m].pid for m in members] + [p.pid for p in ingest.workers]
+            others = [pool.procs[m].pid for m in members] + ingest.pids
             with h.CpuMonitor([os.getpid(), *others]) as mon:
                 pool.go(members)
                 steps, arrivals = _loop(trainer, ingest)
@@ -214,7 +211,7 @@ def _loop(trainer: Trainer, ingest: h.Ingest):
     arrivals = when each streamed sample was in the buffer. Member ends are in ``ingest.ended``."""
     import torch
 
-    buffer, slots, events, free_slots = trainer.buffer, ingest.slots, ingest.events, ingest.free_slots
+    buffer, slots = trainer.buffer, ingest.slots
     params: dict[int, torch.Tensor] = {}
     waiting: deque[tuple[int, int, float, int]] = deque()
     arrivals: list[float] = []
@@ -242,21 +239,16 @@ def _loop(trainer: Trainer, ingest: h.Ingest):
         t_drain = time.perf_counter()
         # ---- as train_online: bounded drain of the event queue, dispatch, buffer puts, slots back
         idle = not waiting and not buffer.ready()
-        for i in range(1024):
-            try:
-                ev = events.get(timeout=0.05) if (idle and i == 0) else events.get_nowait()
-            except queue.Empty:
-                break
+        for ev in ingest.poll(timeout=0.05 if idle else 0.0):
             handle(ev)
         if fatal:
             raise RuntimeError("ingest process failed:\n" + fatal[0])
-        ingest.check_alive()
         ingest.dispatch()
         while waiting and buffer.can_put():
             member, step, t, slot = waiting.popleft()
             x = torch.cat([params[member], torch.tensor([t], dtype=torch.float32)])
             buffer.put(x, torch.from_numpy(slots[slot]), member=member, step=step)
-            free_slots.put(slot)
+            ingest.release(slot)
             arrivals.append(time.perf_counter())
         # ---- one batch (the buffer is full from the start, so always ready)
         t_step = time.perf_counter()

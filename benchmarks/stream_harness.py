@@ -26,7 +26,8 @@ import numpy as np
 
 from datamove.config import StudyConfig, validate_config
 from datamove.streaming.contract import join_names
-from datamove.streaming.ingest import IngestSpec, run_ingest, slot_array, streams_present
+from datamove.streaming.ingest import streams_present
+from datamove.streaming.pool import IngestPool
 from datamove.streaming.reader import Expectation
 
 # Distinct random fields each writer cycles through: enough that no two consecutive steps carry the
@@ -236,12 +237,12 @@ def writer_job(cfg: StudyConfig, member: int, stream_dir: Path, *, step_delay_s:
 
 @dataclass
 class Ingest:
-    """datamove's ingest side for ``members``, set up as ``train_online`` sets it up: shared-memory
-    slots, free-slot and event queues, a command queue per ingest process (spawn context), and the
-    trainer's dispatch of each member whose stream has appeared to an idle worker.
+    """datamove's ingest side for ``members``, set up as ``train_online`` sets it up: an
+    :class:`~datamove.streaming.pool.IngestPool` (shared-memory slots, a pipe per ingest process) and
+    the trainer's dispatch of each member whose stream has appeared to an idle worker.
 
-    The consumer calls :meth:`dispatch` in its loop and :meth:`handle_end` on each "end" event, as
-    train_online does (that logic is inline there, so it is mirrored here).
+    The consumer calls :meth:`dispatch` in its loop, :meth:`poll` for events, :meth:`release` for each
+    slot it has copied and :meth:`handle_end` on each "end" event, as train_online does.
     """
 
     cfg: StudyConfig
@@ -249,90 +250,65 @@ class Ingest:
     n_workers: int
     n_slots: int
     stream_dir: Path
-    shm: shared_memory.SharedMemory = field(init=False)
-    slots: np.ndarray = field(init=False)
-    free_slots: object = field(init=False)
-    events: object = field(init=False)
-    stop: object = field(init=False)
-    workers: list = field(init=False, default_factory=list)
-    commands: list = field(init=False, default_factory=list)
-    idle_workers: list[int] = field(init=False, default_factory=list)
+    nice: int = 0
+    pool: IngestPool = field(init=False)
     unassigned: list[int] = field(init=False, default_factory=list)
     ended: dict[int, tuple] = field(init=False, default_factory=dict)
     _next_scan: float = field(init=False, default=0.0)
-    _next_alive_check: float = field(init=False, default=0.0)
 
     def start(self) -> Ingest:
         ny, nx = self.cfg.solver.ny, self.cfg.solver.nx
-        self.shm = shared_memory.SharedMemory(create=True, size=self.n_slots * ny * nx * 4)
-        self.slots = slot_array(self.shm, self.n_slots, (ny, nx))
-        self.free_slots, self.events, self.stop = CTX.Queue(), CTX.Queue(), CTX.Event()
-        for s in range(self.n_slots):
-            self.free_slots.put(s)
         expect = Expectation(field_shape=(ny, nx), param_names=self.cfg.ensemble.names, solver=self.cfg.solver_name)
-        n_workers = min(self.n_workers, max(len(self.members), 1))
-        for w in range(n_workers):
-            spec = IngestSpec(
-                worker=w,
-                stream=self.cfg.stream,
-                stream_dir=str(self.stream_dir),
-                expect=expect,
-                n_steps=self.cfg.solver.n_steps,
-                shm_name=self.shm.name,
-                n_slots=self.n_slots,
-            )
-            self.commands.append(CTX.Queue())
-            proc = CTX.Process(
-                target=run_ingest,
-                args=(spec, self.commands[w], self.free_slots, self.events, self.stop),
-                name=f"ingest-{w}",
-            )
-            proc.start()
-            self.workers.append(proc)
-        self.idle_workers = list(range(n_workers))
+        self.pool = IngestPool(
+            stream=self.cfg.stream,
+            stream_dir=self.stream_dir,
+            expect=expect,
+            n_steps=self.cfg.solver.n_steps,
+            n_workers=min(self.n_workers, max(len(self.members), 1)),
+            n_slots=self.n_slots,
+            nice=self.nice,
+        ).start()
         self.unassigned = list(self.members)
         return self
 
+    @property
+    def slots(self) -> np.ndarray:
+        return self.pool.slots
+
+    @property
+    def pids(self) -> list[int]:
+        return self.pool.pids
+
+    def poll(self, timeout: float = 0.0) -> list[tuple]:
+        """Events that have arrived; raises if an ingest process died (ADIOS2 crash: no event)."""
+        events = self.pool.poll(timeout)
+        for ev in events:
+            if ev[0] == "end" and ev[3].startswith("ingest process crashed"):
+                raise RuntimeError(f"ingest worker {ev[5]} died before every member ended: {ev[3]}")
+        return events
+
+    def release(self, slot: int) -> None:
+        self.pool.release(slot)
+
     def dispatch(self) -> None:
         """Hand members whose stream has appeared to idle workers (a scan every 20 ms at most)."""
-        if self.unassigned and self.idle_workers and time.monotonic() >= self._next_scan:
+        if self.unassigned and self.pool.idle and time.monotonic() >= self._next_scan:
             self._next_scan = time.monotonic() + 0.02
-            for member in streams_present(self.cfg.stream, self.stream_dir, self.unassigned)[: len(self.idle_workers)]:
+            for member in streams_present(self.cfg.stream, self.stream_dir, self.unassigned)[: len(self.pool.idle)]:
                 self.unassigned.remove(member)
-                self.commands[self.idle_workers.pop(0)].put(member)
+                self.pool.assign(member)
 
     def handle_end(self, ev: tuple) -> None:
-        """An ("end", member, status, reason, steps, worker) event: the member is over, the worker idle."""
-        _, member, status, reason, steps, worker = ev
+        """An ("end", member, status, reason, steps, worker) event: the member is over."""
+        _, member, status, reason, steps, _worker = ev
         self.ended[member] = (status, reason, steps)
-        self.idle_workers.append(worker)
-
-    def check_alive(self) -> None:
-        """Raise if an ingest process has died (a signal, e.g. a segfault in ADIOS2, sends no event).
-        Looks at most every 0.5 s."""
-        if time.monotonic() < self._next_alive_check:
-            return
-        self._next_alive_check = time.monotonic() + 0.5
-        for w, proc in enumerate(self.workers):
-            if proc.exitcode is not None and not self.all_ended:
-                raise RuntimeError(f"ingest worker {w} died with exit code {proc.exitcode} before every member ended")
 
     @property
     def all_ended(self) -> bool:
         return len(self.ended) == len(self.members)
 
     def close(self) -> None:
-        self.stop.set()
-        for q in self.commands:
-            q.put(None)
-        for proc in self.workers:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
-        del self.slots
-        self.shm.close()
-        self.shm.unlink()
+        self.pool.close()
 
 
 class ScratchDir:

@@ -90,6 +90,12 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
         problems.append(
             f"key 'reservoir.watermark': {res['watermark']} exceeds reservoir.capacity {res['capacity']}"
         )
+    tr = cfg["trainer"]
+    if tr["slots"] < tr["ingest_workers"]:
+        problems.append(
+            f"key 'trainer.slots': {tr['slots']} is fewer than trainer.ingest_workers {tr['ingest_workers']} "
+            "(each ingest worker owns at least one slot)"
+        )
     if cfg["heldout"]["seed"] == cfg["ensemble"]["seed"]:
         problems.append(
             "key 'heldout.seed': equals ensemble.seed, so held-out members would repeat training members"
@@ -202,6 +208,7 @@ class TrainerConfig:
     device: str
     seed: int
     ingest_workers: int
+    ingest_nice: int
     slots: int
     heartbeat_s: float
 

@@ -53,6 +53,8 @@ def test_unknown_key_is_named(raw, key):
         ({"parameters": {"ranges": {"t_x0": [1.0]}}}, "parameters.ranges.t_x0"),
         ({"reservoir": {"capacity": 10, "watermark": 20}}, "reservoir.watermark"),
         ({"heldout": {"seed": 7}, "ensemble": {"seed": 7}}, "heldout.seed"),
+        ({"trainer": {"ingest_workers": 8, "slots": 4}}, "trainer.slots"),
+        ({"trainer": {"ingest_nice": 20}}, "trainer.ingest_nice"),
         ({"stream": {"xml_config": "/nonexistent/adios2.xml"}}, "stream.xml_config"),
     ],
 )

@@ -6,13 +6,14 @@ thread inside the training process would stall training for seconds.
 Why one stream at a time per process: several SST readers in one process crash writers of this
 ADIOS2 build (segfault in the writer's ``EndStep``, measured with 8 concurrent members and one
 polling reader process; one reader per process never crashed). So the trainer runs a pool of
-``trainer.ingest_workers`` processes and dispatches each member whose stream has appeared to an
-idle worker; a solver that finds every worker busy waits in ``Open`` (bounded by
-``stream.open_timeout_s``).
+``trainer.ingest_workers`` processes (:class:`datamove.streaming.pool.IngestPool`) and dispatches
+each member whose stream has appeared to an idle worker; a solver that finds every worker busy waits
+in ``Open`` (bounded by ``stream.open_timeout_s``).
 
-A worker copies each field straight into a free shared-memory slot and sends a small event.
-Back-pressure: a worker that finds no free slot waits for one and reads nothing meanwhile, so the SST
-queue of its writer fills and (with ``QueueFullPolicy=Block``) the solver waits. Nothing is dropped.
+A worker copies each field straight into one of its own free shared-memory slots and sends a small
+event through its pipe. Back-pressure: a worker that has no free slot waits for one and reads nothing
+meanwhile, so the SST queue of its writer fills and (with ``QueueFullPolicy=Block``) the solver
+waits. Nothing is dropped.
 
 Events sent to the trainer (tuples, first item the kind):
     ("open", member, worker)                       the reader connected
@@ -20,15 +21,16 @@ Events sent to the trainer (tuples, first item the kind):
     ("step", member, step, time, slot)             field u in shared-memory slot ``slot``
     ("end", member, status, reason, steps, worker) status "complete" or "lost"; the worker is idle
     ("fatal", worker, traceback)                   a bug, not a stream failure
-    ("done", worker)                               the worker has exited
+    ("done", worker)                               the worker leaves its loop and exits
+Messages from the trainer: ("member", m), ("slot", s) (a slot free again), None (stop).
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -56,7 +58,9 @@ class IngestSpec:
     expect: Expectation
     n_steps: int  # steps expected of each member
     shm_name: str
-    n_slots: int
+    n_slots: int  # all slots of the shared memory
+    free_slots: tuple[int, ...]  # the slots this worker owns and may write now
+    nice: int = 0  # added to the worker's niceness: training keeps the CPU it needs
 
 
 def slot_array(shm: shared_memory.SharedMemory, n_slots: int, field_shape) -> np.ndarray:
@@ -91,43 +95,78 @@ def contact_signature(stream_dir: str | Path, member: int) -> tuple[int, int] | 
     return (st.st_ino, st.st_mtime_ns)
 
 
-class _Stop:
-    """The trainer's stop event, or the trainer's death (a worker must not outlive it)."""
+class _Inbox:
+    """The worker's end of its pipe: member commands, returned slots, and the stop."""
 
-    def __init__(self, event):
-        self.event, self.parent = event, os.getppid()
+    def __init__(self, conn, free_slots):
+        self.conn, self.free = conn, deque(free_slots)
+        self.members: deque[int] = deque()
+        self.stopping = False
+        self.parent = os.getppid()
 
-    def is_set(self) -> bool:
-        return self.event.is_set() or os.getppid() != self.parent
+    @property
+    def stop(self) -> bool:
+        """Stop asked, or the trainer is gone (a worker must not outlive it)."""
+        return self.stopping or os.getppid() != self.parent
+
+    def pump(self, timeout: float = 0.0) -> None:
+        """Take every message waiting, waiting up to ``timeout`` s for the first (GIL released)."""
+        try:
+            if not self.conn.poll(timeout):
+                return
+            while True:
+                msg = self.conn.recv()
+                if msg is None:
+                    self.stopping = True
+                elif msg[0] == "slot":
+                    self.free.append(msg[1])
+                elif msg[0] == "member":
+                    self.members.append(msg[1])
+                if not self.conn.poll(0):
+                    return
+        except (EOFError, OSError):
+            self.stopping = True  # the trainer closed its end
+
+    def slot(self) -> int | None:
+        """A free slot, waiting for the trainer to return one; None on stop."""
+        while not self.free:
+            if self.stop:
+                return None
+            self.pump(POLL_S)
+        return self.free.popleft()
+
+    def send(self, event: tuple) -> None:
+        try:
+            self.conn.send(event)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self.stopping = True  # the trainer is gone
 
 
-def run_ingest(spec: IngestSpec, commands, free_slots, events, stop) -> None:
-    """Entry point of an ingest process: read the members the trainer sends, one at a time.
-
-    ``commands`` carries member ids; None ends the worker.
-    """
-    stop = _Stop(stop)
+def run_ingest(spec: IngestSpec, conn) -> None:
+    """Entry point of an ingest process: read the members the trainer sends, one at a time."""
+    if spec.nice:
+        os.nice(spec.nice)
+    inbox = _Inbox(conn, spec.free_slots)
     shm = shared_memory.SharedMemory(name=spec.shm_name)
     try:
         slots = slot_array(shm, spec.n_slots, spec.expect.field_shape)
-        while not stop.is_set():
-            try:
-                member = commands.get(timeout=POLL_S)
-            except queue.Empty:
+        while not inbox.stop:
+            if not inbox.members:
+                inbox.pump(POLL_S)
                 continue
-            if member is None:
-                break
-            status, reason, steps = _read_member(spec, member, slots, free_slots, events, stop)
-            events.put(("end", member, status, reason, steps, spec.worker))
+            member = inbox.members.popleft()
+            status, reason, steps = _read_member(spec, member, slots, inbox)
+            inbox.send(("end", member, status, reason, steps, spec.worker))
         del slots
     except Exception:
-        events.put(("fatal", spec.worker, traceback.format_exc()))
+        inbox.send(("fatal", spec.worker, traceback.format_exc()))
     finally:
         shm.close()
-        events.put(("done", spec.worker))
+        inbox.send(("done", spec.worker))
+        conn.close()
 
 
-def _read_member(spec: IngestSpec, member: int, slots, free_slots, events, stop) -> tuple[str, str, int]:
+def _read_member(spec: IngestSpec, member: int, slots, inbox: _Inbox) -> tuple[str, str, int]:
     """Read one member to its end. Returns (status, reason, steps read)."""
     reader = MemberReader(stream=spec.stream, stream_dir=spec.stream_dir, member=member, expect=spec.expect)
     give_up = time.monotonic() + OPEN_RETRY_S
@@ -136,21 +175,21 @@ def _read_member(spec: IngestSpec, member: int, slots, free_slots, events, stop)
             reader.open()
             break
         except StreamError as exc:
-            if time.monotonic() > give_up or stop.is_set():
+            if time.monotonic() > give_up or inbox.stop:
                 return "lost", exc.reason, 0
-            time.sleep(0.2)
-    events.put(("open", member, spec.worker))
+            inbox.pump(0.2)
+    inbox.send(("open", member, spec.worker))
     idle_limit = spec.stream.member_timeout_s
     last_step = time.monotonic()
     try:
-        while not stop.is_set():
+        while not inbox.stop:
             # timeout=0, never a positive timeout: begin_step with a timeout other than 0 or -1
             # intermittently segfaults the SST reader (ADIOS2 issue #1862, measured in 2.12.1:
-            # 2-3 crashes in 6 runs with 0.01-0.2 s, none in 6 with 0). The sleep also releases
-            # the GIL, so the event queue's feeder thread can send.
+            # 2-3 crashes in 6 runs with 0.01-0.2 s, none in 6 with 0). Between polls the worker
+            # waits on its pipe (GIL released), which also takes returned slots and a stop at once.
             status = reader.poll(timeout=0.0)
             if status is Poll.NOT_READY:
-                time.sleep(0.001)
+                inbox.pump(0.001)
                 if time.monotonic() - last_step > idle_limit:
                     return "lost", f"no step for {idle_limit:g} s (stream.member_timeout_s)", reader.steps_read
                 continue
@@ -160,29 +199,20 @@ def _read_member(spec: IngestSpec, member: int, slots, free_slots, events, stop)
                     return "complete", "", n
                 return "lost", f"stream ended after {n} of {spec.n_steps} steps", n
             if reader.steps_read == 0:
-                events.put(("info", member, reader.info.params))
-            slot = _get_slot(free_slots, stop)
+                inbox.send(("info", member, reader.info.params))
+            slot = inbox.slot()
             if slot is None:
                 break
             t = reader.read_time()
             reader.read_field("u", out=slots[slot])
             if not np.isfinite(slots[slot]).all():
-                free_slots.put(slot)
+                inbox.free.append(slot)
                 raise StreamError(member, f"step {reader.steps_read + 1}: non-finite values in 'u'")
             reader.end_step()
-            events.put(("step", member, reader.steps_read, t, slot))
+            inbox.send(("step", member, reader.steps_read, t, slot))
             last_step = time.monotonic()
         return "lost", "trainer stopped reading", reader.steps_read
     except StreamError as exc:
         return "lost", exc.reason, reader.steps_read
     finally:
         reader.close()
-
-
-def _get_slot(free_slots, stop) -> int | None:
-    while not stop.is_set():
-        try:
-            return free_slots.get(timeout=POLL_S)
-        except queue.Empty:
-            continue
-    return None

@@ -85,7 +85,11 @@ class MemberReader:
         return self
 
     def poll(self, timeout: float = 0.0) -> Poll:
-        """Try to begin the next step. Raises StreamError if the stream failed (writer died)."""
+        """Try to begin the next step. Raises StreamError if the stream failed (writer died).
+
+        Use ``timeout=0`` (or -1 to block): with SST, a positive timeout intermittently segfaults the
+        reader in ADIOS2 2.12 (issue #1862).
+        """
         assert self._stream is not None, "open() first"
         if self._in_step:
             raise StreamError(self.member, "poll() while a step is open; call end_step() first")

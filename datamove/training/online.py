@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
-import queue
 import socket
 import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 from pathlib import Path
 
 import torch
 
 from datamove.config import StudyConfig
 from datamove.reservoir import make_buffer
-from datamove.streaming.ingest import (
-    IngestSpec,
-    contact_signature,
-    run_ingest,
-    slot_array,
-    streams_present,
-)
+from datamove.streaming.ingest import contact_signature, streams_present
+from datamove.streaming.pool import IngestPool
 from datamove.streaming.reader import Expectation
 from datamove.training.distributed import Dist, init_from_env
 from datamove.training.heldout import load_heldout
@@ -211,37 +203,20 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
     if dd.main:
         clean_stream_dir(cfg.stream_dir)
     dd.barrier()  # no rank reads before the stale contact files are gone
-    n_slots = tc.slots
-    shm = shared_memory.SharedMemory(create=True, size=n_slots * ny * nx * 4)
-    slots = slot_array(shm, n_slots, (ny, nx))
-    ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
-    free_slots, events, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-    for s in range(n_slots):
-        free_slots.put(s)
     expect = Expectation(field_shape=(ny, nx), param_names=cfg.ensemble.names, solver=cfg.solver_name)
     unassigned = ledger.unfinished()  # members not yet handed to an ingest worker
     n_workers = max(1, min(tc.ingest_workers, len(unassigned)))
-    workers: list = [None] * n_workers
-    commands: list = [None] * n_workers
-
-    def start_worker(w: int) -> None:
-        spec = IngestSpec(
-            worker=w,
-            stream=cfg.stream,
-            stream_dir=str(cfg.stream_dir),
-            expect=expect,
-            n_steps=n_steps,
-            shm_name=shm.name,
-            n_slots=n_slots,
-        )
-        commands[w] = ctx.Queue()
-        workers[w] = ctx.Process(
-            target=run_ingest, args=(spec, commands[w], free_slots, events, stop), name=f"ingest-{w}"
-        )
-        workers[w].start()
-
-    for w in range(n_workers):
-        start_worker(w)
+    pool = IngestPool(
+        stream=cfg.stream,
+        stream_dir=cfg.stream_dir,
+        expect=expect,
+        n_steps=n_steps,
+        n_workers=n_workers,
+        n_slots=max(tc.slots, n_workers),
+        nice=tc.ingest_nice,
+        say=_say,
+    ).start()
+    slots = pool.slots
     dd.barrier()  # every rank's ingest pool is up before the gate opens
     heartbeat = Heartbeat(cfg.heartbeat_path, tc.heartbeat_s)
     if dd.main:
@@ -249,8 +224,6 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
     _say(f"ready: reading streams from {cfg.stream_dir} with {n_workers} ingest process(es)")
 
     waiting: deque[tuple[int, int, float, int]] = deque()  # steps handed over, not yet in the buffer
-    idle_workers = list(range(n_workers))
-    reading: dict[int, int] = {}  # worker -> member it reads
     dead_contact: dict[int, tuple[int, int]] = {}  # member -> contact file of its dead writer
     next_scan = 0.0
     t_start = time.perf_counter()
@@ -273,15 +246,13 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
             if ledger.received(member, step):
                 waiting.append((member, step, t, slot))
             else:
-                free_slots.put(slot)  # a rerun resending a step already received: not used twice
+                pool.release(slot)  # a rerun resending a step already received: not used twice
         elif kind == "info":
             params[ev[1]] = torch.as_tensor(ev[2], dtype=torch.float32)
         elif kind == "open":
             ledger.opened(ev[1])
         elif kind == "end":
-            _, member, status, reason, _steps, worker = ev
-            idle_workers.append(worker)
-            reading.pop(worker, None)
+            _, member, status, reason, _steps, _worker = ev
             rec = ledger[member]
             if status == "complete" or rec.steps_received == rec.steps_expected:
                 ledger.ended(member, "complete")
@@ -303,30 +274,14 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
 
     def dispatch() -> None:
         for member in streams_present(cfg.stream, cfg.stream_dir, unassigned):
-            if not idle_workers:
+            if not pool.idle:
                 return
             if member in dead_contact:
                 if contact_signature(cfg.stream_dir, member) == dead_contact[member]:
                     continue  # still the dead writer's file: wait for the rerun's
                 del dead_contact[member]
             unassigned.remove(member)
-            worker = idle_workers.pop(0)
-            reading[worker] = member
-            commands[worker].put(member)
-
-    def replace_dead_workers() -> None:
-        """An ingest process that dies (ADIOS2 has crashed readers: SIGSEGV) sends no event: its
-        member would wait forever. Account for the member and start a fresh worker."""
-        for w, proc in enumerate(workers):
-            if proc.exitcode is None or streams_done:
-                continue
-            member = reading.pop(w, None)
-            _say(f"ingest worker {w} died (exit code {proc.exitcode}); starting another")
-            start_worker(w)
-            if member is not None:
-                handle(("end", member, "lost", f"ingest process crashed (exit code {proc.exitcode})", 0, w))
-            elif w not in idle_workers:
-                idle_workers.append(w)
+            pool.assign(member)
 
     def checkpoint() -> None:
         nonlocal last_ckpt, completed_since_ckpt
@@ -387,30 +342,27 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
     try:
         while True:
             idle = not waiting and not buffer.ready(final=streams_done)
-            for i in range(1024):  # bounded, so a flood of steps cannot starve training
-                try:
-                    ev = events.get(timeout=0.05) if (idle and i == 0) else events.get_nowait()
-                except queue.Empty:
-                    break
+            # A dead ingest worker (ADIOS2 has crashed readers: SIGSEGV) is replaced inside poll(),
+            # and its member ends as lost with the reason.
+            for ev in pool.poll(timeout=0.05 if idle else 0.0):
                 handle(ev)
                 last_activity = time.monotonic()
             if fatal:
                 raise RuntimeError("ingest process failed:\n" + fatal[0])
             if time.monotonic() >= next_scan:
                 next_scan = time.monotonic() + 0.02  # a directory scan, not on every batch
-                replace_dead_workers()
-                if unassigned and idle_workers:
+                if unassigned:
                     dispatch()
             while waiting and buffer.can_put():
                 member, step, t, slot = waiting.popleft()
                 x = torch.cat([params[member], torch.tensor([t], dtype=torch.float32)])
                 displaced = buffer.put(x, torch.from_numpy(slots[slot]), member=member, step=step)
-                free_slots.put(slot)  # the buffer holds its own copy now
+                pool.release(slot)  # the buffer holds its own copy now
                 if displaced is not None and displaced.reason == "dropped":
                     ledger.dropped(displaced.member)  # on_full=drop_oldest: lost, and counted
 
             if not streams_done:
-                busy = len(idle_workers) < n_workers
+                busy = pool.busy
                 if unassigned and not busy and time.monotonic() - last_activity > cfg.stream.member_timeout_s:
                     for m in unassigned:
                         rec = ledger[m]
@@ -423,8 +375,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
                     unassigned.clear()
                 if not ledger.unfinished() and not waiting and not busy:
                     streams_done = True
-                    for q in commands:
-                        q.put(None)
+                    pool.finish()
                     _say(
                         f"all members ended ({ledger.count('complete')} complete, {ledger.count('lost')} "
                         f"lost); training {tc.extra_batches} more batches"
@@ -456,16 +407,10 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
             if tc.checkpoint_every and completed_since_ckpt and not dd.active and time.monotonic() - last_ckpt[0] > 2.0:
                 checkpoint()
     finally:
-        stop.set()
         if dd.main:
             heartbeat.stop(finished=all_done)
-        for proc in workers:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
         del slots
-        shm.close()
-        shm.unlink()
+        pool.close()
         if dd.main:
             for stale in cfg.stream_dir.glob("*.sst"):  # killed writers leave their contact file
                 stale.unlink(missing_ok=True)

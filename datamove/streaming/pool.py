@@ -1,0 +1,219 @@
+"""The trainer's side of ingest: a pool of ingest processes, their slots and their messages.
+
+Each worker has one duplex pipe to the trainer and nothing else in common with the other workers:
+    trainer -> worker   ("member", m): read member m;  ("slot", s): slot s is free again;  None: stop
+    worker -> trainer   the events of :mod:`datamove.streaming.ingest` ("open", "info", "step", ...)
+
+Why pipes and not ``multiprocessing.Queue``: a Queue sends from a feeder thread, and a worker that
+waits in ADIOS2 holds the GIL, so its step events left in bursts, late (measured: one worker spent
+1.43 s of 3.27 s waiting for a free slot that the trainer had long returned). ``Connection.send``
+writes from the calling thread. And a shared Queue has a lock: a worker killed while holding it
+(ADIOS2 has crashed readers with SIGSEGV) would hang every other worker. Here a dead worker breaks
+only its own pipe, which the trainer sees at once (end of file).
+
+Slots are owned: worker ``w`` writes only slots ``w*k .. w*k+k-1`` (``k = n_slots // n_workers``)
+and the trainer returns each slot to its owner. A replacement for a dead worker starts with its
+predecessor's slots minus those the trainer still holds.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+import numpy as np
+
+from datamove.config import StreamConfig
+from datamove.streaming.ingest import IngestSpec, run_ingest, slot_array
+from datamove.streaming.reader import Expectation
+
+# At most this many events per poll(), so that a flood of steps cannot starve training.
+MAX_EVENTS = 1024
+
+
+@dataclass
+class _Worker:
+    proc: mp.process.BaseProcess
+    conn: Connection
+    member: int | None = None  # the member it reads; None when idle
+    exited: bool = False  # sent "done": it left its loop on purpose
+
+
+class IngestPool:
+    """``n_workers`` ingest processes reading member streams into ``n_slots`` shared-memory slots.
+
+    Use: ``start()``; ``assign(member)`` to an ``idle`` worker; ``poll()`` for events (each "step"
+    names a slot of ``slots``, float32 [n_slots, ny, nx], to copy and then ``release``); ``finish()``
+    once every member has ended; ``close()`` always.
+    """
+
+    def __init__(
+        self,
+        *,
+        stream: StreamConfig,
+        stream_dir: str | Path,
+        expect: Expectation,
+        n_steps: int,
+        n_workers: int,
+        n_slots: int,
+        nice: int = 0,
+        say: Callable[[str], None] = print,
+    ):
+        if n_workers < 1:
+            raise ValueError("an ingest pool needs at least one worker")
+        if n_slots < n_workers:
+            raise ValueError(
+                f"trainer.slots ({n_slots}) must be at least the number of ingest workers ({n_workers}): "
+                "each worker owns its own slots"
+            )
+        self.stream, self.stream_dir, self.expect = stream, str(stream_dir), expect
+        self.n_steps, self.n_workers, self.n_slots, self.nice = n_steps, n_workers, n_slots, nice
+        self.per_worker = n_slots // n_workers
+        self.say = say
+        self.workers: list[_Worker] = []
+        self.held: list[set[int]] = [set() for _ in range(n_workers)]  # slots the trainer holds, by owner
+        self._ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
+        self._finishing = False
+        self.shm: shared_memory.SharedMemory | None = None
+        self.slots: np.ndarray | None = None
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def start(self) -> IngestPool:
+        ny, nx = self.expect.field_shape
+        self.shm = shared_memory.SharedMemory(create=True, size=self.n_slots * ny * nx * 4)
+        self.slots = slot_array(self.shm, self.n_slots, (ny, nx))
+        self.workers = [self._spawn(w) for w in range(self.n_workers)]
+        return self
+
+    def _spawn(self, w: int) -> _Worker:
+        first = w * self.per_worker
+        own = range(first, first + self.per_worker)
+        spec = IngestSpec(
+            worker=w,
+            stream=self.stream,
+            stream_dir=self.stream_dir,
+            expect=self.expect,
+            n_steps=self.n_steps,
+            shm_name=self.shm.name,
+            n_slots=self.n_slots,
+            free_slots=tuple(s for s in own if s not in self.held[w]),
+            nice=self.nice,
+        )
+        mine, theirs = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=run_ingest, args=(spec, theirs), name=f"ingest-{w}", daemon=True)
+        proc.start()
+        theirs.close()  # else the trainer never sees end of file when the worker dies
+        return _Worker(proc=proc, conn=mine)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers]
+
+    @property
+    def idle(self) -> list[int]:
+        """Workers free to read a member."""
+        return [i for i, w in enumerate(self.workers) if w.member is None and not w.exited]
+
+    @property
+    def busy(self) -> bool:
+        """Whether any worker is reading a member."""
+        return any(w.member is not None for w in self.workers)
+
+    def reading(self) -> dict[int, int]:
+        """worker -> the member it reads."""
+        return {i: w.member for i, w in enumerate(self.workers) if w.member is not None}
+
+    def assign(self, member: int, worker: int | None = None) -> int:
+        """Hand ``member`` to an idle worker (the first, unless ``worker`` is given); returns it."""
+        idle = self.idle
+        if not idle:
+            raise RuntimeError("no idle ingest worker")
+        w = idle[0] if worker is None else worker
+        self.workers[w].member = member
+        self._send(w, ("member", member))
+        return w
+
+    def release(self, slot: int) -> None:
+        """The trainer has copied ``slot``: back to the worker that owns it."""
+        owner = slot // self.per_worker
+        self.held[owner].discard(slot)
+        self._send(owner, ("slot", slot))
+
+    def finish(self) -> None:
+        """Every member has ended: the workers may exit."""
+        self._finishing = True
+        for w in range(len(self.workers)):
+            self._send(w, None)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every worker (mid-member if need be), wait for them, free the shared memory."""
+        self._finishing = True
+        for w in range(len(self.workers)):
+            self._send(w, None)
+        for w in self.workers:
+            w.proc.join(timeout=timeout)
+            if w.proc.is_alive():
+                w.proc.terminate()
+                w.proc.join(timeout=2)
+            w.conn.close()
+        self.slots = None
+        if self.shm is not None:
+            self.shm.close()
+            self.shm.unlink()
+            self.shm = None
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def poll(self, timeout: float = 0.0) -> list[tuple]:
+        """Events that have arrived, waiting up to ``timeout`` s for the first (at most MAX_EVENTS).
+
+        A worker that died (no "done" before its pipe closed) is replaced, and its member, if it had
+        one, ends as lost: ("end", member, "lost", "ingest process crashed ...", 0, worker).
+        """
+        events: list[tuple] = []
+        ready = wait([w.conn for w in self.workers if not w.conn.closed], timeout)
+        for conn in ready:
+            w = next(i for i, wk in enumerate(self.workers) if wk.conn is conn)
+            try:
+                while len(events) < MAX_EVENTS:
+                    ev = conn.recv()
+                    self._note(w, ev)
+                    events.append(ev)
+                    if not conn.poll(0):
+                        break
+            except (EOFError, OSError):
+                events.extend(self._lost_worker(w))
+        return events
+
+    def _note(self, w: int, ev: tuple) -> None:
+        kind = ev[0]
+        if kind == "step":
+            self.held[w].add(ev[4])
+        elif kind == "end":
+            self.workers[w].member = None
+        elif kind == "done":
+            self.workers[w].exited = True
+
+    def _lost_worker(self, w: int) -> list[tuple]:
+        old = self.workers[w]
+        old.conn.close()
+        old.proc.join(timeout=5)
+        if old.exited or self._finishing:
+            return []
+        code = old.proc.exitcode
+        self.say(f"ingest worker {w} died (exit code {code}); starting another")
+        self.workers[w] = self._spawn(w)
+        if old.member is None:
+            return []
+        return [("end", old.member, "lost", f"ingest process crashed (exit code {code})", 0, w)]
+
+    def _send(self, w: int, msg) -> None:
+        try:
+            self.workers[w].conn.send(msg)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass  # a dead worker: poll() sees its end of file and replaces it
