@@ -176,12 +176,13 @@ def cmd_wait_trainer(args) -> int:
     from datamove.gate import wait_for_trainer
 
     cfg = _config(args)
-    print(f"[gate] waiting for the trainer's heartbeat {cfg.heartbeat_path} (up to {args.timeout:g} s)", file=sys.stderr)
-    beat = wait_for_trainer(cfg, args.timeout)
+    timeout, source = (cfg.gate.timeout_s, "gate.timeout_s") if args.timeout is None else (args.timeout, "--timeout")
+    print(f"[gate] waiting for the trainer's heartbeat {cfg.heartbeat_path} (up to {timeout:g} s)", file=sys.stderr)
+    beat = wait_for_trainer(cfg, timeout)
     if beat is None:
         print(
-            f"[gate] error: the trainer did not report ready within {args.timeout:g} s (no fresh "
-            f"{cfg.heartbeat_path}); see the train_online log",
+            f"[gate] error: the trainer did not report ready within {timeout:g} s ({source}; no live "
+            f"heartbeat in {cfg.heartbeat_path}); see the train_online log",
             file=sys.stderr,
         )
         return 1
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", help="also write the table as Markdown here")
     p.set_defaults(func=cmd_results_table)
     p = add("wait-trainer", cmd_wait_trainer, "Wait until the trainer reports ready (readiness gate).")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: the config's gate.timeout_s)")
     p.add_argument("--touch", help="file to write once the trainer is ready (workflow output)")
     add("check-config", cmd_check_config, "Validate a config and print it with every default filled in.")
     return parser

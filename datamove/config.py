@@ -214,6 +214,13 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GateConfig:
+    """The readiness gate that starts the solvers once the trainer reads streams."""
+
+    timeout_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class OfflineConfig:
     """The offline trainer: epochs over the BP5 member files."""
 
@@ -256,6 +263,7 @@ class StudyConfig:
     stream: StreamConfig
     reservoir: ReservoirConfig
     trainer: TrainerConfig
+    gate: GateConfig
     raw: Mapping[str, Any] = field(repr=False)
     arm: str | None
     members_per_job: int
@@ -290,6 +298,7 @@ class StudyConfig:
             trainer=TrainerConfig(
                 **{**t, "lr_milestones": tuple(t["lr_milestones"])}
             ),
+            gate=GateConfig(**cfg["gate"]),
             raw=copy.deepcopy(dict(cfg)),
             arm=cfg["arm"],
             members_per_job=cfg["ensemble"]["members_per_job"],
