@@ -27,8 +27,8 @@ def cmd_simulate(args) -> int:
         beat = wait_for_trainer(cfg, cfg.stream.open_timeout_s)
         if beat is None:
             print(
-                f"datamove: member {args.member}: no live trainer (no fresh {cfg.heartbeat_path} within "
-                f"{cfg.stream.open_timeout_s:g} s, stream.open_timeout_s)",
+                f"datamove: member {args.member}: no live trainer (its heartbeat {cfg.heartbeat_path} did not "
+                f"advance within {cfg.stream.open_timeout_s:g} s, stream.open_timeout_s)",
                 file=sys.stderr,
             )
             return 1
@@ -181,8 +181,8 @@ def cmd_wait_trainer(args) -> int:
     beat = wait_for_trainer(cfg, timeout)
     if beat is None:
         print(
-            f"[gate] error: the trainer did not report ready within {timeout:g} s ({source}; no live "
-            f"heartbeat in {cfg.heartbeat_path}); see the train_online log",
+            f"[gate] error: the trainer did not report ready within {timeout:g} s ({source}; its "
+            f"heartbeat {cfg.heartbeat_path} did not advance); see the train_online log",
             file=sys.stderr,
         )
         return 1

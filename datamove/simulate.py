@@ -80,9 +80,10 @@ def run_member(
     }
 
 
-def _confirm(cfg: StudyConfig, trainer_pid: int | None, since: float, member: int) -> None:
+def _confirm(cfg: StudyConfig, trainer_pid: int | None, member: int) -> None:
+    """Called as soon as the member's stream has closed (see confirm_trainer)."""
     if trainer_pid is not None:
-        confirm_trainer(cfg, pid=trainer_pid, since=since, member=member)
+        confirm_trainer(cfg, pid=trainer_pid, member=member)
 
 
 def simulate(
@@ -100,7 +101,7 @@ def simulate(
             cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
                 step_delay_s=cfg.step_delay_s,
         )
-    _confirm(cfg, trainer_pid, time.time(), member)
+    _confirm(cfg, trainer_pid, member)
     print(
         f"[simulate] member {member}: {summary['steps']} steps sent ({cfg.stream.engine}) in "
         f"{summary['total_s']:.2f} s (solve {summary['solve_s']:.2f} s)",
@@ -142,7 +143,7 @@ def simulate_job(
                 cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
                 step_delay_s=cfg.step_delay_s,
             )
-            _confirm(cfg, trainer_pid, time.time(), member)
+            _confirm(cfg, trainer_pid, member)
             summaries.append(summary)
             member_marker = cfg.study_dir / "members" / f"member-{member:06d}.json"
             member_marker.parent.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,17 @@ and ADIOS2 parameters that keep the lossless defaults."""
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import datamove
 from datamove.config import ConfigError, StudyConfig, validate_config
+from datamove.gate import HeartbeatWatch, TrainerLostError, confirm_trainer, read_heartbeat, wait_for_trainer
 
 
 def test_gate_timeout_is_a_config_key(tiny_config):
@@ -26,3 +31,94 @@ def test_gate_timeout_is_a_config_key(tiny_config):
         validate_config({"gate": {"timeout": 60}})
     with pytest.raises(ConfigError, match="key 'gate.timeout_s'"):
         validate_config({"gate": {"timeout_s": 0}})
+
+
+class _SkewedTrainer:
+    """Beats like a trainer on a node whose clock is ``skew_s`` off: the time stamps are useless here."""
+
+    def __init__(self, path: Path, *, skew_s: float, period: float = 0.05):
+        self.path, self.skew_s, self.period = path, skew_s, period
+        self.seq = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def beat(self, **extra) -> None:
+        self.seq += 1
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"pid": 4242, "seq": self.seq, "time": time.time() + self.skew_s, **extra}))
+        tmp.replace(self.path)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.beat()
+
+    def __enter__(self):
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])
+def test_heartbeat_is_judged_by_its_sequence_not_the_clocks(tiny_config, skew_s):
+    cfg = StudyConfig.load(tiny_config(trainer={"heartbeat_s": 0.05}))
+    cfg.heartbeat_path.parent.mkdir(parents=True)
+    with _SkewedTrainer(cfg.heartbeat_path, skew_s=skew_s) as trainer:
+        beat = wait_for_trainer(cfg, timeout=5)  # an hour off either way: alive, since it advances
+        assert beat is not None and beat["pid"] == 4242
+        confirm_trainer(cfg, pid=4242, member=0)
+    # It died: the file stays, its time stamp near (or ahead of) this clock, its number frozen.
+    watch = HeartbeatWatch(cfg.heartbeat_path, stale_s=0.3)
+    assert watch.poll() is None  # one look proves nothing
+    assert wait_for_trainer(cfg, timeout=0.5) is None
+    trainer.beat()  # ... until it beats again
+    assert watch.poll() is not None
+    time.sleep(0.4)
+    assert watch.poll() is None  # not again within stale_s, by this process's own clock
+    trainer.beat(finished=True)  # the final beat: streams all read, not ready for more
+    assert watch.poll() is None
+    confirm_trainer(cfg, pid=4242, member=0)  # ... yet it proves the trainer outlived the streams
+
+
+def test_trainer_heartbeat_numbers_its_beats(tmp_path):
+    from datamove.training.online import Heartbeat
+
+    path = tmp_path / "trainer.heartbeat.json"
+    watch = HeartbeatWatch(path, stale_s=1.0)
+    assert watch.poll() is None and read_heartbeat(path) is None
+    heartbeat = Heartbeat(path, 0.05)
+    heartbeat.start()
+    deadline = time.monotonic() + 5
+    while watch.poll() is None:  # the file appeared, then advanced
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    first = read_heartbeat(path)
+    time.sleep(0.2)
+    later = read_heartbeat(path)
+    assert first["pid"] == later["pid"] == os.getpid() and later["seq"] > first["seq"] >= 1
+    heartbeat.stop(finished=True)
+    final = read_heartbeat(path)
+    assert final["finished"] and final["seq"] > later["seq"]
+    assert watch.poll() is None  # finished: no gate opens on it
+    heartbeat = Heartbeat(path, 0.05)
+    heartbeat.start()
+    heartbeat.stop(finished=False)  # a trainer that stops early takes its heartbeat away
+    assert read_heartbeat(path) is None
+
+
+@pytest.mark.slow
+def test_a_frozen_heartbeat_does_not_confirm_a_member(tiny_config):
+    cfg = StudyConfig.load(tiny_config())
+    cfg.heartbeat_path.parent.mkdir(parents=True)
+    # A trainer that died, on a node whose clock runs ahead: its last stamp is "newer" than now.
+    with _SkewedTrainer(cfg.heartbeat_path, skew_s=3600.0):
+        pass
+    t0 = time.monotonic()
+    with pytest.raises(TrainerLostError, match="member 3: the trainer \\(pid 4242\\) stopped"):
+        confirm_trainer(cfg, pid=4242, member=3)
+    assert time.monotonic() - t0 >= 10  # it waited for a late beat first
+    with pytest.raises(TrainerLostError):  # another trainer's beat: ours has gone, no need to wait
+        confirm_trainer(cfg, pid=1, member=3)

@@ -48,16 +48,22 @@ class Heartbeat:
 
     The workflow's readiness gate lets solvers start only once this file is fresh. A thread is fine
     here: the training process never calls into ADIOS2 once streaming has begun.
+
+    Each beat carries a sequence number, one more than the last: readers on other nodes judge
+    freshness by seeing it advance on their own clock (datamove.gate), as the nodes' clocks may
+    disagree. ``time`` (this node's clock) is for people reading the file.
     """
 
     def __init__(self, path: Path, period: float):
         self.path, self.period = path, period
+        self._seq = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
 
     def _beat(self, **extra) -> None:
+        self._seq += 1
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "time": time.time(), **extra}))
+        tmp.write_text(json.dumps({"pid": os.getpid(), "seq": self._seq, "time": time.time(), **extra}))
         tmp.replace(self.path)
 
     def _run(self) -> None:
