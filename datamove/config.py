@@ -31,6 +31,11 @@ def load_schema() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+MERGE_DEFAULT = "x-merge-default"
+"""Schema annotation of a mapping whose given keys are merged over its default mapping, rather than
+replacing it (``stream.parameters``: a user who sets one ADIOS2 parameter keeps the lossless rest)."""
+
+
 def _with_defaults(validator_class):
     """A validator that fills ``default`` values in while it validates (also in nested objects)."""
     validate_properties = validator_class.VALIDATORS["properties"]
@@ -38,8 +43,12 @@ def _with_defaults(validator_class):
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
             for key, sub in properties.items():
-                if "default" in sub:
-                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+                if "default" not in sub:
+                    continue
+                if key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+                elif sub.get(MERGE_DEFAULT) and isinstance(instance[key], dict):
+                    instance[key] = {**copy.deepcopy(sub["default"]), **instance[key]}
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import datamove
 from datamove.config import ConfigError, StudyConfig, validate_config
@@ -122,3 +123,22 @@ def test_a_frozen_heartbeat_does_not_confirm_a_member(tiny_config):
     assert time.monotonic() - t0 >= 10  # it waited for a late beat first
     with pytest.raises(TrainerLostError):  # another trainer's beat: ours has gone, no need to wait
         confirm_trainer(cfg, pid=1, member=3)
+
+
+def test_stream_parameters_merge_over_the_lossless_defaults(tiny_config):
+    defaults = validate_config({})["stream"]["parameters"]
+    assert defaults["QueueFullPolicy"] == "Block"
+    cfg = validate_config({"stream": {"parameters": {"DataTransport": "WAN"}}})
+    assert cfg["stream"]["parameters"] == defaults  # nothing dropped
+    cfg = validate_config({"stream": {"parameters": {"NetworkInterface": "ib0", "QueueLimit": "8"}}})
+    assert cfg["stream"]["parameters"] == {**defaults, "NetworkInterface": "ib0", "QueueLimit": "8"}
+    assert validate_config(cfg) == cfg  # the filled config, validated again (the workflow does), is unchanged
+    with pytest.raises(ConfigError, match="key 'stream.parameters.QueueLimit'"):
+        validate_config({"stream": {"parameters": {"QueueLimit": 8}}})  # ADIOS2 takes strings
+
+    # The study's config as the trainer and the solvers read it, and as check-config prints it.
+    path = tiny_config(stream={"parameters": {"DataTransport": "WAN"}})
+    params = StudyConfig.load(path).stream.parameters
+    assert params["QueueFullPolicy"] == "Block" and params["RendezvousReaderCount"] == "1"
+    printed = yaml.safe_load(datamove("check-config", "--config", path).stdout)
+    assert printed["stream"]["parameters"]["QueueFullPolicy"] == "Block"
