@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--dt", type=float, default=0.01)
     ap.add_argument("--engine", default="SST")
-    ap.add_argument("--break", dest="breakage", choices=["none", "no-params", "shape", "nan", "dtype"], default="none")
+    ap.add_argument("--break", dest="breakage", choices=["none", "no-params", "shape", "shape-later", "nan", "dtype"], default="none")
     args = ap.parse_args()
 
     os.makedirs(args.stream_dir, exist_ok=True)  # SST writers crash later if the folder is missing
@@ -55,9 +55,11 @@ def main() -> None:
             field = u.astype(np.float64 if args.breakage == "dtype" else np.float32)
             if args.breakage == "nan" and k == 3:
                 field[0, 0] = np.nan
+            if args.breakage == "shape-later" and k == 3:
+                field = np.vstack([field, field[:1]])  # one row more from step 3 on
             stream.begin_step()
             stream.write("time", np.float64(k * args.dt))
-            stream.write("u", field)
+            stream.write("u", field, list(field.shape), [0, 0], list(field.shape))
             stream.end_step()
 
 

@@ -124,6 +124,25 @@ def test_contract_violations_name_the_member(tiny_config, breakage, message):
     assert "member 4 (member-000004)" in str(err.value)
 
 
+def test_ingest_fast_path_checks_every_step(tiny_config):
+    """The ingest reads with poll(check=False) + read_step: a shape that changes mid-stream is still
+    refused (a wrong-sized field must never be copied into a hand-off slot), naming the step."""
+    cfg = StudyConfig.load(tiny_config(stream={"engine": "BP5"}))
+    args = ["--stream-dir", cfg.stream_dir, "--member", 4, "--engine", "BP5",
+            "--nx", cfg.solver.nx, "--ny", cfg.solver.ny, "--steps", 5, "--break", "shape-later"]
+    subprocess.run([sys.executable, PRODUCER, *map(str, args)], check=True, timeout=60)
+    path = stream_path(cfg.stream_dir, 4, "BP5")
+    out = np.zeros((cfg.solver.ny, cfg.solver.nx), dtype=np.float32)
+    times = []
+    with MemberReader(stream=cfg.stream, stream_dir=cfg.stream_dir, member=4, expect=_expect(cfg), path=path) as r:
+        with pytest.raises(ContractError, match=r"member 4 .*step 3: 'u' has shape \[11, 12\], expected \[10, 12\]"):
+            while r.poll(timeout=-1.0, check=False) is Poll.STEP:
+                times.append(r.read_step(out))
+                r.end_step()
+    assert times == pytest.approx([0.01, 0.02])  # the producer's default --dt
+    assert np.isfinite(out).all() and out.min() > 0
+
+
 def test_missing_and_truncated_files_name_the_file(tiny_config, tmp_path):
     cfg = StudyConfig.load(tiny_config(stream={"engine": "BP5"}))
     missing = tmp_path / "member-000009.bp"

@@ -27,7 +27,9 @@ Messages from the trainer: ("member", m), ("slot", s) (a slot free again), None 
 
 from __future__ import annotations
 
+import math
 import os
+import select
 import time
 import traceback
 from collections import deque
@@ -44,7 +46,8 @@ from datamove.streaming.reader import Expectation, MemberReader, Poll
 # A contact file can be seen before the writer is ready for readers: failed opens are retried for
 # this long before the member counts as lost.
 OPEN_RETRY_S = 10.0
-# How long one begin_step waits: bounds how late a worker notices a stop or an idle member.
+# How long an idle worker, or one waiting for a free slot, waits on its pipe between checks that
+# the trainer is still alive.
 POLL_S = 0.2
 
 
@@ -100,6 +103,10 @@ class _Inbox:
 
     def __init__(self, conn, free_slots):
         self.conn, self.free = conn, deque(free_slots)
+        # One poll object for the life of the worker: Connection.poll() builds a selector on every
+        # call, ~10 us of Python, paid once or twice per step.
+        self._poller = select.poll()
+        self._poller.register(conn.fileno(), select.POLLIN)
         self.members: deque[int] = deque()
         self.stopping = False
         self.parent = os.getppid()
@@ -112,7 +119,7 @@ class _Inbox:
     def pump(self, timeout: float = 0.0) -> None:
         """Take every message waiting, waiting up to ``timeout`` s for the first (GIL released)."""
         try:
-            if not self.conn.poll(timeout):
+            if not self._poller.poll(timeout * 1000):
                 return
             while True:
                 msg = self.conn.recv()
@@ -122,7 +129,7 @@ class _Inbox:
                     self.free.append(msg[1])
                 elif msg[0] == "member":
                     self.members.append(msg[1])
-                if not self.conn.poll(0):
+                if not self._poller.poll(0):
                     return
         except (EOFError, OSError):
             self.stopping = True  # the trainer closed its end
@@ -179,38 +186,38 @@ def _read_member(spec: IngestSpec, member: int, slots, inbox: _Inbox) -> tuple[s
                 return "lost", exc.reason, 0
             inbox.pump(0.2)
     inbox.send(("open", member, spec.worker))
-    idle_limit = spec.stream.member_timeout_s
-    last_step = time.monotonic()
     try:
         while not inbox.stop:
-            # timeout=0, never a positive timeout: begin_step with a timeout other than 0 or -1
-            # intermittently segfaults the SST reader (ADIOS2 issue #1862, measured in 2.12.1:
-            # 2-3 crashes in 6 runs with 0.01-0.2 s, none in 6 with 0). Between polls the worker
-            # waits on its pipe (GIL released), which also takes returned slots and a stop at once.
-            status = reader.poll(timeout=0.0)
-            if status is Poll.NOT_READY:
-                inbox.pump(0.001)
-                if time.monotonic() - last_step > idle_limit:
-                    return "lost", f"no step for {idle_limit:g} s (stream.member_timeout_s)", reader.steps_read
-                continue
-            if status is Poll.END:
+            # A free slot first, then wait in ADIOS2 for the step, blocking: a blocked reader wakes
+            # the moment a step arrives (polling with timeout 0 and a 1 ms sleep lost 40 % of the
+            # bare SST rate at 128x128: the writer's queue of 4 steps waited out each sleep), and a
+            # positive timeout is not an option (it intermittently segfaults the SST reader: ADIOS2
+            # #1862, 2-3 crashes in 6 runs in 2.12.1). The GIL held meanwhile blocks nothing: this
+            # process has no other thread. A writer that dies ends the wait with an error; a writer
+            # that stays silent is the trainer's to time out (IngestPool: stream.member_timeout_s).
+            slot = inbox.slot()
+            if slot is None:
+                break
+            status = reader.poll(timeout=-1.0, check=False)  # read_step checks each step
+            if status is not Poll.STEP:
+                inbox.free.appendleft(slot)
+                if status is Poll.NOT_READY:
+                    continue
                 n = reader.steps_read
                 if n == spec.n_steps:
                     return "complete", "", n
                 return "lost", f"stream ended after {n} of {spec.n_steps} steps", n
             if reader.steps_read == 0:
                 inbox.send(("info", member, reader.info.params))
-            slot = inbox.slot()
-            if slot is None:
-                break
-            t = reader.read_time()
-            reader.read_field("u", out=slots[slot])
-            if not np.isfinite(slots[slot]).all():
+            t = reader.read_step(slots[slot])
+            # One float64 sum instead of isfinite().all(): NaN and inf propagate into it, float32
+            # values cannot overflow it, and it allocates nothing.
+            if not math.isfinite(slots[slot].sum(dtype=np.float64)):
                 inbox.free.append(slot)
                 raise StreamError(member, f"step {reader.steps_read + 1}: non-finite values in 'u'")
             reader.end_step()
             inbox.send(("step", member, reader.steps_read, t, slot))
-            last_step = time.monotonic()
+            inbox.pump(0.0)  # returned slots, and a stop
         return "lost", "trainer stopped reading", reader.steps_read
     except StreamError as exc:
         return "lost", exc.reason, reader.steps_read

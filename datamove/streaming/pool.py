@@ -11,6 +11,11 @@ writes from the calling thread. And a shared Queue has a lock: a worker killed w
 (ADIOS2 has crashed readers with SIGSEGV) would hang every other worker. Here a dead worker breaks
 only its own pipe, which the trainer sees at once (end of file).
 
+A worker waits for each step inside ADIOS2 (blocking: see ingest.py), so it cannot time out a
+writer that stays silent; the pool does: a worker reading a member that has sent nothing for
+``stream.member_timeout_s`` while it had a free slot is killed and replaced, and its member ends as
+lost with that reason.
+
 Slots are owned: worker ``w`` writes only slots ``w*k .. w*k+k-1`` (``k = n_slots // n_workers``)
 and the trainer returns each slot to its owner. A replacement for a dead worker starts with its
 predecessor's slots minus those the trainer still holds.
@@ -19,10 +24,12 @@ predecessor's slots minus those the trainer still holds.
 from __future__ import annotations
 
 import multiprocessing as mp
+import select
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import shared_memory
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +48,8 @@ class _Worker:
     conn: Connection
     member: int | None = None  # the member it reads; None when idle
     exited: bool = False  # sent "done": it left its loop on purpose
+    progress: float = 0.0  # monotonic time of its last event, or of a slot given back to it
+    stopped_why: str | None = None  # why the pool killed it (a silent stream)
 
 
 class IngestPool:
@@ -78,6 +87,11 @@ class IngestPool:
         self.held: list[set[int]] = [set() for _ in range(n_workers)]  # slots the trainer holds, by owner
         self._ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
         self._finishing = False
+        # One poll object over every worker's pipe, kept up to date as workers are replaced:
+        # multiprocessing.connection.wait() builds a selector on every call.
+        self._poller = select.poll()
+        self._fd_worker: dict[int, int] = {}
+        self._next_stall_check = 0.0
         self.shm: shared_memory.SharedMemory | None = None
         self.slots: np.ndarray | None = None
 
@@ -108,6 +122,8 @@ class IngestPool:
         proc = self._ctx.Process(target=run_ingest, args=(spec, theirs), name=f"ingest-{w}", daemon=True)
         proc.start()
         theirs.close()  # else the trainer never sees end of file when the worker dies
+        self._poller.register(mine.fileno(), select.POLLIN)
+        self._fd_worker[mine.fileno()] = w
         return _Worker(proc=proc, conn=mine)
 
     @property
@@ -135,12 +151,15 @@ class IngestPool:
             raise RuntimeError("no idle ingest worker")
         w = idle[0] if worker is None else worker
         self.workers[w].member = member
+        self.workers[w].progress = time.monotonic()
         self._send(w, ("member", member))
         return w
 
     def release(self, slot: int) -> None:
         """The trainer has copied ``slot``: back to the worker that owns it."""
         owner = slot // self.per_worker
+        if len(self.held[owner]) == self.per_worker:
+            self.workers[owner].progress = time.monotonic()  # it waited for us, not for its stream
         self.held[owner].discard(slot)
         self._send(owner, ("slot", slot))
 
@@ -156,10 +175,13 @@ class IngestPool:
         for w in range(len(self.workers)):
             self._send(w, None)
         for w in self.workers:
-            w.proc.join(timeout=timeout)
+            # A worker mid-member may be blocked in ADIOS2 waiting for a step: it cannot see the
+            # stop, so it gets a second, not ``timeout``.
+            w.proc.join(timeout=1.0 if w.member is not None else timeout)
             if w.proc.is_alive():
                 w.proc.terminate()
                 w.proc.join(timeout=2)
+            self._unregister(w.conn)
             w.conn.close()
         self.slots = None
         if self.shm is not None:
@@ -176,22 +198,40 @@ class IngestPool:
         one, ends as lost: ("end", member, "lost", "ingest process crashed ...", 0, worker).
         """
         events: list[tuple] = []
-        ready = wait([w.conn for w in self.workers if not w.conn.closed], timeout)
-        for conn in ready:
-            w = next(i for i, wk in enumerate(self.workers) if wk.conn is conn)
-            try:
-                while len(events) < MAX_EVENTS:
-                    ev = conn.recv()
-                    self._note(w, ev)
-                    events.append(ev)
-                    if not conn.poll(0):
-                        break
-            except (EOFError, OSError):
-                events.extend(self._lost_worker(w))
+        ready = self._poller.poll(timeout * 1000)
+        while ready and len(events) < MAX_EVENTS:
+            for fd, _mask in ready:  # one message per ready worker and round: none starves
+                w = self._fd_worker.get(fd)
+                if w is None:
+                    continue
+                try:
+                    ev = self.workers[w].conn.recv()
+                except (EOFError, OSError):
+                    events.extend(self._lost_worker(w))
+                    continue
+                self._note(w, ev)
+                events.append(ev)
+            ready = self._poller.poll(0)
+        if time.monotonic() >= self._next_stall_check:
+            self._next_stall_check = time.monotonic() + 0.5
+            self._stop_silent_streams()
         return events
+
+    def _stop_silent_streams(self) -> None:
+        """Kill workers whose member has sent nothing for stream.member_timeout_s although they had a
+        free slot; poll() then sees their end of file and ends the member as lost."""
+        limit = self.stream.member_timeout_s
+        now = time.monotonic()
+        for w, wk in enumerate(self.workers):
+            if wk.member is None or wk.stopped_why or len(self.held[w]) == self.per_worker:
+                continue
+            if now - wk.progress > limit:
+                wk.stopped_why = f"no step for {limit:g} s (stream.member_timeout_s)"
+                wk.proc.kill()
 
     def _note(self, w: int, ev: tuple) -> None:
         kind = ev[0]
+        self.workers[w].progress = time.monotonic()
         if kind == "step":
             self.held[w].add(ev[4])
         elif kind == "end":
@@ -201,16 +241,26 @@ class IngestPool:
 
     def _lost_worker(self, w: int) -> list[tuple]:
         old = self.workers[w]
+        self._unregister(old.conn)
         old.conn.close()
         old.proc.join(timeout=5)
         if old.exited or self._finishing:
             return []
         code = old.proc.exitcode
-        self.say(f"ingest worker {w} died (exit code {code}); starting another")
+        if old.stopped_why:
+            reason = old.stopped_why
+            self.say(f"member {old.member}: {reason}; its ingest worker {w} stopped, starting another")
+        else:
+            reason = f"ingest process crashed (exit code {code})"
+            self.say(f"ingest worker {w} died (exit code {code}); starting another")
         self.workers[w] = self._spawn(w)
         if old.member is None:
             return []
-        return [("end", old.member, "lost", f"ingest process crashed (exit code {code})", 0, w)]
+        return [("end", old.member, "lost", reason, 0, w)]
+
+    def _unregister(self, conn: Connection) -> None:
+        if not conn.closed and self._fd_worker.pop(conn.fileno(), None) is not None:
+            self._poller.unregister(conn.fileno())
 
     def _send(self, w: int, msg) -> None:
         try:
