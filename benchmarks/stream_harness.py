@@ -111,8 +111,11 @@ def _plain_io(parameters: dict):
 
 
 def bare_writer(job: dict, jobs, results) -> None:
-    """Job: a plain adios2.Stream SST writer, same variables (time float64, u float32 [ny, nx])."""
+    """Job: a plain adios2.Stream SST writer, same variables (time float64, u float32 [ny, nx]),
+    with TCP_NODELAY on its sockets as MemberWriter sets it (unless job["nodelay"] is False)."""
     import adios2
+
+    from datamove.streaming.adios import disable_nagle
 
     member = job["member"]
     fields = field_pool(member, *job["shape"])
@@ -124,6 +127,10 @@ def bare_writer(job: dict, jobs, results) -> None:
         for k, _ in enumerate(s.steps(job["n_steps"])):
             s.write("time", np.float64((k + 1) * job["dt"]))
             s.write("u", fields[k % FIELD_POOL])
+            if k <= 1 and job.get("nodelay", True):
+                # As MemberWriter does (datamove.streaming.adios.disable_nagle): the pair then
+                # differs from datamove's path by the ingest side alone.
+                disable_nagle()
     results.put(("written", member))
 
 

@@ -15,7 +15,7 @@ event through its pipe. Back-pressure: a worker that has no free slot waits for 
 meanwhile, so the SST queue of its writer fills and (with ``QueueFullPolicy=Block``) the solver
 waits. Nothing is dropped.
 
-Events sent to the trainer (tuples, first item the kind):
+Events sent to the trainer (tuples, first item the kind; in lists, several per message):
     ("open", member, worker)                       the reader connected
     ("info", member, params)                       attributes checked; params float64 [n_params]
     ("step", member, step, time, slot)             field u in shared-memory slot ``slot``
@@ -46,6 +46,8 @@ from datamove.streaming.reader import Expectation, MemberReader, Poll
 # A contact file can be seen before the writer is ready for readers: failed opens are retried for
 # this long before the member counts as lost.
 OPEN_RETRY_S = 10.0
+# Events sent to the trainer in one message at most (see _Inbox.post).
+BATCH = 16
 # How long an idle worker, or one waiting for a free slot, waits on its pipe between checks that
 # the trainer is still alive.
 POLL_S = 0.2
@@ -103,6 +105,7 @@ class _Inbox:
 
     def __init__(self, conn, free_slots):
         self.conn, self.free = conn, deque(free_slots)
+        self.pending: list[tuple] = []
         # One poll object for the life of the worker: Connection.poll() builds a selector on every
         # call, ~10 us of Python, paid once or twice per step.
         self._poller = select.poll()
@@ -136,15 +139,30 @@ class _Inbox:
 
     def slot(self) -> int | None:
         """A free slot, waiting for the trainer to return one; None on stop."""
+        if not self.free:
+            self.flush()  # the trainer frees slots only for steps it has heard of
         while not self.free:
             if self.stop:
                 return None
             self.pump(POLL_S)
         return self.free.popleft()
 
-    def send(self, event: tuple) -> None:
+    def post(self, event: tuple) -> None:
+        """Queue an event for the next flush: while steps are queued in the writer, the worker
+        reads them back to back and the trainer gets them as one message (one wake-up, one write),
+        not one each. Flushed before the worker waits for anything, and every BATCH events."""
+        self.pending.append(event)
+        if len(self.pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.send(self.pending)
+            self.pending = []
+
+    def send(self, message) -> None:
         try:
-            self.conn.send(event)
+            self.conn.send(message)
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.stopping = True  # the trainer is gone
 
@@ -163,13 +181,15 @@ def run_ingest(spec: IngestSpec, conn) -> None:
                 continue
             member = inbox.members.popleft()
             status, reason, steps = _read_member(spec, member, slots, inbox)
-            inbox.send(("end", member, status, reason, steps, spec.worker))
+            inbox.post(("end", member, status, reason, steps, spec.worker))
+            inbox.flush()
         del slots
     except Exception:
-        inbox.send(("fatal", spec.worker, traceback.format_exc()))
+        inbox.post(("fatal", spec.worker, traceback.format_exc()))
     finally:
         shm.close()
-        inbox.send(("done", spec.worker))
+        inbox.post(("done", spec.worker))
+        inbox.flush()
         conn.close()
 
 
@@ -185,7 +205,7 @@ def _read_member(spec: IngestSpec, member: int, slots, inbox: _Inbox) -> tuple[s
             if time.monotonic() > give_up or inbox.stop:
                 return "lost", exc.reason, 0
             inbox.pump(0.2)
-    inbox.send(("open", member, spec.worker))
+    inbox.post(("open", member, spec.worker))
     try:
         while not inbox.stop:
             # A free slot first, then wait in ADIOS2 for the step, blocking: a blocked reader wakes
@@ -198,7 +218,10 @@ def _read_member(spec: IngestSpec, member: int, slots, inbox: _Inbox) -> tuple[s
             slot = inbox.slot()
             if slot is None:
                 break
-            status = reader.poll(timeout=-1.0, check=False)  # read_step checks each step
+            status = reader.poll(timeout=0.0, check=False)  # read_step checks each step
+            if status is Poll.NOT_READY:
+                inbox.flush()  # nothing queued in the writer: the trainer hears of all read so far
+                status = reader.poll(timeout=-1.0, check=False)
             if status is not Poll.STEP:
                 inbox.free.appendleft(slot)
                 if status is Poll.NOT_READY:
@@ -208,7 +231,7 @@ def _read_member(spec: IngestSpec, member: int, slots, inbox: _Inbox) -> tuple[s
                     return "complete", "", n
                 return "lost", f"stream ended after {n} of {spec.n_steps} steps", n
             if reader.steps_read == 0:
-                inbox.send(("info", member, reader.info.params))
+                inbox.post(("info", member, reader.info.params))
             t = reader.read_step(slots[slot])
             # One float64 sum instead of isfinite().all(): NaN and inf propagate into it, float32
             # values cannot overflow it, and it allocates nothing.
@@ -216,7 +239,7 @@ def _read_member(spec: IngestSpec, member: int, slots, inbox: _Inbox) -> tuple[s
                 inbox.free.append(slot)
                 raise StreamError(member, f"step {reader.steps_read + 1}: non-finite values in 'u'")
             reader.end_step()
-            inbox.send(("step", member, reader.steps_read, t, slot))
+            inbox.post(("step", member, reader.steps_read, t, slot))
             inbox.pump(0.0)  # returned slots, and a stop
         return "lost", "trainer stopped reading", reader.steps_read
     except StreamError as exc:

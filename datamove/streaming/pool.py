@@ -2,7 +2,7 @@
 
 Each worker has one duplex pipe to the trainer and nothing else in common with the other workers:
     trainer -> worker   ("member", m): read member m;  ("slot", s): slot s is free again;  None: stop
-    worker -> trainer   the events of :mod:`datamove.streaming.ingest` ("open", "info", "step", ...)
+    worker -> trainer   lists of the events of :mod:`datamove.streaming.ingest` ("open", "step", ...)
 
 Why pipes and not ``multiprocessing.Queue``: a Queue sends from a feeder thread, and a worker that
 waits in ADIOS2 holds the GIL, so its step events left in bursts, late (measured: one worker spent
@@ -192,7 +192,7 @@ class IngestPool:
     # -- messages ---------------------------------------------------------------------------------
 
     def poll(self, timeout: float = 0.0) -> list[tuple]:
-        """Events that have arrived, waiting up to ``timeout`` s for the first (at most MAX_EVENTS).
+        """Events that have arrived, waiting up to ``timeout`` s for the first (about MAX_EVENTS at most).
 
         A worker that died (no "done" before its pipe closed) is replaced, and its member, if it had
         one, ends as lost: ("end", member, "lost", "ingest process crashed ...", 0, worker).
@@ -205,12 +205,13 @@ class IngestPool:
                 if w is None:
                     continue
                 try:
-                    ev = self.workers[w].conn.recv()
+                    batch = self.workers[w].conn.recv()  # a list of events (see ingest._Inbox.post)
                 except (EOFError, OSError):
                     events.extend(self._lost_worker(w))
                     continue
-                self._note(w, ev)
-                events.append(ev)
+                for ev in batch:
+                    self._note(w, ev)
+                events.extend(batch)
             ready = self._poller.poll(0)
         if time.monotonic() >= self._next_stall_check:
             self._next_stall_check = time.monotonic() + 0.5

@@ -79,7 +79,7 @@ class MemberReader:
         self._time = np.zeros(1, dtype=np.float64)  # read_step's landing place for the time
 
     def open(self) -> MemberReader:
-        _, io = make_io(self.stream)
+        self._adios, io = make_io(self.stream)
         try:
             self._stream = adios2.Stream(io, str(self.path), "r")
         except Exception as exc:

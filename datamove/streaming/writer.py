@@ -11,7 +11,7 @@ import adios2
 import numpy as np
 
 from datamove.config import StreamConfig
-from datamove.streaming.adios import make_io
+from datamove.streaming.adios import disable_nagle, make_io
 from datamove.streaming.contract import TIME, StreamError, contact_file, stream_name, stream_path
 from datamove.streaming.watchdog import Watchdog
 
@@ -73,6 +73,8 @@ class MemberWriter:
                 self.watchdog.disarm()
         for name, value in self.attributes.items():
             self._stream.write_attribute(name, _attribute_value(value))
+        if engine == "SST":
+            disable_nagle()  # the reader's connection exists now (Open waited for it)
         return self
 
     def write_step(self, *, time: float, fields: Mapping[str, np.ndarray]) -> None:
@@ -88,6 +90,8 @@ class MemberWriter:
         except Exception as exc:
             raise StreamError(self.member, f"step {self.steps_written + 1} failed: {exc}") from exc
         self.steps_written += 1
+        if self.steps_written == 1 and self.stream.engine.upper() == "SST":
+            disable_nagle()  # and any connection the first step's data opened
 
     def close(self) -> None:
         if self._stream is not None:
