@@ -18,7 +18,7 @@ streaming: the same loop (same seed, same pre-filled buffer) while ``--writers``
 Ratio = p99 streaming / p99 memory; target <= 1.25.
 
     python benchmarks/bench_isolation.py [--nx 64] [--writers 4 [2 1 ...]] [--steps 3000] [--repeats 2]
-                                         [--memory-steps 400] [--step-delay 0] [--nice 0]
+                                         [--memory-steps 400] [--step-delay 0] [--nice N]
 
 Exit code: 0 PASS, 1 FAIL, 2 not conclusive (other processes used more than NOISE_WARN_CORES of the
 machine during a run: it is shared).
@@ -266,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-steps", type=int, default=400, help="timed steps of each memory run (default 400)")
     parser.add_argument("--step-delay", type=float, default=0.0, help="sleep of each writer after each step, s (default 0: flat out)")
     parser.add_argument(
-        "--nice", type=int, default=0,
-        help="nice value of the writer and ingest processes (default 0, as datamove runs them today)",
+        "--nice", type=int, default=None,
+        help="nice value of the writer and ingest processes (default: the config defaults ensemble.nice and "
+        "trainer.ingest_nice, as datamove runs them; 0 shows the scheduler's default)",
     )
     parser.add_argument(
         "--no-pin-malloc", action="store_true",
@@ -285,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         nx=args.nx, ny=args.nx, n_steps=args.steps, n_members=n_members, trainer={"device": "cpu"}
     )
     cfg = cfg_of(max(args.writers))
+    if args.nice is None:
+        args.nice = cfg.trainer.ingest_nice
+        if cfg.solver_nice != args.nice:
+            raise SystemExit("ensemble.nice and trainer.ingest_nice defaults differ: pass --nice")
     workers = args.ingest_workers or cfg.trainer.ingest_workers
     t = cfg.trainer
     print(

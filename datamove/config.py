@@ -276,6 +276,7 @@ class StudyConfig:
     raw: Mapping[str, Any] = field(repr=False)
     arm: str | None
     members_per_job: int
+    solver_nice: int  # ensemble.nice
     test: SamplingConfig
     offline: OfflineConfig
     comparison: ComparisonConfig
@@ -311,6 +312,7 @@ class StudyConfig:
             raw=copy.deepcopy(dict(cfg)),
             arm=cfg["arm"],
             members_per_job=cfg["ensemble"]["members_per_job"],
+            solver_nice=cfg["ensemble"]["nice"],
             test=SamplingConfig(
                 sampler=sampler, names=names, ranges=ranges,
                 seed=cfg["test"]["seed"], n_members=cfg["test"]["n_members"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,7 @@ def simulate(
     """
     if not 0 <= member < cfg.ensemble.n_members:
         raise ValueError(f"--member {member} is outside the ensemble [0, {cfg.ensemble.n_members})")
+    _nice(cfg)
     with Watchdog() as watchdog:  # before any ADIOS2 object: it forks
         summary = run_member(
             cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
@@ -111,6 +113,12 @@ def simulate(
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _nice(cfg: StudyConfig) -> None:
+    """Lower this solver's CPU priority by ensemble.nice: training first where cores are shared."""
+    if cfg.solver_nice:
+        os.nice(cfg.solver_nice)
 
 
 def job_members(cfg: StudyConfig, job: int) -> list[int]:
@@ -136,6 +144,7 @@ def simulate_job(
     (``members/member-K.json``) is written as soon as it is sent; ``marker`` gets the job summary.
     """
     members = job_members(cfg, job)
+    _nice(cfg)
     summaries = []
     with Watchdog() as watchdog:  # before any ADIOS2 object: it forks
         for member in members:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -134,4 +135,31 @@ def test_killed_ingest_worker_is_replaced_and_the_others_go_on(tiny_config, tmp_
     finally:
         for s in solvers:
             s.kill()
+        pool.close()
+
+
+def _niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])  # field 19: nice
+
+
+def test_solvers_and_ingest_run_niced(tiny_config, tmp_path):
+    """ensemble.nice and trainer.ingest_nice lower the solvers' and the ingest's priority (training
+    keeps the CPU where cores are shared); the trainer's own priority is untouched."""
+    path = tiny_config(ensemble={"n_members": 1, "nice": 7})
+    cfg = StudyConfig.load(path)
+    base = os.nice(0)
+    pool = _pool(cfg, n_workers=2, n_slots=2)
+    pool.nice = cfg.trainer.ingest_nice
+    pool.start()
+    solver = popen_datamove("simulate", "--config", path, "--member", 0, log=tmp_path / "sim.log")
+    try:
+        _wait_streams(cfg, [0])  # the solver waits in Open for a reader: alive, past its start-up
+        deadline = time.monotonic() + 60
+        while [_niceness(pid) for pid in pool.pids] != [min(base + 19, 19)] * 2:  # the default, once started
+            assert time.monotonic() < deadline, [_niceness(pid) for pid in pool.pids]
+            time.sleep(0.1)
+        assert _niceness(solver.proc.pid) == min(base + 7, 19)
+        assert os.nice(0) == base
+    finally:
+        solver.kill()
         pool.close()
