@@ -155,13 +155,19 @@ def test_two_ranks_train_offline_to_a_comparable_loss(tiny_config, tmp_path):
     assert written == ["ledger.csv", "metrics.csv", "model.pt", "seen.csv", "streams"]  # rank 0's, nothing else
 
 
-def _checkpoints(cfg) -> list[dict] | None:
-    """Both ranks' checkpoints (rank 0: checkpoint.pt, rank 1: checkpoint.rank1.pt), or None."""
-    paths = [cfg.checkpoint_path, cfg.checkpoint_path.with_name("checkpoint.rank1.pt")]
+def _checkpoints(cfg, kind: str = "") -> list[dict] | None:
+    """Both ranks' checkpoints (rank 0: checkpoint.pt, rank 1: checkpoint.rank1.pt), or None.
+    ``kind="prev"``: the previous ones (checkpoint.prev.pt, checkpoint.rank1.prev.pt)."""
+    paths = [_ckpt_path(cfg, 0, kind), _ckpt_path(cfg, 1, kind)]
     try:
         return [torch.load(p, weights_only=False) for p in paths]
     except (FileNotFoundError, EOFError, RuntimeError):
         return None
+
+
+def _ckpt_path(cfg, rank: int, kind: str = "") -> Path:
+    name = "checkpoint" + (f".rank{rank}" if rank else "") + (f".{kind}" if kind else "") + ".pt"
+    return cfg.checkpoint_path.with_name(name)
 
 
 def _complete(ckpt: dict) -> set[int]:
@@ -213,8 +219,13 @@ class _Trainer:
 
 
 @pytest.mark.slow
-def test_two_ranks_resume_from_their_checkpoints(tiny_config, tmp_path):
-    """Data-parallel online training killed (kill -9, every rank) resumes where its ranks checkpointed."""
+@pytest.mark.parametrize("gap", [False, True], ids=["same-batch", "ranks-one-checkpoint-apart"])
+def test_two_ranks_resume_from_their_checkpoints(tiny_config, tmp_path, gap):
+    """Data-parallel online training killed (kill -9, every rank) resumes where its ranks checkpointed.
+
+    gap: rank 1 is killed after setting its last checkpoint aside and before writing the new one
+    (ranks write theirs moments apart), emulated by removing rank 1's newest checkpoint: both ranks
+    must resume from the newest batch both have, rank 0 from its previous checkpoint."""
     path = tiny_config(
         ensemble={"n_members": 4, "retries": 1},
         solver={"n_steps": 30, "step_delay_s": 0.05},
@@ -238,10 +249,10 @@ def test_two_ranks_resume_from_their_checkpoints(tiny_config, tmp_path):
         while True:
             assert time.monotonic() < deadline and first.proc.poll() is None, first.log.read_text()
             ckpts = _checkpoints(cfg)
-            if ckpts and _complete(ckpts[0]) & {0, 2} and _complete(ckpts[1]) & {1, 3}:
-                # Frozen, the pair cannot change under us. Killed only with both ranks at one batch:
-                # a kill between the two ranks' writes (milliseconds apart) would leave them at
-                # different batches, which a resume does not reconcile yet.
+            ready = not gap or _checkpoints(cfg, "prev") is not None
+            if ckpts and ready and _complete(ckpts[0]) & {0, 2} and _complete(ckpts[1]) & {1, 3}:
+                # Frozen, the pair cannot change under us. Killed with both ranks at one batch, so
+                # that the expected batch is known (the gap case then removes one file).
                 first.signal(signal.SIGSTOP)
                 ckpts = _checkpoints(cfg)
                 if ckpts[0]["step"] == ckpts[1]["step"]:
@@ -253,6 +264,12 @@ def test_two_ranks_resume_from_their_checkpoints(tiny_config, tmp_path):
         first.kill()
         for s in first_solvers:
             s.kill()  # their trainer is gone: those still streaming or waiting would fail or time out
+    names = [_ckpt_path(cfg, 0), _ckpt_path(cfg, 1)]
+    if gap:
+        ckpts = _checkpoints(cfg, "prev")
+        assert ckpts[0]["step"] == ckpts[1]["step"]
+        _ckpt_path(cfg, 1).unlink()
+        names = [_ckpt_path(cfg, 0, "prev"), _ckpt_path(cfg, 1, "prev")]
     step = ckpts[0]["step"]
     done = _complete(ckpts[0]) | _complete(ckpts[1])
     assert step > 0 and len(done) < 4
@@ -272,8 +289,8 @@ def test_two_ranks_resume_from_their_checkpoints(tiny_config, tmp_path):
     finally:
         second.kill()
     log = second.log.read_text()
-    assert f"resumed from {cfg.checkpoint_path} at batch {step}" in log
-    assert f"resumed from {cfg.checkpoint_path.with_name('checkpoint.rank1.pt')} at batch {step}" in log
+    assert f"resumed from {names[0]} at batch {step}" in log
+    assert f"resumed from {names[1]} at batch {step}" in log
     with open(cfg.study_dir / "ledger.csv") as fh:
         ledger = list(csv.DictReader(fh))
     assert [r["status"] for r in ledger] == ["complete"] * 4, ledger

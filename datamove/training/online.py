@@ -192,7 +192,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
     ledger = Ledger(members=members, steps_expected=n_steps)
     params: dict[int, torch.Tensor] = {}
     ckpt_path = _rank_path(cfg.checkpoint_path, dd)
-    resumed = _resume(cfg, ckpt_path, model, optimizer, scheduler, buffer, ledger, params)
+    resumed = _resume(cfg, ckpt_path, model, optimizer, scheduler, buffer, ledger, params, dd)
     batch = resumed["step"] if resumed else 0
     metrics = MetricsLog(
         study_dir / "metrics.csv" if dd.main else os.devnull, rows=resumed["metrics_rows"] if resumed else None
@@ -291,6 +291,10 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
 
     def checkpoint() -> None:
         nonlocal last_ckpt, completed_since_ckpt
+        if dd.active and ckpt_path.exists():
+            # Ranks write theirs moments apart: keep the previous one, so that after a crash in
+            # between every rank still has a checkpoint of the same batch (see _resume).
+            ckpt_path.replace(_prev_path(ckpt_path))
         save_checkpoint(
             ckpt_path,
             model=model,
@@ -431,6 +435,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
                 ledger.records[row["member"]] = MemberRecord(**row)
     dd.barrier()
     ckpt_path.unlink(missing_ok=True)  # the study is done: a rerun starts afresh
+    _prev_path(ckpt_path).unlink(missing_ok=True)
     if dd.active and not dd.main:
         _rank_path(study_dir / "ledger.csv", dd).unlink(missing_ok=True)
         return TrainResult(batch, float("nan"), ledger.steps_received, 0, 0, time.perf_counter() - t_start)
@@ -465,18 +470,39 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
     return result
 
 
+def _prev_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 def _resume(
-    cfg: StudyConfig, path: Path, model, optimizer, scheduler, buffer, ledger: Ledger, params: dict
+    cfg: StudyConfig, path: Path, model, optimizer, scheduler, buffer, ledger: Ledger, params: dict, dd: Dist
 ) -> dict | None:
-    """Restore the state of a crashed run from its checkpoint ``path``; the checkpoint, or None."""
-    if not path.exists():
+    """Restore the state of a crashed run from its checkpoint ``path``; the checkpoint, or None.
+
+    Under data-parallel training every rank must restart from the same batch (replicas and
+    collectives in step), and ranks write their checkpoints moments apart: each keeps its previous
+    one too, and all take the newest batch that every rank has. Checkpoints are memory-mapped, not
+    read whole: one holds the reservoir (capacity x field).
+    """
+    found: dict[int, tuple[Path, dict]] = {}
+    for candidate in (path, _prev_path(path)):
+        if not candidate.exists():
+            continue
+        ckpt = torch.load(candidate, map_location="cpu", weights_only=False, mmap=True)
+        if ckpt.get("config") != dict(cfg.raw):
+            stale = candidate.with_name(f"{candidate.stem}.stale{candidate.suffix}")
+            candidate.replace(stale)
+            _say(f"checkpoint {candidate} belongs to another configuration: not resumed from (kept as {stale})")
+            continue
+        found[int(ckpt["step"])] = (candidate, ckpt)
+    if dd.active:
+        common = set.intersection(*(set(steps) for steps in dd.gather(sorted(found))))
+        if found and not common:
+            _say(f"rank {dd.rank}: no checkpoint of a batch that every rank has: starting afresh")
+        found = {step: found[step] for step in common}
+    if not found:
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("config") != dict(cfg.raw):
-        stale = path.with_name("checkpoint.stale.pt")
-        path.replace(stale)
-        _say(f"checkpoint {path} belongs to another configuration: starting afresh (kept as {stale})")
-        return None
+    path, ckpt = found[max(found)]
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
