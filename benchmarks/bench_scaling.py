@@ -45,6 +45,11 @@ def rank_main(rank: int, ranks: int, members: list[int], job: dict, ctl, results
     """A trainer rank's ingest side: pool up, report ready, wait for go, consume to the end."""
     import torch
 
+    # One thread, as a trainer rank on a machine this small runs (datamove set-threads): torch's
+    # OpenMP threads spin after each parallel copy, and two ranks' spinning threads starved the
+    # writers (512x512, 2 ranks: 200-400 samples/s at 2 busy cores, against 630-920 with 1 rank).
+    torch.set_num_threads(1)
+
     cfg = h.study_config(nx=job["nx"], ny=job["nx"], n_steps=job["steps"], n_members=job["n_members"])
     mine = [m for m in members if m % ranks == rank]
     ingest = h.Ingest(cfg, mine, len(mine), max(job["slots"], len(mine)), Path(job["stream_dir"])).start()
@@ -150,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nx", type=int, nargs="+", default=[64, 512], help="field sizes nx x nx (default 64 512)")
     parser.add_argument("--steps", type=int, default=1000, help="steps per member at nx=64 (default 1000)")
     parser.add_argument(
-        "--mib-per-member", type=float, default=64.0,
-        help="at larger fields, steps per member are cut to about this many MiB (default 64; 256 steps at 512x512)",
+        "--mib-per-member", type=float, default=256.0,
+        help="at larger fields, steps per member are cut to about this many MiB (default 256: 256 steps at 512x512)",
     )
     parser.add_argument("--slots", type=int, default=64, help="hand-off slots per rank (default 64, the config default)")
     args = parser.parse_args(argv)

@@ -74,6 +74,7 @@ class MemberReader:
         self.path = Path(path) if path is not None else stream_path(stream_dir, member, stream.engine)
         self.info: MemberInfo | None = None
         self.steps_read = 0
+        self._adios: adios2.Adios | None = None  # kept alive as long as its stream
         self._stream: adios2.Stream | None = None
         self._in_step = False
         self._time = np.zeros(1, dtype=np.float64)  # read_step's landing place for the time
@@ -173,6 +174,7 @@ class MemberReader:
             except Exception:
                 pass  # a dead writer's stream can fail to close; it is already accounted for
             self._stream = None
+            self._adios = None
 
     def __enter__(self) -> MemberReader:
         return self.open()
