@@ -643,3 +643,67 @@ def test_firo_picks_uniform_subsets_of_distinct_positions(capacity):
         assert len(positions.unique()) == 8
         counts += torch.bincount(positions, minlength=capacity)
     assert chisquare(counts.numpy()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("held", [6, 9])  # a batch of 2: randperm (4B >= len), then a stream of draws
+def test_firo_picks_positions_in_uniform_order(held):
+    """The drawn positions come in uniformly random order (a batch keeps it): every ordered pair is
+    equally likely as the first two (a sorted or otherwise biased order fails)."""
+    buf = make("firo", capacity=held, watermark=1, seed=5)
+    for i in range(held):
+        put_id(buf, i)
+    counts = torch.zeros(held, held)
+    for _ in range(8000):
+        a, b = buf._pick(2).tolist()
+        counts[a, b] += 1
+    off_diagonal = counts[~torch.eye(held, dtype=torch.bool)]
+    assert chisquare(off_diagonal.numpy()).pvalue > 1e-3
+
+
+def test_firo_continues_a_stream_with_too_few_distinct_positions(monkeypatch):
+    """A first stream of draws with fewer than B distinct positions (very unlikely) is continued,
+    not replaced: the positions drawn first stay first in the batch."""
+    buf = make("firo", capacity=40, watermark=1, seed=0)
+    for i in range(40):
+        put_id(buf, i)
+    real_randint, calls = torch.randint, []
+
+    def first_call_all_threes(*args, **kwargs):
+        out = real_randint(*args, **kwargs)
+        calls.append(out)
+        return out.fill_(3) if len(calls) == 1 else out
+
+    monkeypatch.setattr(torch, "randint", first_call_all_threes)
+    batch = buf.sample(8)
+    assert len(calls) >= 2
+    members = batch.member.tolist()
+    assert members[0] == 3 and len(set(members)) == 8
+    assert sorted(buf.held_members().tolist()) == sorted(set(range(40)) - set(members))
+
+
+def test_firo_draws_from_held_samples_that_wrap_around_storage():
+    """Lossy drops move the ring's head, so the held positions wrap past the end of the ring."""
+    buf = make("firo", capacity=7, watermark=1, seed=3, on_full="drop_oldest")
+    for i in range(12):
+        put_id(buf, i)  # 5 drops: head at 5, the held run wraps
+    assert buf._head > 0
+    drawn = []
+    for size in (3, 1, 2):
+        batch = buf.sample(size)
+        check_consistent(batch)
+        drawn += batch.member.tolist()
+        assert sorted(buf._ring.tolist()) == list(range(7))  # still a permutation of the slots
+    assert sorted(drawn + buf.held_members().tolist()) == list(range(5, 12))
+    assert len(set(drawn)) == len(drawn) == 6
+
+
+@pytest.mark.parametrize("held", [6, 40])
+def test_firo_batch_is_the_picked_positions_in_order(held):
+    """`sample` draws what `_pick` picks, in the same order, so `_pick`'s tests cover batches."""
+    buf = make("firo", capacity=held, watermark=1, seed=4)
+    for i in range(held):
+        put_id(buf, i)
+    before, state = buf.held_members(), buf._gen.get_state()
+    positions = buf._pick(5)
+    buf._gen.set_state(state)
+    assert buf.sample(5).member.tolist() == before[positions].tolist()
