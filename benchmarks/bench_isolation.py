@@ -164,7 +164,6 @@ def run_memory(cfg, n_steps: int, label: str) -> Run:
 def run_streaming(pool: h.Pool, cfg, *, writers: int, ingest_workers: int, step_delay_s: float, nice: int) -> Run:
     """The trainer's loop while ``writers`` members stream in (the drain copies online.py's loop)."""
     trainer = Trainer(cfg)
-    buffer = trainer.buffer
     members = list(range(writers))
     with h.ScratchDir() as stream_dir:
         ingest = h.Ingest(cfg, members, ingest_workers, cfg.trainer.slots, stream_dir, nice=nice).start()

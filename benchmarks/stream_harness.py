@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np

@@ -164,7 +164,6 @@ def test_solvers_outrunning_the_trainer_wait_and_nothing_is_lost(tiny_config, tm
     with RssMonitor() as monitor:
         run = run_study(study(tiny_config), tmp_path, monitor)
     total = N_MEMBERS * N_STEPS
-    step_bytes = SIDE * SIDE * 4
     last = run.metrics[-1]
 
     # No loss: every step of every member arrived, and was trained on exactly once (fifo, B = 1).

@@ -17,7 +17,6 @@ from datamove.simulate import params_of
 from datamove.solvers import HeatSolver
 from datamove.streaming.contract import ContractError, StreamError, contact_file, stream_path
 from datamove.streaming.reader import Expectation, MemberReader, Poll, read_member_file
-from datamove.streaming.writer import MemberWriter
 
 PRODUCER = REPO / "examples" / "producer.py"
 CONSUMER = REPO / "examples" / "consumer.py"
