@@ -14,8 +14,8 @@ from typing import Any
 import adios2
 import numpy as np
 
-from datamove.streaming.contract import FIELDS, REQUIRED_ATTRIBUTES, TIME, ContractError, StreamError
-from datamove.streaming.reader import MemberInfo
+from datamove.streaming.contract import FIELDS, TIME, ContractError, StreamError
+from datamove.streaming.reader import MemberInfo, member_info
 
 
 class MemberFile:
@@ -58,7 +58,7 @@ class MemberFile:
             self.close()
             raise StreamError(self.member, f"{self.path} is not a readable BP5 file: {exc}") from exc
         try:
-            self.info = _member_info(self.member, attributes, self.path)
+            self.info = member_info(self.member, attributes, prefix=f"{self.path}: ", named_by="the file name")
             for name in (TIME, *FIELDS):
                 if name not in variables:
                     raise ContractError(self.member, f"{self.path} has no variable '{name}'")
@@ -124,26 +124,3 @@ class MemberFile:
         state = dict(self.__dict__)
         state["_reader"] = state["_adios"] = None
         return state
-
-
-def _member_info(member: int, attributes: dict[str, Any], path: Path) -> MemberInfo:
-    missing = [a for a in REQUIRED_ATTRIBUTES if a not in attributes]
-    if missing:
-        raise ContractError(member, f"{path}: missing attribute(s) {missing} (have {sorted(attributes)})")
-    attrs = dict(attributes)
-    found = int(np.asarray(attrs.pop("member")).reshape(-1)[0])
-    if found != member:
-        raise ContractError(member, f"{path}: attribute member={found} does not match the file name")
-    params = np.asarray(attrs.pop("params"), dtype=np.float64).reshape(-1)
-    names = attrs.pop("param_names")
-    names = tuple(n.strip() for n in names.split(",")) if isinstance(names, str) else tuple(names)
-    solver = attrs.pop("solver")
-    solver = solver[0] if isinstance(solver, list) else solver
-    if len(names) != params.size:
-        raise ContractError(member, f"{path}: {params.size} params but {len(names)} param_names")
-    constants = {}
-    for name, value in attrs.items():
-        if not isinstance(value, (str, list)) and np.size(value) == 1:
-            value = np.asarray(value).reshape(-1)[0].item()
-        constants[name] = value
-    return MemberInfo(member=member, params=params, param_names=names, solver=solver, constants=constants)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,38 +184,18 @@ class MemberReader:
 
     # ----------------------------------------------------------------------------- contract
     def _read_info(self) -> MemberInfo:
-        available = self._stream.available_attributes()
-        missing = [a for a in REQUIRED_ATTRIBUTES if a not in available]
-        if missing:
-            raise ContractError(self.member, f"missing attribute(s) {missing} (have {sorted(available)})")
-        attrs: dict[str, Any] = {}
-        for name in available:
-            value = self._stream.read_attribute(name)
-            if not isinstance(value, (str, list)) and np.size(value) == 1 and name != "params":
-                value = np.asarray(value).reshape(-1)[0].item()
-            attrs[name] = value
-        member = int(np.asarray(attrs.pop("member")).reshape(-1)[0])
-        if member != self.member:
-            raise ContractError(self.member, f"attribute member={member} does not match the stream name")
-        params = np.asarray(attrs.pop("params"), dtype=np.float64).reshape(-1)
-        names = attrs.pop("param_names")
-        # Comma-separated string by contract (string-array attributes arrive empty through SST in
-        # ADIOS2 2.12); a string array, as BP5 keeps it, is accepted too.
-        names = tuple(n.strip() for n in names.split(",")) if isinstance(names, str) else tuple(names)
-        solver = attrs.pop("solver")
-        solver = solver[0] if isinstance(solver, list) else solver
-        if len(names) != params.size:
-            raise ContractError(self.member, f"{params.size} params but {len(names)} param_names")
-        if not np.all(np.isfinite(params)):
-            raise ContractError(self.member, f"non-finite params {params.tolist()}")
+        attributes = {name: self._stream.read_attribute(name) for name in self._stream.available_attributes()}
+        info = member_info(self.member, attributes, prefix="", named_by="the stream name")
+        if not np.all(np.isfinite(info.params)):
+            raise ContractError(self.member, f"non-finite params {info.params.tolist()}")
         if self.expect is not None:
-            if tuple(names) != tuple(self.expect.param_names):
+            if tuple(info.param_names) != tuple(self.expect.param_names):
                 raise ContractError(
-                    self.member, f"param_names {list(names)} != expected {list(self.expect.param_names)}"
+                    self.member, f"param_names {list(info.param_names)} != expected {list(self.expect.param_names)}"
                 )
-            if solver != self.expect.solver:
-                raise ContractError(self.member, f"solver '{solver}' != expected '{self.expect.solver}'")
-        return MemberInfo(member=member, params=params, param_names=names, solver=solver, constants=attrs)
+            if info.solver != self.expect.solver:
+                raise ContractError(self.member, f"solver '{info.solver}' != expected '{self.expect.solver}'")
+        return info
 
     def _check_step(self) -> None:
         variables = self._stream.available_variables()
@@ -235,6 +215,36 @@ class MemberReader:
                         self.member,
                         f"step {step}: '{name}' has shape {list(shape)}, expected {list(self.expect.field_shape)}",
                     )
+
+
+def member_info(member: int, attributes: Mapping[str, Any], *, prefix: str, named_by: str) -> MemberInfo:
+    """The contract attributes of a member (as read from a stream or a file), checked and parsed.
+
+    ``prefix`` starts each error message (e.g. the file's path); ``named_by`` says what named the
+    member (its stream or its file), for a ``member`` attribute that does not match.
+    """
+    missing = [a for a in REQUIRED_ATTRIBUTES if a not in attributes]
+    if missing:
+        raise ContractError(member, f"{prefix}missing attribute(s) {missing} (have {sorted(attributes)})")
+    attrs = dict(attributes)
+    found = int(np.asarray(attrs.pop("member")).reshape(-1)[0])
+    if found != member:
+        raise ContractError(member, f"{prefix}attribute member={found} does not match {named_by}")
+    params = np.asarray(attrs.pop("params"), dtype=np.float64).reshape(-1)
+    names = attrs.pop("param_names")
+    # Comma-separated string by contract (string-array attributes arrive empty through SST in
+    # ADIOS2 2.12); a string array, as BP5 keeps it, is accepted too.
+    names = tuple(n.strip() for n in names.split(",")) if isinstance(names, str) else tuple(names)
+    solver = attrs.pop("solver")
+    solver = solver[0] if isinstance(solver, list) else solver
+    if len(names) != params.size:
+        raise ContractError(member, f"{prefix}{params.size} params but {len(names)} param_names")
+    constants = {}
+    for name, value in attrs.items():  # solver constants (nx, dt, ...): one-element arrays as scalars
+        if not isinstance(value, (str, list)) and np.size(value) == 1:
+            value = np.asarray(value).reshape(-1)[0].item()
+        constants[name] = value
+    return MemberInfo(member=member, params=params, param_names=names, solver=solver, constants=constants)
 
 
 def read_member_file(
