@@ -251,17 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             ratio, foreign = measure_size(pool, nx, args, workers, slots)
             ratios.append((nx, ratio))
             noise.append(foreign)
-    passed = all(r >= RATIO_TARGET for _, r in ratios)
     summary = ", ".join(f"nx={nx}: {r:.2f}" for nx, r in ratios)
-    disturbed = max(noise) > NOISE_WARN_CORES
-    verdict = "PASS" if passed else "FAIL"
-    if disturbed:
-        verdict += (
-            f" (DISTURBED: other processes used up to {max(noise):.2f} of the {os.cpu_count()} cores during a "
-            "run; not conclusive, run again on a quiet machine)"
-        )
+    verdict, code = h.verdict(all(r >= RATIO_TARGET for _, r in ratios), max(noise), NOISE_WARN_CORES)
     print(f"ratio datamove ingest / bare SST, target >= {RATIO_TARGET:g}: {summary} -> {verdict}")
-    return 2 if disturbed else 0 if passed else 1
+    return code
 
 
 if __name__ == "__main__":

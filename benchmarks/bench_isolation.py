@@ -349,17 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         verdicts.append((r.label, ratio))
         row(r, f"{ratio:.2f}", f"{r.pct(50) / ref_p50:.2f}")
     noise = max(r.foreign_cores for r in [*runs, *streaming])
-    passed = all(v <= P99_RATIO_TARGET for _, v in verdicts)
     summary = ", ".join(f"{label}: {v:.2f}" for label, v in verdicts)
-    disturbed = noise > NOISE_WARN_CORES
-    verdict = "PASS" if passed else "FAIL"
-    if disturbed:
-        verdict += (
-            f" (DISTURBED: other processes used up to {noise:.2f} of the {os.cpu_count()} cores during a run; "
-            "not conclusive, run again on a quiet machine)"
-        )
+    verdict, code = h.verdict(all(v <= P99_RATIO_TARGET for _, v in verdicts), noise, NOISE_WARN_CORES)
     print(f"p99 step time streaming / memory, target <= {P99_RATIO_TARGET:g}: {summary} -> {verdict}")
-    return 2 if disturbed else 0 if passed else 1
+    return code
 
 
 if __name__ == "__main__":

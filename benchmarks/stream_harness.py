@@ -421,5 +421,18 @@ def wait_settled(pids, *, busy_below: float = 0.2, timeout_s: float = 60.0) -> N
     raise RuntimeError(f"processes {list(pids)} still busy after {timeout_s:g} s")
 
 
+def verdict(passed: bool, noise: float, noise_limit: float) -> tuple[str, int]:
+    """A benchmark's verdict and exit code: PASS (0) or FAIL (1); flagged DISTURBED and exit 2 (not
+    conclusive) when other processes used more than ``noise_limit`` cores during a run."""
+    text = "PASS" if passed else "FAIL"
+    if noise > noise_limit:
+        text += (
+            f" (DISTURBED: other processes used up to {noise:.2f} of the {os.cpu_count()} cores during a run; "
+            "not conclusive, run again on a quiet machine)"
+        )
+        return text, 2
+    return text, 0 if passed else 1
+
+
 def median(values) -> float:
     return float(np.median(np.asarray(values, dtype=np.float64)))
