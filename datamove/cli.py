@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from datamove.config import ConfigError, StudyConfig
@@ -47,6 +48,17 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def _as_ranks(cfg, args, command: str, extra: Sequence[str] = ()) -> int | None:
+    """Data-parallel training (trainer.world_size > 1): run ``datamove <command>`` again as that many
+    ranks under torchrun and return its exit code; None in a rank, or without data parallelism."""
+    if cfg.trainer.world_size <= 1 or "RANK" in os.environ:
+        return None
+    from datamove.training.distributed import relaunch_under_torchrun
+
+    argv = [command, "--config", str(args.config), *(["--threads", str(args.threads)] if args.threads else []), *extra]
+    return relaunch_under_torchrun(cfg.trainer.world_size, argv)
+
+
 def cmd_train(args) -> int:
     from datamove.training.online import StudyBusyError, train_online
 
@@ -60,11 +72,8 @@ def cmd_train(args) -> int:
         raise ConfigError(
             f"`datamove train` trains online from SST streams; stream.engine is {cfg.stream.engine}"
         )
-    if cfg.trainer.world_size > 1 and "RANK" not in os.environ:
-        from datamove.training.distributed import relaunch_under_torchrun
-
-        argv = ["train", "--config", str(args.config)] + (["--threads", str(args.threads)] if args.threads else [])
-        return relaunch_under_torchrun(cfg.trainer.world_size, argv)
+    if (code := _as_ranks(cfg, args, "train")) is not None:
+        return code
     try:
         train_online(cfg)
     except StudyBusyError as exc:
@@ -85,15 +94,9 @@ def cmd_train_offline(args) -> int:
         raise ConfigError(
             f"`datamove train-offline` trains on member files written with BP5; stream.engine is {cfg.stream.engine}"
         )
-    if cfg.trainer.world_size > 1 and "RANK" not in os.environ:
-        from datamove.training.distributed import relaunch_under_torchrun
-
-        argv = ["train-offline", "--config", str(args.config)]
-        if args.threads:
-            argv += ["--threads", str(args.threads)]
-        if args.budget_from:
-            argv += ["--budget-from", str(args.budget_from), "--budget", args.budget]
-        return relaunch_under_torchrun(cfg.trainer.world_size, argv)
+    budget_args = ["--budget-from", str(args.budget_from), "--budget", args.budget] if args.budget_from else []
+    if (code := _as_ranks(cfg, args, "train-offline", budget_args)) is not None:
+        return code
     budget = {}
     if args.budget_from:
         value = online_budget(args.budget_from, args.budget)

@@ -99,20 +99,30 @@ def simulate(
         raise ValueError(f"--member {member} is outside the ensemble [0, {cfg.ensemble.n_members})")
     _nice(cfg)
     with Watchdog() as watchdog:  # before any ADIOS2 object: it forks
-        summary = run_member(
-            cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
-                step_delay_s=cfg.step_delay_s,
-        )
+        summary = _send(cfg, member, watchdog=watchdog, trainer_pid=trainer_pid, label=f"member {member}")
+    if marker is not None:
+        _write_json(marker, summary)
+    return summary
+
+
+def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int | None, label: str) -> dict:
+    """Stream one training member, confirm it reached a live trainer, report it; its summary."""
+    summary = run_member(
+        cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
+        step_delay_s=cfg.step_delay_s,
+    )
     _confirm(cfg, trainer_pid, member)
     print(
-        f"[simulate] member {member}: {summary['steps']} steps sent ({cfg.stream.engine}) in "
+        f"[simulate] {label}: {summary['steps']} steps sent ({cfg.stream.engine}) in "
         f"{summary['total_s']:.2f} s (solve {summary['solve_s']:.2f} s)",
         file=sys.stderr,
     )
-    if marker is not None:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
 
 
 def _nice(cfg: StudyConfig) -> None:
@@ -148,23 +158,11 @@ def simulate_job(
     summaries = []
     with Watchdog() as watchdog:  # before any ADIOS2 object: it forks
         for member in members:
-            summary = run_member(
-                cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
-                step_delay_s=cfg.step_delay_s,
-            )
-            _confirm(cfg, trainer_pid, member)
+            summary = _send(cfg, member, watchdog=watchdog, trainer_pid=trainer_pid, label=f"job {job}: member {member}")
             summaries.append(summary)
-            member_marker = cfg.study_dir / "members" / f"member-{member:06d}.json"
-            member_marker.parent.mkdir(parents=True, exist_ok=True)
-            member_marker.write_text(json.dumps(summary, indent=1))
-            print(
-                f"[simulate] job {job}: member {member}: {summary['steps']} steps sent ({cfg.stream.engine}) in "
-                f"{summary['total_s']:.2f} s (solve {summary['solve_s']:.2f} s)",
-                file=sys.stderr,
-            )
+            _write_json(cfg.member_marker(member), summary)  # as soon as it is sent
     if marker is not None:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"job": job, "members": summaries}, indent=1))
+        _write_json(marker, {"job": job, "members": summaries})
     return summaries
 
 
