@@ -65,6 +65,17 @@ def tiny_config(tmp_path):
     return make
 
 
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, config: Path, *args, timeout=300) -> subprocess.CompletedProcess:
+    """Run the workflow on a study config, in ``workdir`` (its .snakemake/ goes there)."""
+    return subprocess.run(
+        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
 def datamove(*args, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
     """Run the datamove CLI in a fresh process (the way the workflow does)."""
     return subprocess.run(

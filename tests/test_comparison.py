@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, snakemake
 from datamove.config import StudyConfig, load_config
 from datamove.plots import FIGURES
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-
-
-def snakemake(workdir: Path, config: Path, *args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config), *map(str, args)],
-        capture_output=True, text=True, timeout=timeout,
-    )
-
 
 def rows(path):
     with open(path) as fh:
@@ -37,7 +25,7 @@ def test_engine_bp5_alone_moves_a_study_to_disk(tiny_config, tmp_path):
     changed; the comparison study below runs both engines from one config."""
     path = tiny_config(stream={"engine": "BP5"})
     cfg = StudyConfig.load(path)
-    proc = snakemake(tmp_path, path, "--cores", 2)
+    proc = snakemake(tmp_path, path, "--cores", 2, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (cfg.study_dir / "logs" / "train_offline").is_dir()
     assert not (cfg.study_dir / "logs" / "train_online").exists()
@@ -58,7 +46,7 @@ def test_tiny_comparison_study_end_to_end(tiny_config, tmp_path):
         comparison={"enabled": True, "offline_members": 2, "budget": "batches"},
     )
     cfg = StudyConfig.load(path)
-    proc = snakemake(tmp_path, path, "--cores", 2)
+    proc = snakemake(tmp_path, path, "--cores", 2, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     study, online, offline = cfg.study_dir, cfg.study_dir / "online", cfg.study_dir / "offline"

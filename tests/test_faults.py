@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import datamove, popen_datamove
+from conftest import datamove, popen_datamove, snakemake
 from datamove.config import StudyConfig
 from datamove.streaming.contract import contact_file
 from datamove.training.heldout import load_heldout
 from datamove.training.step import evaluate, load_surrogate
-from test_workflow import read_ledger, snakemake
+from test_workflow import read_ledger
 
 
 def _pids_running(*needles: str) -> list[int]:

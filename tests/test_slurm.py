@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,11 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, SNAKEMAKE
 from datamove.config import StudyConfig
 
 PROFILE = REPO / "profiles" / "slurm"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Hard limit of the whole study through Slurm (it takes about a minute here): CI never hangs.
 STUDY_TIMEOUT_S = 600

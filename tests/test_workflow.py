@@ -5,27 +5,15 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import snakemake
 from datamove.config import StudyConfig
 from datamove.streaming.contract import contact_file
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-
-
-def snakemake(workdir: Path, config: Path, *args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config), *map(str, args)],
-        capture_output=True, text=True, timeout=timeout,
-    )
-
 
 def read_ledger(path):
     with open(path) as fh:
