@@ -140,10 +140,6 @@ class IngestPool:
         """Whether any worker is reading a member."""
         return any(w.member is not None for w in self.workers)
 
-    def reading(self) -> dict[int, int]:
-        """worker -> the member it reads."""
-        return {i: w.member for i, w in enumerate(self.workers) if w.member is not None}
-
     def assign(self, member: int, worker: int | None = None) -> int:
         """Hand ``member`` to an idle worker (the first, unless ``worker`` is given); returns it."""
         idle = self.idle
@@ -171,9 +167,7 @@ class IngestPool:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop every worker (mid-member if need be), wait for them, free the shared memory."""
-        self._finishing = True
-        for w in range(len(self.workers)):
-            self._send(w, None)
+        self.finish()
         for w in self.workers:
             # A worker mid-member may be blocked in ADIOS2 waiting for a step: it cannot see the
             # stop, so it gets a second, not ``timeout``.

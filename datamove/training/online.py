@@ -218,7 +218,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
         expect=expect,
         n_steps=n_steps,
         n_workers=n_workers,
-        n_slots=max(tc.slots, n_workers),
+        n_slots=tc.slots,  # >= ingest_workers >= n_workers (checked with the config)
         nice=tc.ingest_nice,
         say=_say,
     ).start()
