@@ -22,24 +22,36 @@ def read_ledger(path):
         return {int(r["member"]): r for r in csv.DictReader(fh)}
 
 
-@pytest.mark.slow
-def test_external_producers_feed_datamove_train(tiny_config, tmp_path):
-    """A solver written outside the package (plain ADIOS2) feeds `datamove train`; a member whose
-    stream breaks the contract (NaN in a field) is rejected and the study goes on."""
-    path = tiny_config()
+def read_metrics(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def train_from_producers(path, tmp_path, breakages=("none", "none", "none")):
+    """`datamove train` on config `path`, fed by the external producer, one member after another
+    (member k breaks its stream as ``breakages[k]`` says); returns the trainer's exit code and output."""
     cfg = StudyConfig.load(path)
     datamove("make-heldout", "--config", path)
     trainer = popen_datamove("train", "--config", path, "--threads", 1, log=tmp_path / "train.log")
     try:
         datamove("wait-trainer", "--config", path, "--timeout", 60)
-        for member, breakage in [(0, "none"), (1, "none"), (2, "nan")]:
+        for member, breakage in enumerate(breakages):
             args = ["--stream-dir", cfg.stream_dir, "--member", member, "--nx", cfg.solver.nx,
                     "--ny", cfg.solver.ny, "--steps", cfg.solver.n_steps, "--break", breakage]
             subprocess.run([sys.executable, PRODUCER, *map(str, args)], check=True, timeout=60)
         returncode = trainer.wait(timeout=120)
     finally:
         trainer.kill()
-    out = trainer.output
+    return returncode, trainer.output
+
+
+@pytest.mark.slow
+def test_external_producers_feed_datamove_train(tiny_config, tmp_path):
+    """A solver written outside the package (plain ADIOS2) feeds `datamove train`; a member whose
+    stream breaks the contract (NaN in a field) is rejected and the study goes on."""
+    path = tiny_config()
+    cfg = StudyConfig.load(path)
+    returncode, out = train_from_producers(path, tmp_path, ("none", "none", "nan"))
     assert returncode == 0, out
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     assert [ledger[m]["status"] for m in (0, 1)] == ["complete", "complete"]
@@ -75,3 +87,54 @@ def test_members_that_never_connect_are_timed_out(tiny_config, tmp_path):
     for m in (1, 2):
         assert ledger[m]["status"] == "lost" and "never connected" in ledger[m]["reason"]
     assert not list(cfg.study_dir.rglob("*.sst"))
+
+
+@pytest.mark.slow
+def test_ledger_counts_steps_left_in_a_consuming_buffer(tiny_config, tmp_path):
+    """fifo holds every step (capacity = 3 members x 20 steps = watermark), so almost nothing is
+    trained before the streams end, and 2 extra batches of 8 cannot drain it: the steps never drawn
+    are in the ledger's steps_unused, per member, and the trainer says so."""
+    path = tiny_config(reservoir={"policy": "fifo", "capacity": 60, "watermark": 60},
+                       trainer={"extra_batches": 2})
+    cfg = StudyConfig.load(path)
+    returncode, out = train_from_producers(path, tmp_path)
+    assert returncode == 0, out
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    final = read_metrics(cfg.study_dir / "metrics.csv")[-1]
+    sampled = int(float(final["n_sampled"]))
+    assert sampled == 8 * int(final["batch"])
+    unused = {m: int(r["steps_unused"]) for m, r in ledger.items()}
+    assert sum(unused.values()) == 60 - sampled > 0, (unused, sampled)
+    # fifo draws the oldest first: member 0 streamed first, so the last member keeps the most.
+    assert unused[2] == 20 and unused[0] <= unused[1] <= unused[2], unused
+    assert all(int(r["steps_received"]) == 20 and int(r["steps_evicted"]) == int(r["steps_dropped"]) == 0
+               for r in ledger.values()), ledger
+    assert f"{60 - sampled} of the {60 - sampled} samples left in the buffer were never drawn" in out
+    assert "raise trainer.extra_batches" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["reservoir", "balanced"])
+def test_ledger_counts_steps_evicted_before_any_batch(tiny_config, tmp_path, policy):
+    """A replacing buffer of 10 samples, 60 steps sent and no extra batches: the steps evicted (or,
+    for balanced, turned away) before any batch drew them are the buffer's own evicted_unseen,
+    counted per member; with those left undrawn at the end, every step sent is trained on or
+    accounted for."""
+    path = tiny_config(reservoir={"policy": policy, "capacity": 10, "watermark": 10},
+                       trainer={"extra_batches": 0, "log_every": 1})
+    cfg = StudyConfig.load(path)
+    returncode, out = train_from_producers(path, tmp_path)
+    assert returncode == 0, out
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    final = read_metrics(cfg.study_dir / "metrics.csv")[-1]
+    evicted = sum(int(r["steps_evicted"]) for r in ledger.values())
+    unused = sum(int(r["steps_unused"]) for r in ledger.values())
+    assert evicted == int(float(final["evicted_unseen"])) > 0, (ledger, final)
+    assert 0 <= unused <= 10
+    for r in ledger.values():
+        assert int(r["steps_received"]) == 20 and int(r["steps_dropped"]) == 0, r
+        trained = int(r["steps_received"]) - int(r["steps_evicted"]) - int(r["steps_unused"])
+        assert trained >= 0, r
+    # Each batch draws 8 samples, so at most 8 per batch were trained on.
+    trained_total = 60 - evicted - unused
+    assert 0 < trained_total <= int(float(final["n_sampled"])), (trained_total, final)

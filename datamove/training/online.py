@@ -368,8 +368,9 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
                 x = torch.cat([params[member], torch.tensor([t], dtype=torch.float32)])
                 displaced = buffer.put(x, torch.from_numpy(slots[slot]), member=member, step=step)
                 pool.release(slot)  # the buffer holds its own copy now
-                if displaced is not None and displaced.reason == "dropped":
-                    ledger.dropped(displaced.member)  # on_full=drop_oldest: lost, and counted
+                if displaced is not None and displaced.seen == 0:
+                    # Left without being trained on (a lossy drop, an eviction, a turn-away): counted.
+                    ledger.untrained(displaced.member, displaced.reason)
 
             if not streams_done:
                 busy = pool.busy
@@ -416,6 +417,16 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
             # under data-parallel training: ranks checkpoint together, at fixed batches.)
             if tc.checkpoint_every and completed_since_ckpt and not dd.active and time.monotonic() - last_ckpt[0] > 2.0:
                 checkpoint()
+        # Samples never drawn when training ends (the newest of a replacing buffer; of a consuming
+        # one, those trainer.extra_batches did not reach) were received but not trained on.
+        unused = buffer.held_members()[buffer.seen_counts() == 0]
+        ledger.unused(unused.tolist())
+        if len(unused):
+            _say(
+                f"{len(unused)} of the {len(buffer)} samples left in the buffer were never drawn "
+                "(counted as steps_unused in the ledger)"
+                + ("; raise trainer.extra_batches to train on them" if buffer.consumes else "")
+            )
     finally:
         if dd.main:
             heartbeat.stop(finished=all_done)

@@ -14,8 +14,13 @@ class MemberRecord:
     ``steps_received`` counts distinct steps (1..n in order); a rerun of a lost member sends its
     steps again, and those already received are counted in ``steps_duplicate`` and not used twice.
     A lost member's missing steps are ``steps_expected - steps_received``, with the ``reason``.
-    With the lossy ``reservoir.on_full: drop_oldest``, ``steps_dropped`` received steps were
-    discarded before any batch used them.
+
+    Received steps that no batch ever used, by why: ``steps_dropped`` (discarded by the lossy
+    ``reservoir.on_full: drop_oldest``), ``steps_evicted`` (replaced by a replacing policy before
+    any batch drew them: evicted by ``reservoir``/``balanced``, or turned away by ``balanced``),
+    ``steps_unused`` (still in the buffer, never drawn, when training ended). So a member's steps
+    trained on at least once are ``steps_received - steps_dropped - steps_evicted - steps_unused``
+    (`steps_trained`).
     """
 
     member: int
@@ -26,6 +31,13 @@ class MemberRecord:
     attempts: int = 0  # streams opened for this member (reruns included)
     steps_duplicate: int = 0
     steps_dropped: int = 0  # received, then discarded untrained by reservoir.on_full=drop_oldest
+    steps_evicted: int = 0  # received, then replaced untrained by reservoir/balanced
+    steps_unused: int = 0  # received, never drawn: still in the buffer when training ended
+
+    @property
+    def steps_trained(self) -> int:
+        """Received steps that at least one batch used."""
+        return self.steps_received - self.steps_dropped - self.steps_evicted - self.steps_unused
 
 
 UNFINISHED = ("pending", "streaming", "retrying")
@@ -54,8 +66,22 @@ class Ledger:
         rec.steps_received += 1
         return True
 
-    def dropped(self, member: int) -> None:
-        self.records[member].steps_dropped += 1
+    def untrained(self, member: int, reason: str) -> None:
+        """Count a received step of ``member`` that left the buffer before any batch used it, by the
+        buffer's `Displaced.reason`: ``"dropped"``, or ``"evicted"``/``"rejected"`` (steps_evicted)."""
+        rec = self.records[member]
+        if reason == "dropped":
+            rec.steps_dropped += 1
+        elif reason in ("evicted", "rejected"):
+            rec.steps_evicted += 1
+        else:
+            raise ValueError(f"unknown reason {reason!r} for an untrained step of member {member}")
+
+    def unused(self, members) -> None:
+        """Count the steps still in the buffer, never drawn, at the end of training: one entry of
+        ``members`` (an iterable of member ids) per step."""
+        for member in members:
+            self.records[int(member)].steps_unused += 1
 
     def ended(self, member: int, status: str, reason: str = "") -> None:
         rec = self.records[member]
