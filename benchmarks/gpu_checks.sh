@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The checks that only a GPU shows, as one short script for a lent GPU machine (about 3 min on an
+# H100 once its packages are in place):
+#   1. the tests marked gpu (a CUDA buffer, train step, checkpoint GPU -> CPU),
+#   2. bench_reservoir (a): the draw of every policy against a train step on the GPU (docs/reservoir.md).
+#
+#   bash benchmarks/gpu_checks.sh
+#
+# Where the machine lacks the project's packages, put their wheels for its Python in .whl/ (git
+# ignores it; see /work/.library/device/README.md for `pip download`) and carry .whl: they are
+# installed into /tmp/site first. Output also goes to $OUT/gpu_checks.log when $OUT is set.
+set -euo pipefail
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+LOG=${OUT:-/tmp}/gpu_checks.log
+{
+    nvidia-smi -L
+    $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+    $PY -m pytest -q -p no:cacheprovider -m gpu tests
+    $PY benchmarks/bench_reservoir.py --part draw --device cuda --repeats 200
+} 2>&1 | tee "$LOG"
