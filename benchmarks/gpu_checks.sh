@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The checks that only a GPU shows, as one short script for a lent GPU machine (about 3 min on an
-# H100 once its packages are in place):
+# The checks that only a GPU shows, as one short script for a lent GPU machine (a few minutes, not
+# timed yet; give it a run limit of 10 min):
 #   1. the tests marked gpu (a CUDA buffer, train step, checkpoint GPU -> CPU),
 #   2. bench_reservoir (a): the draw of every policy against a train step on the GPU (docs/reservoir.md).
 #
