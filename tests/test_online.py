@@ -111,6 +111,7 @@ def test_ledger_counts_steps_left_in_a_consuming_buffer(tiny_config, tmp_path):
                for r in ledger.values()), ledger
     assert f"{60 - sampled} of the {60 - sampled} samples left in the buffer were never drawn" in out
     assert "raise trainer.extra_batches" in out
+    assert f"60 samples received, {sampled} of them trained on" in out
 
 
 @pytest.mark.slow
