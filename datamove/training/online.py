@@ -476,7 +476,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
         f"done: {result.batches} batches in {result.wall_s:.1f} s, val loss {result.val_loss:.3e}, "
         f"{result.members_complete} members complete, {result.members_lost} lost, "
         f"{result.samples_received} samples received, "
-        f"{sum(r.steps_trained for r in ledger.records.values())} of them trained on; "
+        f"{ledger.steps_trained} of them trained on; "
         f"wrote {study_dir}/model.pt, metrics.csv, ledger.csv"
     )
     sys.stdout.flush()

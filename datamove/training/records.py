@@ -105,6 +105,10 @@ class Ledger:
     def steps_received(self) -> int:
         return sum(r.steps_received for r in self.records.values())
 
+    @property
+    def steps_trained(self) -> int:
+        return sum(r.steps_trained for r in self.records.values())
+
     def write(self, path: str | Path) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
