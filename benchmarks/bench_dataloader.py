@@ -5,7 +5,7 @@ heat field, written with BP5 by the real solver):
 
 (a) reservoir: ``buffer.sample(B)`` from a reservoir holding every sample (the online trainer's
     source once its ingest has filled it), on ``--device``.
-(b) offline loader: ``datamove.training.offline.make_loader`` over ``MemberDataset`` (the offline
+(b) offline loader: ``datamove.data.dataset.make_loader`` over ``MemberDataset`` (the offline
     trainer's source), for each reader (``memory``: each file read once, whole, per process;
     ``file``: every sample read with an ADIOS2 step selection) and number of DataLoader workers,
     with the files in the page cache (warm) and evicted from it with posix_fadvise(DONTNEED) (cold:
@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from datamove.config import StudyConfig, validate_config
+from datamove.data.dataset import MemberDataset, make_loader
 from datamove.reservoir import make_buffer
 from datamove.simulate import run_member
-from datamove.training.offline import MemberDataset, make_loader
 from datamove.training.step import build_surrogate, make_optimizer, pick_device, surrogate_args, train_step
 
 
@@ -109,14 +109,19 @@ def main() -> int:
         rows = []
 
         # (a) the reservoir, holding every sample.
-        margs = surrogate_args(cfg)
-        buffer = make_buffer("reservoir", capacity=n_samples, watermark=1, x_dim=margs["in_dim"],
-                             y_shape=(args.nx, args.nx), seed=0, device=device)
+        problem = cfg.problem
+        buffer = make_buffer("reservoir", capacity=n_samples, watermark=1, x_dim=problem.n_inputs,
+                             y_shape=problem.sample_shape, seed=0, device=device)
         dataset = MemberDataset.from_config(cfg)
-        for i in range(len(dataset)):
-            x, y, _ = dataset[i]
-            buffer.put(x, y, member=i // args.steps, step=i % args.steps)
+        for member in range(args.members):  # one member at a time: [steps, n_fields, ny, nx]
+            idx = torch.arange(member * args.steps, (member + 1) * args.steps)
+            x, y, _ = dataset.__getitems__(idx.tolist())
+            buffer.put_many(x, y, member=idx // args.steps, step=idx % args.steps)
         dataset.close()
+        held = buffer.held()
+        norm = problem.normalisation(times=held.x[:, -1].cpu().numpy(), fields=held.y.cpu().numpy())
+        del held
+        margs = surrogate_args(cfg, norm)
 
         def reservoir_batch():
             b = buffer.sample(args.batch)

@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from datamove.config import StudyConfig, load_schema, validate_config
@@ -81,10 +82,13 @@ def aten_ops(fn) -> int:
 def bench_draw(args) -> bool:
     device = torch.device(args.device)
     cfg = StudyConfig.from_dict(validate_config({"solver": {"nx": args.side, "ny": args.side}}))
-    margs = surrogate_args(cfg)
+    problem = cfg.problem
+    # The heat problem declares the bounds of its fields and inputs: the data are not looked at.
+    norm = problem.normalisation(times=np.zeros(1), fields=np.zeros((1, *problem.sample_shape), np.float32))
+    margs = surrogate_args(cfg, norm)
     model = build_surrogate(margs).to(device)
     optimizer, _ = make_optimizer(model, cfg)
-    x_dim, shape = margs["in_dim"], (args.side, args.side)
+    x_dim, shape = margs["in_dim"], problem.sample_shape  # a sample: [n_fields, side, side]
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, x_dim, generator=gen).to(device)
     y = (100 + 400 * torch.rand(args.batch, *shape, generator=gen)).to(device)

@@ -1,12 +1,14 @@
 """Trainer ingest against the number of concurrent member streams, with 1 and 2 trainer ranks.
 
-Each trainer rank is a process of its own that runs what ``train_online`` runs for ingest: an
-:class:`~datamove.streaming.pool.IngestPool` (one ingest process per member it reads at once: the
-README's advice, ``trainer.ingest_workers`` = concurrent members of the rank), the dispatch of each
-stream that appears, and for each step a copy of its slot into preallocated torch storage (as
-``Buffer.put``) and the slot's return. Under 2 ranks, rank r reads members m with m % 2 == r, as
-data-parallel training does. No training: this measures the ingest side alone (the isolation of
-training from ingest is benchmarks/bench_isolation.py).
+Each trainer rank is a process of its own that runs what ``train_online`` runs for ingest: its
+member feed (:class:`~datamove.streaming.feed.MemberFeed`: an
+:class:`~datamove.streaming.pool.IngestPool` with one ingest process per member it reads at once:
+the README's advice, ``trainer.ingest_workers`` = concurrent members of the rank; the dispatch of
+each stream that appears), and after each poll the feed's intake: the slots of the steps that
+arrived copied into preallocated torch storage in one gather (as ``Buffer.put_many``) and returned.
+Under 2 ranks, rank r reads members m with m % 2 == r, as data-parallel training does. No training:
+this measures the ingest side alone (the isolation of training from ingest is
+benchmarks/bench_isolation.py).
 
 The writers are ``members`` processes that write pre-computed float32 nx x nx fields through the
 stream contract (MemberWriter, the config's SST parameters), flat out: producers are not the
@@ -52,31 +54,25 @@ def rank_main(rank: int, ranks: int, members: list[int], job: dict, ctl, results
 
     cfg = h.study_config(nx=job["nx"], ny=job["nx"], n_steps=job["steps"], n_members=job["n_members"])
     mine = [m for m in members if m % ranks == rank]
-    ingest = h.Ingest(cfg, mine, len(mine), max(job["slots"], len(mine)), Path(job["stream_dir"])).start()
+    cfg = h.trainer_config(cfg, Path(job["root"]), ingest_workers=len(mine), slots=max(job["slots"], len(mine)))
+    ingest = h.Ingest(cfg, mine, clean=rank == 0)  # one rank removes stale contact files, as train_online
     try:
+        ingest.start()
         h.wait_settled(ingest.pids)  # the ingest processes have imported before the solvers start
         results.put(("ready", rank, ingest.pids))
         if ctl.get() != "go":
             return
-        store = torch.empty((256, job["nx"], job["nx"]), dtype=torch.float32)  # as the reservoir's storage
+        store = h.Store(256, cfg.problem.n_inputs, cfg.problem.sample_shape)  # as the reservoir's storage
         stamps: list[float] = []
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not ingest.all_ended:
+        while not ingest.ended:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"rank {rank}: no end after {RUN_TIMEOUT_S:g} s ({len(stamps)} samples)")
-            ingest.dispatch()
-            for ev in ingest.poll(timeout=0.02):
-                if ev[0] == "step":
-                    store[len(stamps) % len(store)].copy_(torch.from_numpy(ingest.slots[ev[4]]))
-                    ingest.release(ev[4])
-                    stamps.append(time.perf_counter())
-                elif ev[0] == "end":
-                    ingest.handle_end(ev)
-                elif ev[0] == "fatal":
-                    raise RuntimeError(f"rank {rank}: ingest process failed:\n{ev[2]}")
-        bad = {m: e for m, e in ingest.ended.items() if e[0] != "complete"}
-        if bad:
-            raise RuntimeError(f"rank {rank}: members not complete: {bad}")
+            n = ingest.take(store, timeout=0.02)
+            if n:
+                stamps.extend([time.perf_counter()] * n)
+        if ingest.lost:
+            raise RuntimeError(f"rank {rank}: members not complete: {ingest.lost}")
         results.put(("stamps", rank, stamps))
     except Exception as exc:  # the coordinator must hear of it, not wait forever
         results.put(("error", rank, repr(exc)))
@@ -87,8 +83,10 @@ def rank_main(rank: int, ranks: int, members: list[int], job: dict, ctl, results
 def run(pool: h.Pool, *, nx: int, members: int, ranks: int, steps: int, slots: int) -> dict:
     ids = list(range(members))
     cfg = h.study_config(nx=nx, ny=nx, n_steps=steps, n_members=members)
-    with h.ScratchDir() as stream_dir:
-        job = {"nx": nx, "steps": steps, "n_members": members, "slots": slots, "stream_dir": str(stream_dir)}
+    with h.ScratchDir() as root:
+        stream_dir = h.trainer_config(cfg, root).stream_dir  # the ranks' (trainer_config in rank_main)
+        stream_dir.mkdir(parents=True, exist_ok=True)
+        job = {"nx": nx, "steps": steps, "n_members": members, "slots": slots, "root": str(root)}
         results = h.CTX.Queue()
         ctls = [h.CTX.Queue() for _ in range(ranks)]
         procs = [

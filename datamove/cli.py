@@ -17,9 +17,8 @@ def _config(args) -> StudyConfig:
 
 
 def cmd_simulate(args) -> int:
-    from datamove.simulate import simulate
-
-    from datamove.gate import TrainerLostError, wait_for_trainer
+    from datamove.gate import wait_for_trainer
+    from datamove.simulate import simulate, simulate_job
 
     cfg = _config(args)
     trainer_pid = None
@@ -35,16 +34,10 @@ def cmd_simulate(args) -> int:
             return 1
         trainer_pid = beat["pid"]
     marker = Path(args.marker) if args.marker else None
-    try:
-        if args.job is not None:
-            from datamove.simulate import simulate_job
-
-            simulate_job(cfg, args.job, marker=marker, trainer_pid=trainer_pid)
-        else:
-            simulate(cfg, args.member, marker=marker, trainer_pid=trainer_pid)
-    except TrainerLostError as exc:
-        print(f"datamove: {exc}", file=sys.stderr)
-        return 1
+    if args.job is not None:
+        simulate_job(cfg, args.job, marker=marker, trainer_pid=trainer_pid)
+    else:
+        simulate(cfg, args.member, marker=marker, trainer_pid=trainer_pid)
     return 0
 
 
@@ -85,7 +78,7 @@ def cmd_train(args) -> int:
 def cmd_train_offline(args) -> int:
     import torch
 
-    from datamove.training.offline import DatasetError, online_budget, train_offline
+    from datamove.training.offline import online_budget, train_offline
 
     cfg = _config(args)
     if args.threads:
@@ -101,11 +94,7 @@ def cmd_train_offline(args) -> int:
     if args.budget_from:
         value = online_budget(args.budget_from, args.budget)
         budget = {"budget_batches": int(value)} if args.budget == "batches" else {"budget_seconds": float(value)}
-    try:
-        train_offline(cfg, **budget)
-    except DatasetError as exc:
-        print(f"datamove: {exc}", file=sys.stderr)
-        return 3
+    train_offline(cfg, **budget)
     return 0
 
 
@@ -119,16 +108,11 @@ def cmd_make_testset(args) -> int:
 def cmd_evaluate(args) -> int:
     from datamove.evaluation.arms import arm_name
     from datamove.evaluation.errors import evaluate_members, pooled
-    from datamove.training.offline import DatasetError
     from datamove.training.step import load_surrogate
 
     cfg = _config(args)
     model, _ = load_surrogate(args.model)
-    try:
-        errors, maps = evaluate_members(model, cfg, arm=arm_name(cfg))
-    except DatasetError as exc:
-        print(f"datamove: {exc}", file=sys.stderr)
-        return 3
+    errors, maps = evaluate_members(model, cfg, arm=arm_name(cfg))
     errors.to_csv(args.out, index=False)
     if args.maps:
         maps.to_csv(args.maps, index=False)
@@ -216,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("simulate", cmd_simulate, "Run one ensemble member and stream its steps (SST or BP5).")
+    p = add("simulate", cmd_simulate, "Run one ensemble member (the built-in solver or solver.command) and stream its steps (SST or BP5).")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--member", type=int, help="member id, 0 <= K < ensemble.n_members")
     which.add_argument(
@@ -259,6 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(exc: Exception) -> int | None:
+    """The exit code of an error a user can act on (its message says what and where), else None."""
+    from datamove.data import DatasetError
+    from datamove.gate import TrainerLostError
+    from datamove.simulate import SolverError
+    from datamove.streaming.contract import StreamError
+
+    if isinstance(exc, DatasetError):
+        return 3
+    if isinstance(exc, (SolverError, StreamError, TrainerLostError)):
+        return 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -266,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"datamove: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        code = _user_error(exc)
+        if code is None:
+            raise
+        print(f"datamove: {exc}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

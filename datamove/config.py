@@ -19,7 +19,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from datamove.solvers.heat import HeatConfig
+from datamove.problems import Problem, make_problem
+from datamove.solvers.sampling import member_params
 
 
 class ConfigError(ValueError):
@@ -34,6 +35,11 @@ def load_schema() -> dict[str, Any]:
 MERGE_DEFAULT = "x-merge-default"
 """Schema annotation of a mapping whose given keys are merged over its default mapping, rather than
 replacing it (``stream.parameters``: a user who sets one ADIOS2 parameter keeps the lossless rest)."""
+
+
+ERROR_HINT = "x-error"
+"""Schema annotation: what to say, after the value, when that schema rejects it (instead of
+jsonschema's generic message), e.g. where the valid choices come from."""
 
 
 def _with_defaults(validator_class):
@@ -79,6 +85,8 @@ def validate_config(raw: Mapping[str, Any] | None, *, source: str = "config") ->
                 for name in extra:
                     where = _key([*err.path, name])
                     lines.append(f"unknown key '{where}' (known keys here: {known})")
+            elif ERROR_HINT in err.schema:
+                lines.append(f"key '{_key(err.path)}': {err.instance!r} {err.schema[ERROR_HINT]}")
             else:
                 lines.append(f"key '{_key(err.path)}': {err.message}")
         raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines))
@@ -94,6 +102,18 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
             problems.append(f"key 'parameters.ranges.{name}': bounds must be finite, got [{low}, {high}]")
         elif low > high:
             problems.append(f"key 'parameters.ranges.{name}': low {low} > high {high}")
+    if not problems:
+        try:
+            problem = make_problem(cfg["solver"], cfg["parameters"]["ranges"])
+        except ValueError as exc:
+            problems.append(f"key 'solver': {exc}")
+        else:
+            field = cfg["evaluation"]["map_field"]
+            if field is not None and field not in problem.fields:
+                problems.append(
+                    f"key 'evaluation.map_field': '{field}' is not a field of solver '{problem.name}' "
+                    f"(fields: {', '.join(problem.fields)})"
+                )
     res = cfg["reservoir"]
     if res["watermark"] > res["capacity"]:
         problems.append(
@@ -183,6 +203,16 @@ class SamplingConfig:
     names: tuple[str, ...]
     ranges: tuple[tuple[float, float], ...]
 
+    def params(self, member: int):
+        """The parameters of member ``member`` (float64 [n_params]); the same on every run."""
+        return member_params(
+            ranges=self.ranges, sampler=self.sampler, seed=self.seed, member=member, n_members=self.n_members
+        )
+
+    def seed_of(self, member: int) -> tuple[int, int]:
+        """The seed of member ``member``'s own randomness (a solver's random initial field)."""
+        return (self.seed, member)
+
 
 @dataclass(frozen=True, kw_only=True)
 class StreamConfig:
@@ -253,6 +283,7 @@ class ComparisonConfig:
 class EvaluationConfig:
     enabled: bool
     map_member: int
+    map_field: str | None
     map_max_side: int
 
 
@@ -263,9 +294,7 @@ class StudyConfig:
     study: str
     results_dir: Path
     data_dir: Path
-    solver_name: str
-    solver: HeatConfig
-    step_delay_s: float
+    problem: Problem
     ensemble: SamplingConfig
     heldout: SamplingConfig
     retries: int
@@ -285,21 +314,15 @@ class StudyConfig:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> StudyConfig:
         """Build from a dict already passed through :func:`validate_config`."""
-        s = cfg["solver"]
-        names = tuple(cfg["parameters"]["ranges"])
-        ranges = tuple(tuple(map(float, r)) for r in cfg["parameters"]["ranges"].values())
+        problem = make_problem(cfg["solver"], cfg["parameters"]["ranges"])
+        names, ranges = problem.param_names, problem.param_ranges
         sampler = cfg["parameters"]["sampler"]
         t = cfg["trainer"]
         return cls(
             study=cfg["study"],
             results_dir=Path(cfg["results_dir"]),
             data_dir=Path(cfg["data_dir"]),
-            solver_name=s["name"],
-            solver=HeatConfig(
-                nx=s["nx"], ny=s["ny"], lx=s["lx"], ly=s["ly"],
-                diffusivity=s["diffusivity"], dt=s["dt"], n_steps=s["n_steps"],
-            ),
-            step_delay_s=s["step_delay_s"],
+            problem=problem,
             ensemble=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **_sampling(cfg["ensemble"])),
             heldout=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **_sampling(cfg["heldout"])),
             retries=cfg["ensemble"]["retries"],
@@ -362,6 +385,10 @@ class StudyConfig:
     def member_marker(self, member: int) -> Path:
         """Written by the workflow's simulate_member job once the member has been sent."""
         return self.study_dir / "members" / f"member-{member:06d}.json"
+
+    def member_failure(self, member: int) -> Path:
+        """Written by a failed launch of the member's solver: attempt, reason, whether it was the last."""
+        return self.study_dir / "members" / f"member-{member:06d}.failed.json"
 
 
 def write_config(cfg: Mapping[str, Any], path: str | Path) -> Path:

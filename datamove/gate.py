@@ -35,6 +35,13 @@ def stale_after(cfg: StudyConfig) -> float:
     return max(3 * cfg.trainer.heartbeat_s, 2.0)
 
 
+def lost_after(cfg: StudyConfig) -> float:
+    """Seconds a solver waits for a new beat before it takes its trainer as gone: max(10 x heartbeat_s,
+    10 s). Generous: a busy trainer on a loaded machine can beat late, and waiting only costs time
+    when the trainer really is gone."""
+    return max(10 * cfg.trainer.heartbeat_s, 10.0)
+
+
 class HeartbeatWatch:
     """Follows a heartbeat file and says whether the trainer that writes it is alive.
 
@@ -88,11 +95,10 @@ def confirm_trainer(cfg: StudyConfig, *, pid: int, member: int) -> None:
     The proof is a beat of ``pid`` numbered after the one read here (written after the stream
     closed), or its final beat (written once every stream had ended). Why: an SST writer whose reader
     dies gets no error (ADIOS2 only prints "unexpected connection close"), so a member would look
-    sent, its marker would be written and the workflow would not rerun it. Waits up to 10 s (or ten
-    heartbeat periods): a busy trainer on a loaded machine can beat late, and waiting only costs
-    time when the trainer really is gone.
+    sent, its marker would be written and the workflow would not rerun it. Waits up to
+    :func:`lost_after`.
     """
-    deadline = time.monotonic() + max(10 * cfg.trainer.heartbeat_s, 10.0)
+    deadline = time.monotonic() + lost_after(cfg)
     baseline = None  # the seq of pid's beat when the stream had closed
     while time.monotonic() < deadline:
         beat = read_heartbeat(cfg.heartbeat_path)

@@ -1,31 +1,36 @@
-"""Running ensemble members: a solver feeding a stream (SST to the trainer, or BP5 files)."""
+"""Running ensemble members: a solver feeding a stream (SST to the trainer, or BP5 files).
+
+A built-in problem's solver runs in this process (:class:`datamove.streaming.writer.MemberWriter`);
+the user's own solver (``solver.command``) runs as a child process that writes the stream itself
+(:func:`run_command`). Both get the same guards: an open that never happens fails the member after
+``stream.open_timeout_s``, a member counts as sent only once a live trainer has outlived its stream,
+and a failed launch leaves a note (``members/member-K.failed.json``) that the trainer's ledger reads.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shlex
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from datamove.config import SamplingConfig, StreamConfig, StudyConfig
-from datamove.solvers import HeatSolver, get_solver, member_params
-from datamove.streaming.contract import join_names
-from datamove.gate import confirm_trainer
+from datamove.gate import HeartbeatWatch, TrainerLostError, confirm_trainer, lost_after
+from datamove.streaming.contract import StreamError, contact_file, join_names, remove_contact_files, stream_name
 from datamove.streaming.watchdog import Watchdog
 from datamove.streaming.writer import MemberWriter
 
+POLL_S = 0.1  # how often a launched command is checked on
 
-def params_of(sampling: SamplingConfig, member: int):
-    """The parameters of member ``member`` (float64 [n_params]); the same on every run."""
-    return member_params(
-        ranges=sampling.ranges,
-        sampler=sampling.sampler,
-        seed=sampling.seed,
-        member=member,
-        n_members=sampling.n_members,
-    )
+
+class SolverError(RuntimeError):
+    """A member's solver failed (the user's command exited non-zero, never opened its stream, wrote
+    a file that breaks the contract); the message names the member and what failed."""
 
 
 def run_member(
@@ -37,22 +42,30 @@ def run_member(
     stream_dir: Path,
     watchdog: Watchdog | None = None,
     step_delay_s: float = 0.0,
+    trainer_pid: int | None = None,
 ) -> dict:
     """Solve one member and write every step to its stream. Returns a small summary.
 
-    ``step_delay_s`` emulates a slower solver (``solver.step_delay_s``, training members only).
+    ``step_delay_s`` emulates a slower solver (``solver.step_delay_s``, training members only);
+    ``trainer_pid``: the live trainer an SST member streams to (a launched command is stopped if
+    it dies).
     """
-    params = params_of(sampling, member)
-    solver_cls = get_solver(cfg.solver_name)
-    solver: HeatSolver = solver_cls(config=cfg.solver, params=params)
+    problem = cfg.problem
+    params = sampling.params(member)
+    t0 = time.perf_counter()
+    summary = {"member": member, "params": [float(p) for p in params], "engine": stream.engine}
+    if problem.command:
+        summary.update(run_command(cfg, member, params=params, stream=stream, stream_dir=stream_dir,
+                                   sampling=sampling, trainer_pid=trainer_pid))
+        return {**summary, "total_s": round(time.perf_counter() - t0, 4)}
+    solver = problem.solver(params=params, seed=sampling.seed_of(member))
     attributes = {
         "member": member,
         "params": params,
         "param_names": join_names(sampling.names),
-        "solver": cfg.solver_name,
+        "solver": problem.name,
         **solver.constants(),
     }
-    t0 = time.perf_counter()
     solve_s = 0.0
     writer = MemberWriter(
         stream=stream, stream_dir=stream_dir, member=member, attributes=attributes, watchdog=watchdog
@@ -63,22 +76,106 @@ def run_member(
         while True:
             ts = time.perf_counter()
             try:
-                k, t, u = next(steps)
+                _k, t, fields = next(steps)
             except StopIteration:
                 break
             solve_s += time.perf_counter() - ts
-            writer.write_step(time=t, fields={"u": u})
+            writer.write_step(time=t, fields=fields)
             if step_delay_s:
                 time.sleep(step_delay_s)
     return {
-        "member": member,
-        "params": [float(p) for p in params],
+        **summary,
         "steps": writer.steps_written,
-        "engine": stream.engine,
         "open_s": round(t_open, 4),
         "solve_s": round(solve_s, 4),
         "total_s": round(time.perf_counter() - t0, 4),
     }
+
+
+def run_command(
+    cfg: StudyConfig,
+    member: int,
+    *,
+    params,
+    stream: StreamConfig,
+    stream_dir: Path,
+    sampling: SamplingConfig,
+    trainer_pid: int | None = None,
+) -> dict:
+    """Run the user's solver command for one member and wait for it (see :mod:`datamove.problems.external`).
+
+    SST: the command must open its stream (its contact file appears) within ``stream.open_timeout_s``,
+    and is stopped if the trainer ``trainer_pid`` stops beating meanwhile. BP5: the file it wrote is
+    checked against the config (fields, shapes, steps, parameters) once it has exited.
+
+    Raises:
+        SolverError: naming the command, its exit status or the field at fault.
+        TrainerLostError: the trainer stopped while the command streamed to it.
+    """
+    problem = cfg.problem
+    stream_dir.mkdir(parents=True, exist_ok=True)  # an SST writer whose folder is missing crashes later
+    engine = stream.engine.upper()
+    if engine == "SST":
+        remove_contact_files(stream_dir, [member], label="simulate")  # a killed attempt's
+    argv = problem.command_line(stream=stream_dir / stream_name(member), member=member, engine=engine, params=params)
+    what = f"member {member}: solver command `{shlex.join(argv)}`"
+    print(f"[simulate] {what} ({engine})", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    try:
+        # A session of its own: a stop kills the command and whatever it started.
+        proc = subprocess.Popen(argv, start_new_session=True)
+    except OSError as exc:
+        raise SolverError(f"{what} could not be started: {exc}") from None
+    watch = HeartbeatWatch(cfg.heartbeat_path, stale_s=lost_after(cfg)) if engine == "SST" and trainer_pid else None
+    opened, alive_at = engine != "SST", time.monotonic()
+    try:
+        while (code := proc.poll()) is None:
+            time.sleep(POLL_S)
+            now = time.monotonic()
+            if not opened and contact_file(stream_dir, member).exists():
+                opened = True
+            if not opened and now - t0 > stream.open_timeout_s:
+                raise SolverError(
+                    f"{what} did not open its stream {stream_dir / stream_name(member)} within "
+                    f"{stream.open_timeout_s:g} s (stream.open_timeout_s)"
+                )
+            if watch is not None:
+                beat = watch.poll()
+                if beat is not None and beat["pid"] == trainer_pid:
+                    alive_at = now
+                elif now - alive_at > lost_after(cfg):
+                    raise TrainerLostError(
+                        f"member {member}: the trainer (pid {trainer_pid}) stopped while the solver command "
+                        f"streamed to it (no heartbeat for {lost_after(cfg):g} s); the command was stopped"
+                    )
+    finally:
+        if proc.poll() is None:
+            _stop(proc)
+    if code != 0:
+        status = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        raise SolverError(f"{what} {status}")
+    if engine == "BP5":
+        from datamove.data import DatasetError, open_checked
+
+        try:
+            open_checked(cfg, stream_dir, member, sampling=sampling, missing="the command exited 0 but wrote no file").close()
+        except DatasetError as exc:
+            raise SolverError(f"{what}: {exc}") from None
+    return {"command": argv, "exit_status": code, "solve_s": round(time.monotonic() - t0, 4)}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the command's session, SIGKILL it if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _confirm(cfg: StudyConfig, trainer_pid: int | None, member: int) -> None:
@@ -106,23 +203,48 @@ def simulate(
 
 
 def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int | None, label: str) -> dict:
-    """Stream one training member, confirm it reached a live trainer, report it; its summary."""
-    summary = run_member(
-        cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
-        step_delay_s=cfg.step_delay_s,
-    )
-    _confirm(cfg, trainer_pid, member)
+    """Stream one training member, confirm it reached a live trainer, report it; its summary.
+
+    A failure leaves a note for the trainer (:func:`note_failure`) before it is raised again.
+    """
+    try:
+        summary = run_member(
+            cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
+            step_delay_s=cfg.problem.step_delay_s, trainer_pid=trainer_pid,
+        )
+        _confirm(cfg, trainer_pid, member)
+    except (SolverError, StreamError, TrainerLostError) as exc:
+        note_failure(cfg, member, str(exc))
+        raise
+    cfg.member_failure(member).unlink(missing_ok=True)
+    steps = f"{summary['steps']} steps sent" if "steps" in summary else "solver command exited 0"
     print(
-        f"[simulate] {label}: {summary['steps']} steps sent ({cfg.stream.engine}) in "
-        f"{summary['total_s']:.2f} s (solve {summary['solve_s']:.2f} s)",
+        f"[simulate] {label}: {steps} ({cfg.stream.engine}) in {summary['total_s']:.2f} s "
+        f"(solve {summary['solve_s']:.2f} s)",
         file=sys.stderr,
     )
     return summary
 
 
+def note_failure(cfg: StudyConfig, member: int, reason: str) -> dict:
+    """Record a failed attempt of ``member`` for the trainer (``members/member-K.failed.json``): the
+    attempt number (one more than the last note's), the reason, and whether it was the last attempt
+    the workflow makes (``ensemble.retries``), after which the trainer stops waiting for the member."""
+    path = cfg.member_failure(member)
+    try:
+        attempt = int(json.loads(path.read_text())["attempt"]) + 1
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        attempt = 1
+    note = {"member": member, "attempt": attempt, "reason": reason, "final": attempt > cfg.retries}
+    _write_json(path, note)
+    return note
+
+
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)  # a reader never sees half a file
 
 
 def _nice(cfg: StudyConfig) -> None:
@@ -171,6 +293,8 @@ def _write_bp5_members(cfg: StudyConfig, sampling: SamplingConfig, out: Path, la
     out.mkdir(parents=True, exist_ok=True)
     for member in range(sampling.n_members):
         run_member(cfg, member, sampling=sampling, stream=stream, stream_dir=out)
+        if sampling.n_members >= 10 and (member + 1) % max(1, sampling.n_members // 10) == 0:
+            print(f"[{label}] {member + 1}/{sampling.n_members} members written", file=sys.stderr, flush=True)
     print(f"[{label}] wrote {sampling.n_members} members to {out}", file=sys.stderr)
     return out
 
@@ -183,3 +307,4 @@ def make_heldout(cfg: StudyConfig) -> Path:
 def make_testset(cfg: StudyConfig) -> Path:
     """Write the test members (own seed) with BP5 into ``cfg.test_dir``, for the final evaluation."""
     return _write_bp5_members(cfg, cfg.test, cfg.test_dir, "test")
+

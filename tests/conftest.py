@@ -65,6 +65,19 @@ def tiny_config(tmp_path):
     return make
 
 
+def write_study(tmp_path: Path, *, solver: dict, parameters: dict | None = None, **overrides) -> Path:
+    """A tiny study of another problem than heat: TINY's sizes with ``solver`` (and ``parameters``)
+    in place of its heat sections, written to tmp_path/config.yaml; returns the path."""
+    cfg = _merge({k: v for k, v in TINY.items() if k != "solver"}, {
+        "results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data"), "solver": solver,
+        **({"parameters": parameters} if parameters else {}),
+    })
+    cfg = _merge(cfg, overrides)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 
@@ -119,3 +132,23 @@ def env_no_gpu():
     env = dict(os.environ)
     env["CUDA_VISIBLE_DEVICES"] = ""
     return env
+
+
+def model_args(cfg):
+    """surrogate_args of a study without reading its held-out members: for the heat problem, whose
+    normalisation comes from declared bounds, any data give the same scales."""
+    import numpy as np
+
+    from datamove.training.step import surrogate_args
+
+    ny, nx = cfg.problem.field_shape
+    norm = cfg.problem.normalisation(times=np.ones(1), fields=np.zeros((1, len(cfg.problem.fields), ny, nx)))
+    return surrogate_args(cfg, norm)
+
+
+def read_member(cfg, path, member):
+    """A whole member file, with the problem's fields: (info, times [n], fields [n, n_fields, ny, nx])."""
+    from datamove.streaming.files import MemberFile
+
+    with MemberFile(path, member, fields=cfg.problem.field_names) as mf:
+        return mf.info, mf.times, mf.read_all()

@@ -64,7 +64,7 @@ def test_tiny_comparison_study_end_to_end(tiny_config, tmp_path):
     errors = {arm: pd.read_csv(study / arm / "evaluation.csv") for arm in ("online", "offline")}
     for arm in errors:
         assert sorted(errors[arm]["member"].unique()) == [0, 1]
-        assert len(errors[arm]) == 2 * cfg.solver.n_steps
+        assert len(errors[arm]) == 2 * cfg.problem.n_steps
     assert errors["online"]["t_init"].tolist() == errors["offline"]["t_init"].tolist()
 
     # Figures, figure data and the table.

@@ -16,7 +16,7 @@ def test_defaults_fill_every_section():
     assert cfg["solver"]["nx"] >= 3 and cfg["reservoir"]["policy"] == "reservoir"
     assert list(cfg["parameters"]["ranges"]) == ["t_init", "t_x0", "t_xl", "t_y0", "t_yl"]
     study = StudyConfig.from_dict(cfg)
-    assert study.solver.nx == cfg["solver"]["nx"]
+    assert study.problem.config.nx == cfg["solver"]["nx"]
     assert study.stream_dir == study.study_dir / "streams"
 
 

@@ -57,7 +57,7 @@ def feed_trainer_from_cpp(path, binary, extra_args=()):
     try:
         datamove("wait-trainer", "--config", path, "--timeout", 60)
         for member in range(cfg.ensemble.n_members):
-            args = ["--open-timeout", 60, cfg.stream_dir, member, cfg.solver.nx, cfg.solver.ny, cfg.solver.n_steps,
+            args = ["--open-timeout", 60, cfg.stream_dir, member, cfg.problem.config.nx, cfg.problem.config.ny, cfg.problem.n_steps,
                     *extra_args]
             run = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=90)
             assert run.returncode == 0, f"member {member}: rc={run.returncode}\n{run.stdout}\n{run.stderr}"
@@ -75,7 +75,7 @@ def assert_study_complete(cfg, out):
     assert sorted(ledger) == list(range(cfg.ensemble.n_members)), ledger
     for member, row in ledger.items():
         assert row["status"] == "complete", (member, row, out)
-        assert int(row["steps_received"]) == cfg.solver.n_steps, (member, row)
+        assert int(row["steps_received"]) == cfg.problem.n_steps, (member, row)
     metrics = read_csv(cfg.study_dir / "metrics.csv")
     assert metrics, "metrics.csv has no row"
     val = [float(r["val_loss"]) for r in metrics]
@@ -90,7 +90,7 @@ def test_cpp_producer_feeds_datamove_train(tiny_config, cpp_producer):
     cfg, out, outputs = feed_trainer_from_cpp(tiny_config(), cpp_producer)
     assert_study_complete(cfg, out)
     for member, text in enumerate(outputs):
-        assert f"member {member} wrote {cfg.solver.n_steps} steps of u [{cfg.solver.ny}, {cfg.solver.nx}]" in text
+        assert f"member {member} wrote {cfg.problem.n_steps} steps of u [{cfg.problem.config.ny}, {cfg.problem.config.nx}]" in text
         assert "built-in settings" in text
 
 
@@ -110,3 +110,31 @@ def test_one_xml_configures_cpp_producer_and_trainer(tiny_config, cpp_producer):
     used = ", ".join(f"{k}={v}" for k, v in sorted(LOSSLESS.items()))
     for text in outputs:
         assert f"engine SST ({used}) from {XML}" in text, text
+
+
+@pytest.mark.slow
+def test_workflow_launches_the_cpp_producer(cpp_producer, tmp_path):
+    """The C++ producer declared only in the config (solver.command) is launched by snakemake for
+    the training members (SST) and the held-out members (BP5), and the trainer learns from it."""
+    from conftest import snakemake, write_study
+
+    path = write_study(
+        tmp_path,
+        solver={
+            "name": "cpp-toy",
+            "command": f"{cpp_producer} --out {{stream}} --id {{member}} --engine {{engine}} --params {{params}} "
+                       "--steps {n_steps} --param-names {param_names} --solver {solver} --nx 12 --ny 10 "
+                       "--open-timeout 60",
+            "fields": {"u": [10, 12]},
+            "n_steps": 20,
+        },
+        parameters={"ranges": {"a": [0.0, 1.0], "b": [0.0, 1.0], "c": [0.0, 1.0]}},
+    )
+    study = StudyConfig.load(path)
+    proc = snakemake(tmp_path, path, "--cores", 2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ledger = read_csv(study.study_dir / "ledger.csv")
+    assert [(r["status"], int(r["steps_received"])) for r in ledger] == [("complete", 20)] * study.ensemble.n_members
+    metrics = read_csv(study.study_dir / "metrics.csv")
+    assert float(metrics[-1]["val_loss"]) < 0.5 * float(metrics[0]["val_loss"])
+    assert len(list(study.heldout_dir.glob("member-*.bp"))) == study.heldout.n_members

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import datamove, popen_datamove
+from conftest import datamove, popen_datamove, model_args
 from datamove.config import StudyConfig
 from datamove.training.step import load_surrogate
 
@@ -55,8 +55,8 @@ def test_two_ranks_train_the_same_study_to_a_comparable_loss(tiny_config, tmp_pa
 
     assert "data-parallel" in out and "rank 1 of 2: members [1, 3]" in out
     assert [r["status"] for r in ledger2] == ["complete"] * 4  # both ranks' shares, merged
-    assert sum(int(r["steps_received"]) for r in ledger2) == 4 * cfg.solver.n_steps
-    assert int(metrics2[-1]["samples_received"]) == 4 * cfg.solver.n_steps
+    assert sum(int(r["steps_received"]) for r in ledger2) == 4 * cfg.problem.n_steps
+    assert int(metrics2[-1]["samples_received"]) == 4 * cfg.problem.n_steps
     first, last1, last2 = float(metrics1[0]["val_loss"]), float(metrics1[-1]["val_loss"]), float(metrics2[-1]["val_loss"])
     assert last2 < first  # it learned
     assert last2 < 3 * last1 + 1e-3, (last1, last2)  # comparable to the single-process run
@@ -69,7 +69,7 @@ def test_offline_shards_are_disjoint_and_change_every_epoch(tiny_config):
     """What each rank of a 2-rank offline run reads: its own half of every epoch's permutation."""
     from test_offline import bp5_config
 
-    from datamove.training.offline import MemberDataset, make_loader
+    from datamove.data.dataset import MemberDataset, make_loader
 
     _, cfg = bp5_config(tiny_config, offline={"loader_workers": 0})
     ds = MemberDataset.from_config(cfg)  # 3 members x 20 steps
@@ -99,7 +99,7 @@ def test_two_ranks_train_offline_to_a_comparable_loss(tiny_config, tmp_path):
     from test_offline import bp5_config
 
     from datamove.training.heldout import load_heldout
-    from datamove.training.step import build_surrogate, evaluate, surrogate_args
+    from datamove.training.step import build_surrogate, evaluate
 
     # 2 ranks x batch 5 = one epoch in samples / 10 batches: the budget is EPOCHS whole epochs.
     MEMBERS, STEPS, EPOCHS = 16, 10, 10
@@ -144,7 +144,7 @@ def test_two_ranks_train_offline_to_a_comparable_loss(tiny_config, tmp_path):
     assert seen == {EPOCHS: samples}
 
     torch.manual_seed(cfg.trainer.seed)  # the untrained model both runs start from
-    initial = evaluate(build_surrogate(surrogate_args(cfg)), *load_heldout(cfg))
+    initial = evaluate(build_surrogate(model_args(cfg)), *load_heldout(cfg))
     last1, last2 = float(metrics1[-1]["val_loss"]), float(metrics2[-1]["val_loss"])
     assert last2 < 0.1 * initial, (initial, last2)  # it learned
     # Comparable to the single-process run, which took as many steps over half the samples.
@@ -294,7 +294,7 @@ def test_two_ranks_resume_from_their_checkpoints(tiny_config, tmp_path, gap):
     with open(cfg.study_dir / "ledger.csv") as fh:
         ledger = list(csv.DictReader(fh))
     assert [r["status"] for r in ledger] == ["complete"] * 4, ledger
-    assert all(int(r["steps_received"]) == cfg.solver.n_steps for r in ledger), ledger
+    assert all(int(r["steps_received"]) == cfg.problem.n_steps for r in ledger), ledger
     assert all(int(ledger[m]["attempts"]) == 1 for m in done)  # complete before the crash: not resent
     _, ckpt = load_surrogate(cfg.study_dir / "model.pt")
     assert ckpt["step"] > step

@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import model_args
+
 from datamove.config import ConfigError, StudyConfig, load_config, validate_config
 from datamove.evaluation.arms import arm_config, arm_dirs, arm_name
 from datamove.evaluation.errors import evaluate_members, map_steps, pooled
@@ -14,7 +16,7 @@ from datamove.evaluation.report import COLUMNS, collect_figure_data, format_tabl
 from datamove.plots import FIGURES, plot
 from datamove.simulate import make_testset
 from datamove.training.records import METRIC_COLUMNS
-from datamove.training.step import build_surrogate, surrogate_args
+from datamove.training.step import build_surrogate
 
 
 class Exact(torch.nn.Module):
@@ -33,16 +35,16 @@ class Exact(torch.nn.Module):
 def test_errors_match_their_definitions(tiny_config):
     cfg = StudyConfig.load(tiny_config(test={"n_members": 2, "seed": 5}))
     make_testset(cfg)
-    field = torch.full((cfg.solver.ny, cfg.solver.nx), 300.0)
+    field = torch.full((1, cfg.problem.config.ny, cfg.problem.config.nx), 300.0)
     model = Exact(field, 0.0, y_span=400.0)
     errors, maps = evaluate_members(model, cfg, arm="online")
-    assert len(errors) == 2 * cfg.solver.n_steps
+    assert len(errors) == 2 * cfg.problem.n_steps
     assert list(errors.columns[:4]) == ["arm", "member", "step", "time"]
     assert set(cfg.ensemble.names) <= set(errors.columns)
     # Recompute one sample by hand from the stored truth.
-    from datamove.evaluation.errors import load_members
+    from datamove.data import load_members
 
-    _, _, _, truth = next(load_members(cfg, cfg.test_dir, cfg.test))
+    truth = next(load_members(cfg, cfg.test_dir, cfg.test, missing="")).fields[:, 0]
     err = 300.0 - truth[3].astype(np.float64)
     row = errors[(errors.member == 0) & (errors.step == 4)].iloc[0]
     assert row["mse"] == pytest.approx(np.mean(err**2) / 400.0**2)
@@ -52,9 +54,9 @@ def test_errors_match_their_definitions(tiny_config):
     assert overall["mse"] == pytest.approx(errors["mse"].mean())
     assert overall["rel_l2"] == pytest.approx(np.sqrt(errors.sq_err.sum() / errors.sq_truth.sum()))
     per_step = pooled(errors, ["step"])
-    assert len(per_step) == cfg.solver.n_steps and per_step["samples"].eq(2).all()
+    assert len(per_step) == cfg.problem.n_steps and per_step["samples"].eq(2).all()
     # Maps of member 0 at the first, middle and last steps; the error is prediction - truth.
-    assert sorted(maps["step"].unique()) == [s + 1 for s in map_steps(cfg.solver.n_steps)]
+    assert sorted(maps["step"].unique()) == [s + 1 for s in map_steps(cfg.problem.n_steps)]
     at = maps[(maps.step == 1)].pivot_table(index=["iy", "ix"], columns="kind", values="value")
     np.testing.assert_allclose(at["error"], at["prediction"] - at["truth"], atol=1e-4)
 
@@ -62,9 +64,9 @@ def test_errors_match_their_definitions(tiny_config):
 def test_a_perfect_model_has_zero_error(tiny_config):
     cfg = StudyConfig.load(tiny_config(test={"n_members": 1, "seed": 5}))
     make_testset(cfg)
-    from datamove.evaluation.errors import load_members
+    from datamove.data import load_members
 
-    _, _, _, truth = next(load_members(cfg, cfg.test_dir, cfg.test))
+    truth = next(load_members(cfg, cfg.test_dir, cfg.test, missing="")).fields
 
     class Lookup(Exact):
         def forward(self, x):
@@ -77,7 +79,7 @@ def test_a_perfect_model_has_zero_error(tiny_config):
 def test_maps_are_subsampled(tiny_config):
     cfg = StudyConfig.load(tiny_config(test={"n_members": 1, "seed": 5}, evaluation={"map_max_side": 8}))
     make_testset(cfg)
-    model = build_surrogate(surrogate_args(cfg))
+    model = build_surrogate(model_args(cfg))
     _, maps = evaluate_members(model, cfg, arm="online")
     assert maps["ix"].nunique() <= 8 and maps["iy"].nunique() <= 8
 

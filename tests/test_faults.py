@@ -103,7 +103,7 @@ def test_silent_member_is_timed_out(tiny_config, tmp_path):
         solver.kill()
     rec = read_ledger(cfg.study_dir / "ledger.csv")[0]
     assert rec["status"] == "lost" and "no step for 1 s" in rec["reason"]
-    assert int(rec["steps_received"]) < cfg.solver.n_steps
+    assert int(rec["steps_received"]) < cfg.problem.n_steps
 
 
 @pytest.mark.slow
@@ -139,7 +139,7 @@ def test_sst_study_writes_nothing_but_its_outputs(tiny_config, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = [f for f in Path(cfg.results_dir).rglob("*") if f.is_file()]
     assert {f.suffix for f in files} <= {".pt", ".csv", ".json", ".yaml", ".log"}
-    dataset_bytes = cfg.ensemble.n_members * cfg.solver.n_steps * cfg.solver.nx * cfg.solver.ny * 4
+    dataset_bytes = cfg.ensemble.n_members * cfg.problem.n_steps * cfg.problem.config.nx * cfg.problem.config.ny * 4
     other = sum(f.stat().st_size for f in files if f.name != "model.pt")
     # Records only: far less than the field data that streamed through.
     sizes = {str(f.relative_to(cfg.results_dir)): f.stat().st_size for f in files}
@@ -191,7 +191,7 @@ def test_trainer_crash_resumes_from_checkpoint(tiny_config, tmp_path):
     assert cfg.member_marker(0).stat().st_mtime_ns == marker0  # a complete member is not rerun
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     for rec in ledger.values():
-        assert rec["status"] == "complete" and int(rec["steps_received"]) == cfg.solver.n_steps, rec
+        assert rec["status"] == "complete" and int(rec["steps_received"]) == cfg.problem.n_steps, rec
     model, ckpt = load_surrogate(cfg.study_dir / "model.pt")
     assert ckpt["step"] > ckpt_step
     assert not cfg.checkpoint_path.exists()
@@ -238,7 +238,7 @@ def test_chaos_members_killed_at_random(tiny_config, tmp_path):
             assert received < expected
             total_lost += expected - received
     received_total = sum(int(r["steps_received"]) for r in ledger.values())
-    assert received_total + total_lost == n * cfg.solver.n_steps
+    assert received_total + total_lost == n * cfg.problem.n_steps
     assert proc.returncode != 0 or not killed
     model, _ = load_surrogate(cfg.study_dir / "model.pt")
     val_x, val_y = load_heldout(cfg)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import model_args
+
 from datamove.config import StudyConfig, validate_config
 from datamove.reservoir import make_buffer
-from datamove.training.step import build_surrogate, make_optimizer, pick_device, surrogate_args, train_step
+from datamove.training.step import build_surrogate, make_optimizer, pick_device, train_step
 
 pytestmark = pytest.mark.gpu
 
@@ -20,7 +22,7 @@ def test_auto_device_is_cuda():
 def test_buffer_and_train_step_on_cuda(policy):
     cfg = StudyConfig.from_dict(validate_config({"solver": {"nx": 16, "ny": 8}}))
     device = torch.device("cuda")
-    model = build_surrogate(surrogate_args(cfg)).to(device)
+    model = build_surrogate(model_args(cfg)).to(device)
     opt, _ = make_optimizer(model, cfg)
     buf = make_buffer(policy, capacity=64, watermark=16, x_dim=6, y_shape=(8, 16), device=device)
     for i in range(64):

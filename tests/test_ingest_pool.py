@@ -13,18 +13,17 @@ from conftest import popen_datamove
 from datamove.config import StudyConfig
 from datamove.streaming.ingest import contact_signature, streams_present
 from datamove.streaming.pool import IngestPool
-from datamove.streaming.reader import Expectation
+from datamove.streaming.contract import Expectation
+from datamove.streaming.events import Ended, Step
 
 
 def _pool(cfg: StudyConfig, *, n_workers: int, n_slots: int) -> IngestPool:
-    expect = Expectation(
-        field_shape=(cfg.solver.ny, cfg.solver.nx), param_names=cfg.ensemble.names, solver=cfg.solver_name
-    )
+    expect = Expectation.of(cfg.problem)
     return IngestPool(
         stream=cfg.stream,
         stream_dir=cfg.stream_dir,
         expect=expect,
-        n_steps=cfg.solver.n_steps,
+        n_steps=cfg.problem.n_steps,
         n_workers=n_workers,
         n_slots=n_slots,
         say=lambda msg: None,
@@ -58,14 +57,14 @@ def test_slots_are_owned_and_returned(tiny_config, tmp_path):
         seen_slots, ends = set(), []
 
         def on_event(ev):
-            if ev[0] == "step":
-                seen_slots.add(ev[4])
-                pool.release(ev[4])
-            elif ev[0] == "end":
+            if isinstance(ev, Step):
+                seen_slots.add(ev.slot)
+                pool.release([ev.slot])
+            elif isinstance(ev, Ended):
                 ends.append(ev)
 
         _until(pool, lambda: ends, 60, on_event)
-        assert ends[0][1:5] == (0, "complete", "", cfg.solver.n_steps)
+        assert ends[0][0:4] == (0, "complete", "", cfg.problem.n_steps)
         assert worker == 1 and seen_slots == {2, 3}  # worker 1 writes only its own slots
         assert pool.idle == [0, 1, 2] and not pool.busy
         assert solver.wait(timeout=60) == 0
@@ -89,21 +88,21 @@ def test_killed_ingest_worker_is_replaced_and_the_others_go_on(tiny_config, tmp_
         held, steps, ends = [], {0: 0, 1: 0}, {}
 
         def on_event(ev):
-            if ev[0] == "step":
-                steps[ev[1]] += 1
-                if ev[1] == 0:
-                    held.append(ev[4])  # member 0's slots are kept: its worker stalls on a full hand-off
+            if isinstance(ev, Step):
+                steps[ev.member] += 1
+                if ev.member == 0:
+                    held.append(ev.slot)  # member 0's slots are kept: its worker stalls on a full hand-off
                 else:
-                    pool.release(ev[4])
-            elif ev[0] == "end":
-                ends[ev[1]] = ev
+                    pool.release([ev.slot])
+            elif isinstance(ev, Ended):
+                ends[ev.member] = ev
 
         _until(pool, lambda: len(held) == pool.per_worker, 60, on_event)
         victim = pool.pids[0]
         os.kill(victim, signal.SIGKILL)
         _until(pool, lambda: 0 in ends and 1 in ends, 60, on_event)
-        assert ends[0][2:4] == ("lost", f"ingest process crashed (exit code {-signal.SIGKILL})")
-        assert ends[1][2:5] == ("complete", "", cfg.solver.n_steps)
+        assert ends[0][1:3] == ("lost", f"ingest process crashed (exit code {-signal.SIGKILL})")
+        assert ends[1][1:4] == ("complete", "", cfg.problem.n_steps)
         assert pool.pids[0] != victim and pool.idle == [0, 1]
 
         # A rerun of member 0 goes to the replacement, which gets its predecessor's slots back as
@@ -116,21 +115,21 @@ def test_killed_ingest_worker_is_replaced_and_the_others_go_on(tiny_config, tmp_
             assert time.monotonic() < deadline, "the rerun did not open its stream"
             time.sleep(0.05)
         for slot in held:
-            pool.release(slot)
+            pool.release([slot])
         steps[0], held[:] = 0, []
         del ends[0]
         pool.assign(0, worker=0)
 
         def release_all(ev):
-            if ev[0] == "step":
-                steps[ev[1]] += 1
-                pool.release(ev[4])
-            elif ev[0] == "end":
-                ends[ev[1]] = ev
+            if isinstance(ev, Step):
+                steps[ev.member] += 1
+                pool.release([ev.slot])
+            elif isinstance(ev, Ended):
+                ends[ev.member] = ev
 
         _until(pool, lambda: 0 in ends, 60, release_all)
-        assert ends[0][2:5] == ("complete", "", cfg.solver.n_steps)
-        assert steps[0] == cfg.solver.n_steps
+        assert ends[0][1:4] == ("complete", "", cfg.problem.n_steps)
+        assert steps[0] == cfg.problem.n_steps
         assert solvers[0].wait(timeout=60) == 0
     finally:
         for s in solvers:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import model_args
+
 from datamove.config import StudyConfig, validate_config
 from datamove.models import MODELS, build_network
 from datamove.training.step import (
@@ -13,7 +15,6 @@ from datamove.training.step import (
     load_surrogate,
     make_optimizer,
     save_checkpoint,
-    surrogate_args,
     train_step,
 )
 
@@ -41,20 +42,20 @@ def _study(**over):
 
 def test_surrogate_normalises_round_trip():
     cfg = _study()
-    model = build_surrogate(surrogate_args(cfg))
+    model = build_surrogate(model_args(cfg))
     x = torch.tensor([[100.0, 500.0, 300.0, 200.0, 400.0, 0.5]])
     y = model(x)
-    assert y.shape == (1, 6, 8)
+    assert y.shape == (1, 1, 6, 8)
     assert torch.allclose(model.normalise_y(y), model.forward_normalised(x), atol=1e-6)
 
 
 def test_train_step_learns_a_fixed_batch():
     torch.manual_seed(0)
     cfg = _study()
-    model = build_surrogate(surrogate_args(cfg))
+    model = build_surrogate(model_args(cfg))
     opt, _ = make_optimizer(model, cfg)
     x = torch.rand(16, 6) * 400 + 100
-    y = torch.rand(16, 6, 8) * 400 + 100
+    y = torch.rand(16, 1, 6, 8) * 400 + 100
     first = float(train_step(model, opt, x, y))
     for _ in range(200):
         last = float(train_step(model, opt, x, y))
@@ -64,7 +65,7 @@ def test_train_step_learns_a_fixed_batch():
 
 def test_checkpoint_rebuilds_the_model(tmp_path):
     cfg = _study()
-    args = surrogate_args(cfg)
+    args = model_args(cfg)
     model = build_surrogate(args)
     opt, _ = make_optimizer(model, cfg)
     save_checkpoint(tmp_path / "m.pt", model=model, optimizer=opt, model_args=args, config=cfg.raw, step=5)

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import datamove
+from conftest import datamove, read_member
 from datamove.config import StudyConfig
-from datamove.simulate import job_members, n_jobs, params_of, run_member, simulate_job
+from datamove.simulate import job_members, n_jobs, run_member, simulate_job
 from datamove.streaming.contract import join_names, stream_path
 from datamove.streaming.files import MemberFile
-from datamove.streaming.reader import read_member_file
 from datamove.streaming.writer import MemberWriter
-from datamove.training.offline import DatasetError, MemberDataset, make_loader, online_budget
+from datamove.data import DatasetError
+from datamove.data.dataset import MemberDataset, make_loader
+from datamove.training.offline import online_budget
 from datamove.training.records import METRIC_COLUMNS
 
 
@@ -33,32 +34,32 @@ def bp5_config(tiny_config, **overrides):
 def test_member_file_random_access_matches_sequential_read(tiny_config):
     _, cfg = bp5_config(tiny_config)
     path = stream_path(cfg.stream_dir, 1, "BP5")
-    info, times, fields = read_member_file(stream=cfg.stream, path=path, member=1)
-    with MemberFile(path, 1) as mf:
-        assert mf.n_steps == cfg.solver.n_steps and mf.field_shape == (cfg.solver.ny, cfg.solver.nx)
+    info, times, fields = read_member(cfg, path, 1)
+    with MemberFile(path, 1, fields=("u",)) as mf:
+        assert mf.n_steps == cfg.problem.n_steps and mf.field_shape == (cfg.problem.config.ny, cfg.problem.config.nx)
         np.testing.assert_array_equal(mf.times, times)
         np.testing.assert_array_equal(mf.info.params, info.params)
-        for step in (7, 0, cfg.solver.n_steps - 1):  # any order
+        for step in (7, 0, cfg.problem.n_steps - 1):  # any order
             np.testing.assert_array_equal(mf.read_step(step), fields[step])
         np.testing.assert_array_equal(mf.read_all(), fields)
         with pytest.raises(IndexError):
-            mf.read_step(cfg.solver.n_steps)
+            mf.read_step(cfg.problem.n_steps)
 
 
 @pytest.mark.parametrize("reader", ["memory", "file"])
 def test_dataset_indexes_member_and_step(tiny_config, reader):
     _, cfg = bp5_config(tiny_config, offline={"reader": reader})
     ds = MemberDataset.from_config(cfg)
-    n = cfg.solver.n_steps
+    n = cfg.problem.n_steps
     assert len(ds) == cfg.ensemble.n_members * n
-    _, times, fields = read_member_file(stream=cfg.stream, path=stream_path(cfg.stream_dir, 2, "BP5"), member=2)
+    _, times, fields = read_member(cfg, stream_path(cfg.stream_dir, 2, "BP5"), 2)
     x, y, i = ds[2 * n + 5]
     assert i == 2 * n + 5
     torch.testing.assert_close(y, torch.from_numpy(fields[5]))
-    params = torch.as_tensor(params_of(cfg.ensemble, 2), dtype=torch.float32)
+    params = torch.as_tensor(cfg.ensemble.params(2), dtype=torch.float32)
     torch.testing.assert_close(x, torch.cat([params, torch.tensor([times[5]], dtype=torch.float32)]))
     xb, yb, ib = ds.__getitems__([2 * n + 5, 3, n])
-    assert xb.shape == (3, 6) and yb.shape == (3, cfg.solver.ny, cfg.solver.nx) and ib.tolist() == [2 * n + 5, 3, n]
+    assert xb.shape == (3, 6) and yb.shape == (3, 1, cfg.problem.config.ny, cfg.problem.config.nx) and ib.tolist() == [2 * n + 5, 3, n]
     torch.testing.assert_close(yb[0], y)
     ds.close()
 
@@ -81,18 +82,18 @@ def test_loader_workers_shuffle_every_epoch_and_cover_the_dataset(tiny_config):
 
 def _write(cfg, member, *, names=None, solver="heat", nx=None, steps=None):
     """A member file written by hand, to break one thing at a time."""
-    ny, nx = cfg.solver.ny, nx or cfg.solver.nx
-    attrs = {"member": member, "params": params_of(cfg.ensemble, member),
+    ny, nx = cfg.problem.config.ny, nx or cfg.problem.config.nx
+    attrs = {"member": member, "params": cfg.ensemble.params(member),
              "param_names": join_names(names or cfg.ensemble.names), "solver": solver, "nx": nx, "ny": ny}
     with MemberWriter(stream=cfg.stream, stream_dir=cfg.stream_dir, member=member, attributes=attrs) as w:
-        for k in range(steps or cfg.solver.n_steps):
-            w.write_step(time=(k + 1) * cfg.solver.dt, fields={"u": np.full((ny, nx), 300.0, np.float32)})
+        for k in range(steps or cfg.problem.n_steps):
+            w.write_step(time=(k + 1) * cfg.problem.config.dt, fields={"u": np.full((ny, nx), 300.0, np.float32)})
 
 
 @pytest.mark.parametrize(
     "breakage, message",
     [
-        ({"nx": 13}, "grid ny x nx = 10 x 13 (config: solver.ny x solver.nx = 10 x 12)"),
+        ({"nx": 13}, "fields of 10 x 13 (config: 10 x 12)"),
         ({"names": ["a", "b", "c", "d", "e"]}, "param_names ['a', 'b', 'c', 'd', 'e']"),
         ({"solver": "wave"}, "solver 'wave' (config: solver.name 'heat')"),
         ({"steps": 7}, "is truncated: 7 steps, the config expects solver.n_steps = 20"),
@@ -155,7 +156,7 @@ def test_train_offline_cli(tiny_config, tmp_path):
     with open(cfg.study_dir / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == METRIC_COLUMNS  # the online trainer's columns
-    samples = cfg.ensemble.n_members * cfg.solver.n_steps
+    samples = cfg.ensemble.n_members * cfg.problem.n_steps
     assert int(rows[-1]["batch"]) == 4 * (samples // cfg.trainer.batch_size)
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
     with open(cfg.study_dir / "seen.csv") as fh:

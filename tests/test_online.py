@@ -36,8 +36,8 @@ def train_from_producers(path, tmp_path, breakages=("none", "none", "none")):
     try:
         datamove("wait-trainer", "--config", path, "--timeout", 60)
         for member, breakage in enumerate(breakages):
-            args = ["--stream-dir", cfg.stream_dir, "--member", member, "--nx", cfg.solver.nx,
-                    "--ny", cfg.solver.ny, "--steps", cfg.solver.n_steps, "--break", breakage]
+            args = ["--stream-dir", cfg.stream_dir, "--member", member, "--nx", cfg.problem.config.nx,
+                    "--ny", cfg.problem.config.ny, "--steps", cfg.problem.n_steps, "--break", breakage]
             subprocess.run([sys.executable, PRODUCER, *map(str, args)], check=True, timeout=60)
         returncode = trainer.wait(timeout=120)
     finally:
@@ -55,7 +55,7 @@ def test_external_producers_feed_datamove_train(tiny_config, tmp_path):
     assert returncode == 0, out
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     assert [ledger[m]["status"] for m in (0, 1)] == ["complete", "complete"]
-    assert [int(ledger[m]["steps_received"]) for m in (0, 1)] == [cfg.solver.n_steps] * 2
+    assert [int(ledger[m]["steps_received"]) for m in (0, 1)] == [cfg.problem.n_steps] * 2
     assert ledger[2]["status"] == "lost"
     assert "non-finite values in 'u'" in ledger[2]["reason"]
     assert "member 2 lost" in out

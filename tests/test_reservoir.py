@@ -3,6 +3,9 @@ random ones, counters, checkpoint round trip and argument errors."""
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
+
 import pytest
 import torch
 from scipy.stats import chisquare
@@ -707,3 +710,316 @@ def test_firo_batch_is_the_picked_positions_in_order(held):
     positions = buf._pick(5)
     buf._gen.set_state(state)
     assert buf.sample(5).member.tolist() == before[positions].tolist()
+
+
+# ---------------------------------------------------------------- put_many: a batch of puts
+
+
+def samples(first: int, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+    """Samples first..first+n-1 as put_id makes them (x and y hold the number, step 1000 + it), but
+    of members drawn from 0..4 (so that balanced has members to balance and ties to break)."""
+    ids = torch.arange(first, first + n)
+    x = ids[:, None].float().expand(-1, X_DIM).contiguous()
+    y = ids[:, None, None].float().expand(-1, *Y_SHAPE).contiguous()
+    members = torch.randint(5, (n,), generator=gen).tolist()
+    return x, y, members, (ids + 1000).tolist()
+
+
+def check_rows(batch: Batch) -> None:
+    """As check_consistent, for samples made by `samples` (whose member is not their number)."""
+    ids = batch.step - 1000
+    assert torch.equal(batch.x, ids[:, None].float().expand(-1, X_DIM))
+    assert torch.equal(batch.y, ids[:, None, None].float().expand(-1, *Y_SHAPE))
+
+
+def assert_same_state(a: dict, b: dict, where: str = "") -> None:
+    """Two state_dicts are identical: every tensor equal, every other value equal."""
+    assert a.keys() == b.keys(), where
+    for key in a:
+        va, vb = a[key], b[key]
+        if isinstance(va, dict):
+            assert_same_state(va, vb, f"{where}.{key}")
+        elif isinstance(va, torch.Tensor):
+            assert torch.equal(va, vb), f"{where}.{key}"
+        else:
+            assert va == vb, f"{where}.{key}: {va!r} != {vb!r}"
+
+
+def unseen_by_member(displaced: list[Displaced]) -> Counter:
+    """What a trainer's ledger derives from the Displaced: unseen displaced samples per member, reason."""
+    return Counter((d.member, d.reason) for d in displaced if d.seen == 0)
+
+
+def run_chunked(policy: str, on_full: str, seed: int, *, batched: bool) -> tuple[list, list[Displaced], int, Buffer]:
+    """A random sequence of chunks of puts and draws, the same for a given seed whatever `batched`:
+    each chunk is put with one put_many (batched) or one put per sample. Chunk sizes go from 1 to
+    past the capacity, or exactly the room left (fills a blocking buffer), never past put_capacity().
+
+    Returns the record of each step (what the chunk displaced, or the batch drawn, with the seen
+    counts and state_dict after it), every Displaced in order, how many of them had been put in
+    the same chunk, and the buffer.
+    """
+    capacity = 7
+    buf = make(policy, capacity=capacity, watermark=1, seed=seed, on_full=on_full)
+    # torch.empty storage: rows never written hold whatever was in memory; zeroed, the two runs'
+    # state_dicts compare bit for bit.
+    buf._x.zero_()
+    buf._y.zero_()
+    gen = torch.Generator().manual_seed(1000 + seed)
+    record, displaced, own, next_id = [], [], 0, 0
+    for _ in range(60):
+        room = min(buf.put_capacity(), 3 * capacity)
+        if room and torch.rand(1, generator=gen) < 0.6:
+            choice = int(torch.randint(4, (1,), generator=gen))
+            n = (1, int(torch.randint(1, room + 1, (1,), generator=gen)), room, capacity + 2)[choice]
+            x, y, members, steps = samples(next_id, min(n, room), gen)
+            if batched:
+                out = buf.put_many(x, y, member=members, step=steps)
+            else:
+                out = [buf.put(x[i], y[i], member=members[i], step=steps[i]) for i in range(len(members))]
+                out = [d for d in out if d is not None]
+            own += sum(d.step >= 1000 + next_id for d in out)
+            next_id += len(members)
+            displaced += out
+            record.append(("put", out, buf.seen_counts(), buf.state_dict()))
+        elif len(buf):
+            batch = buf.sample(int(torch.randint(1, 5, (1,), generator=gen)))
+            check_rows(batch)
+            record.append(("draw", batch, buf.seen_counts(), buf.state_dict()))
+    return record, displaced, own, buf
+
+
+MODES = [(p, m) for p in sorted(POLICIES) for m in ON_FULL]
+
+
+@pytest.mark.parametrize(("policy", "on_full"), MODES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_put_many_is_put_one_by_one(policy, on_full, seed):
+    """Chunks put with put_many and the same chunks put one by one: the same Displaced, the same
+    state (slots, ring, counters, seen counts, generator) after every step, the same batches, the
+    same per-member accounting of unseen samples, and the same draws afterwards."""
+    one, one_displaced, one_own, one_buf = run_chunked(policy, on_full, seed, batched=False)
+    many, many_displaced, many_own, many_buf = run_chunked(policy, on_full, seed, batched=True)
+    assert [r[0] for r in one] == [r[0] for r in many]
+    for k, (a, b) in enumerate(zip(one, many)):
+        if a[0] == "put":
+            assert a[1] == b[1], f"step {k}"
+        else:
+            for ta, tb in zip(a[1], b[1]):
+                assert torch.equal(ta, tb), f"step {k}"
+        assert torch.equal(a[2], b[2]), f"step {k}"
+        assert_same_state(a[3], b[3], f"step {k}")
+    assert one_displaced == many_displaced
+    assert unseen_by_member(one_displaced) == unseen_by_member(many_displaced)
+    assert one_buf.stats() == many_buf.stats()
+    for _ in range(3):  # the generators are in the same state: later draws agree
+        if len(one_buf):
+            for ta, tb in zip(one_buf.sample(2), many_buf.sample(2)):
+                assert torch.equal(ta, tb)
+    assert one_own == many_own
+    if policy in REPLACING or on_full == "drop_oldest":
+        assert many_own > 0  # chunks past the capacity: samples displaced by later ones of their chunk
+    else:
+        assert not many_displaced  # blocking: nothing is ever lost
+
+
+@pytest.mark.parametrize("policy", CONSUMING)
+def test_put_many_fills_a_blocking_buffer_exactly_and_refuses_more(policy):
+    buf = make(policy, capacity=8, watermark=1)
+    gen = torch.Generator().manual_seed(0)
+    assert buf.put_capacity() == 8
+    x, y, members, steps = samples(0, 3, gen)
+    assert buf.put_many(x, y, member=members, step=steps) == []
+    assert buf.put_capacity() == 5 and buf.can_put()
+    state = buf.state_dict()
+    x, y, members, steps = samples(3, 6, gen)
+    with pytest.raises(RuntimeError, match="put_capacity"):
+        buf.put_many(x, y, member=members, step=steps)  # 6 > 5: nothing is stored
+    assert_same_state(buf.state_dict(), state)
+    assert buf.put_many(x[:5], y[:5], member=members[:5], step=steps[:5]) == []  # exactly full
+    assert len(buf) == 8 and buf.put_capacity() == 0 and not buf.can_put()
+    with pytest.raises(RuntimeError, match="full"):
+        buf.put_many(x[5:], y[5:], member=members[5:], step=steps[5:])
+    with pytest.raises(RuntimeError, match="full"):
+        put_id(buf, 99)
+    batch = buf.sample(8)
+    check_rows(batch)
+    assert sorted(batch.step.tolist()) == list(range(1000, 1008))
+    assert buf.put_capacity() == 8
+
+
+@pytest.mark.parametrize(
+    ("policy", "on_full"), [(p, "block") for p in REPLACING] + [(p, "drop_oldest") for p in sorted(POLICIES)]
+)
+def test_put_capacity_is_unlimited_when_the_buffer_never_refuses(policy, on_full):
+    buf = make(policy, capacity=3, watermark=1, on_full=on_full)
+    x, y, members, steps = samples(0, 10, torch.Generator().manual_seed(0))
+    buf.put_many(x, y, member=members, step=steps)
+    assert len(buf) == 3 and buf.put_capacity() == sys.maxsize and buf.can_put()
+
+
+def test_put_many_past_the_capacity_reports_its_own_displaced_samples_unseen():
+    """fifo with drop_oldest, 3 held, 10 put at once into a capacity of 4: the held ones and then
+    the chunk's first 6 leave, in order, unseen; the chunk's last 4 are held, oldest first."""
+    buf = make("fifo", capacity=4, watermark=1, on_full="drop_oldest")
+    for i in range(3):
+        put_id(buf, i)
+    gen = torch.Generator().manual_seed(0)
+    x, y, members, steps = samples(3, 10, gen)
+    out = buf.put_many(x, y, member=members, step=steps)
+    assert [(d.step, d.seen, d.reason) for d in out] == [(1000 + i, 0, "dropped") for i in range(9)]
+    assert [d.member for d in out] == [0, 1, 2] + members[:6]
+    assert buf.held().step.tolist() == [1009, 1010, 1011, 1012]
+    assert torch.equal(buf.held().y[:, 0, 0], torch.tensor([9.0, 10.0, 11.0, 12.0]))
+    assert buf.stats()["n_dropped"] == 9 and buf.stats()["n_put"] == 13
+
+
+@pytest.mark.parametrize(("policy", "on_full"), MODES)
+def test_put_many_copies_each_field_once_and_only_the_ones_kept(policy, on_full, monkeypatch):
+    """One field copy per call (one index_copy_ for x, one for y), of the samples held afterwards:
+    a sample displaced by a later one of its own chunk is never copied."""
+    buf = make(policy, capacity=5, watermark=1, seed=3, on_full=on_full)
+    calls, real_copy = [], buf._copy_fields
+    monkeypatch.setattr(buf, "_copy_fields", lambda *a: (calls.append(a), real_copy(*a)))
+    ops = {"index_copy_": 0}
+    real_index_copy = torch.Tensor.index_copy_
+
+    def counting_index_copy(self, *args):
+        ops["index_copy_"] += 1
+        return real_index_copy(self, *args)
+
+    monkeypatch.setattr(torch.Tensor, "index_copy_", counting_index_copy)
+    gen = torch.Generator().manual_seed(1)
+    first = 0
+    for n in (2, 3, 4, 12, 1):  # fills, then displaces held samples and its own
+        if n > buf.put_capacity():  # a blocking buffer: make room, and put no more than it takes
+            buf.sample(len(buf))
+            n = min(n, buf.put_capacity())
+        calls.clear()
+        ops["index_copy_"] = 0
+        x, y, members, steps = samples(first, n, gen)
+        buf.put_many(x, y, member=members, step=steps)
+        first += n
+        if not calls:  # balanced turned every one away: nothing to copy
+            continue
+        assert len(calls) == 1 and ops["index_copy_"] == 2
+        _, _, slots, rows = calls[0]
+        copied = torch.arange(n) if rows is None else torch.from_numpy(rows)
+        # What was copied is exactly what this chunk left held.
+        held = buf.held()
+        mine = held.step >= 1000 + first - n
+        assert sorted((copied + first - n + 1000).tolist()) == sorted(held.step[mine].tolist())
+        assert len(set(slots.tolist())) == len(slots)
+        check_rows(held)
+
+
+def test_put_many_takes_tensors_and_checks_its_arguments():
+    buf = make("reservoir", capacity=4)
+    x, y, members, steps = samples(0, 3, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="x"):
+        buf.put_many(x[:, :-1], y, member=members, step=steps)
+    with pytest.raises(ValueError, match="x"):
+        buf.put_many(x[:2], y, member=members, step=steps)
+    with pytest.raises(ValueError, match="y"):
+        buf.put_many(x, y[:, :1], member=members, step=steps)
+    with pytest.raises(ValueError, match="step"):
+        buf.put_many(x, y, member=members, step=steps[:2])
+    with pytest.raises(ValueError, match="member"):
+        buf.put_many(x, y, member=[members], step=steps)
+    assert len(buf) == 0 and buf.stats()["n_put"] == 0
+    assert buf.put_many(x[:0], y[:0], member=[], step=[]) == []
+    buf.put_many(x.double(), y.double(), member=torch.tensor(members), step=torch.tensor(steps))
+    assert buf.held_members().tolist() == members
+    check_rows(buf.held())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("policy", "on_full"), MODES)
+def test_put_many_from_pinned_memory_into_a_gpu_buffer_is_put_on_a_cpu_buffer(policy, on_full):
+    gen = torch.Generator().manual_seed(4)
+    gpu = make_buffer(
+        policy, capacity=6, watermark=1, x_dim=X_DIM, y_shape=Y_SHAPE, seed=1, device="cuda", on_full=on_full
+    )
+    cpu = make(policy, capacity=6, watermark=1, seed=1, on_full=on_full)
+    first = 0
+    for n in (4, 2, 9, 3):
+        n = min(n, gpu.put_capacity())
+        x, y, members, steps = samples(first, n, gen)
+        first += n
+        got = gpu.put_many(x.pin_memory(), y.pin_memory(), member=members, step=steps)
+        expected = [cpu.put(x[i], y[i], member=members[i], step=steps[i]) for i in range(n)]
+        assert got == [d for d in expected if d is not None]
+        a, b = gpu.sample(3), cpu.sample(3)
+        assert torch.equal(a.x.cpu(), b.x) and torch.equal(a.y.cpu(), b.y)
+        assert torch.equal(a.member, b.member) and torch.equal(a.step, b.step)
+
+
+@pytest.mark.parametrize("policy", CONSUMING)
+def test_a_lossy_drop_swaps_the_oldest_to_the_front_and_reuses_its_slot(policy):
+    """One put into a full drop_oldest buffer: the ring entry of the earliest arrival held swaps
+    with the front entry, the head moves on one, and the new sample takes the dropped one's slot at
+    the last position (what put did before put_many; firo's draws permute the ring, so the earliest
+    arrival is often not in front)."""
+    gen = torch.Generator().manual_seed(2)
+    buf = make(policy, capacity=6, watermark=1, seed=2, on_full="drop_oldest")
+    swaps, next_id = 0, 0
+    for _ in range(200):
+        if torch.rand(1, generator=gen) < 0.35 and len(buf):
+            buf.sample(int(torch.randint(1, 3, (1,), generator=gen)))
+            continue
+        if len(buf) == buf.capacity:
+            ring, head, held = buf._ring.clone(), buf._head, buf._held_slots()
+            p = int(torch.argmin(buf._order[held]))
+            dropped = buf.held().step[p].item()
+            front, hole = head, (head + p) % buf.capacity
+            ring[front], ring[hole] = ring[hole].clone(), ring[front].clone()
+            swaps += p > 0
+            assert put_id(buf, next_id).step == dropped
+            assert torch.equal(buf._ring, ring) and buf._head == (head + 1) % buf.capacity
+            assert int(buf._held_slots()[-1]) == int(held[p]) and buf.held().step[-1] == 1000 + next_id
+        else:
+            put_id(buf, next_id)
+        next_id += 1
+    assert swaps > 0 or policy == "fifo"
+
+
+def test_reservoir_victim_is_the_generators_next_draw():
+    """Each eviction replaces the held sample at position torch.randint(len, (1,)) of the buffer's
+    generator, one draw per sample, also within a put_many (a checkpoint relies on the draws)."""
+    buf = make("reservoir", capacity=5, watermark=1, seed=9)
+    for i in range(5):
+        put_id(buf, i)
+    twin = torch.Generator()
+    twin.set_state(buf._gen.get_state())
+    expected = [int(torch.randint(5, (1,), generator=twin)) for _ in range(12)]
+    x, y, members, steps = samples(5, 12, torch.Generator().manual_seed(0))
+    buf.put_many(x, y, member=members, step=steps)
+    held = buf.held().step.tolist()
+    for position in range(5):
+        last = max((j for j, p in enumerate(expected) if p == position), default=None)
+        assert held[position] == (1000 + position if last is None else steps[last])
+    assert torch.equal(buf._gen.get_state(), twin.get_state())
+
+
+def test_balanced_counts_every_put_and_every_held_sample_per_member():
+    """Its bookkeeping after puts and put_many: puts per member, held samples per member."""
+    gen = torch.Generator().manual_seed(3)
+    buf = make("balanced", capacity=6, watermark=1, seed=3)
+    puts: Counter = Counter()
+    next_id = 0
+    for _ in range(60):
+        n = int(torch.randint(1, 9, (1,), generator=gen))
+        x, y, members, steps = samples(next_id, n, gen)
+        next_id += n
+        if n % 2:
+            buf.put_many(x, y, member=members, step=steps)
+        else:
+            for i in range(n):
+                buf.put(x[i], y[i], member=members[i], step=steps[i])
+        puts.update(members)
+        if n % 3 == 0:
+            buf.sample(2)
+        ids = buf._ids
+        assert dict(zip(ids, buf._puts_of[: len(ids)].tolist())) == puts
+        held = Counter(buf.held_members().tolist())
+        assert dict(zip(ids, buf._held_of[: len(ids)].tolist())) == {m: held.get(m, 0) for m in ids}

@@ -167,6 +167,6 @@ def test_tiny_online_study_through_slurm(slurm_partition, tiny_config, tmp_path)
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     assert len(ledger) == cfg.ensemble.n_members
     assert [r["status"] for r in ledger.values()] == ["complete"] * cfg.ensemble.n_members
-    assert sum(int(r["steps_received"]) for r in ledger.values()) == cfg.ensemble.n_members * cfg.solver.n_steps
+    assert sum(int(r["steps_received"]) for r in ledger.values()) == cfg.ensemble.n_members * cfg.problem.n_steps
     assert (cfg.study_dir / "model.pt").stat().st_size > 0
     assert not list(Path(cfg.results_dir).rglob("*.sst"))

@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, datamove, popen_datamove
+from conftest import REPO, datamove, popen_datamove, read_member
 from datamove.config import StudyConfig
-from datamove.simulate import params_of
 from datamove.solvers import HeatSolver
 from datamove.streaming.contract import ContractError, StreamError, contact_file, stream_path
-from datamove.streaming.reader import Expectation, MemberReader, Poll, read_member_file
+from datamove.streaming.contract import Expectation
+from datamove.streaming.reader import MemberReader, Poll
 
 PRODUCER = REPO / "examples" / "producer.py"
 CONSUMER = REPO / "examples" / "consumer.py"
 
 
 def _expect(cfg: StudyConfig) -> Expectation:
-    return Expectation(field_shape=(cfg.solver.ny, cfg.solver.nx), param_names=cfg.ensemble.names, solver="heat")
+    return Expectation.of(cfg.problem)
 
 
 def _read_all(reader: MemberReader, timeout_s: float = 60.0):
@@ -37,8 +37,9 @@ def _read_all(reader: MemberReader, timeout_s: float = 60.0):
         if status is Poll.NOT_READY:
             time.sleep(0.005)
             continue
-        times.append(reader.read_time())
-        fields.append(reader.read_field("u").copy())
+        out = np.empty(reader.expect.sample_shape, dtype=np.float32)
+        times.append(reader.read_step(out))
+        fields.append(out)
         reader.end_step()
     raise AssertionError("stream did not end in time")
 
@@ -54,16 +55,17 @@ def test_bp5_round_trip_matches_the_solver(tiny_config):
     cfg = StudyConfig.load(tiny_config(stream={"engine": "BP5"}))
     datamove("simulate", "--config", tiny_config(stream={"engine": "BP5"}), "--member", 1)
     path = stream_path(cfg.stream_dir, 1, "BP5")
-    info, times, fields = read_member_file(stream=cfg.stream, path=path, member=1, expect=_expect(cfg))
-    solver = HeatSolver(config=cfg.solver, params=params_of(cfg.ensemble, 1))
+    info, times, fields = read_member(cfg, path, 1)
+    fields = fields[:, 0]  # the heat problem's one field, u
+    solver = HeatSolver(config=cfg.problem.config, params=cfg.ensemble.params(1))
     expected = np.stack([u for _, _, u in solver.steps()])
     assert info.member == 1 and info.solver == "heat"
     assert info.param_names == cfg.ensemble.names
-    np.testing.assert_array_equal(info.params, params_of(cfg.ensemble, 1))
-    np.testing.assert_allclose(times, np.arange(1, cfg.solver.n_steps + 1) * cfg.solver.dt)
-    assert fields.dtype == np.float32 and fields.shape == (cfg.solver.n_steps, cfg.solver.ny, cfg.solver.nx)
+    np.testing.assert_array_equal(info.params, cfg.ensemble.params(1))
+    np.testing.assert_allclose(times, np.arange(1, cfg.problem.n_steps + 1) * cfg.problem.config.dt)
+    assert fields.dtype == np.float32 and fields.shape == (cfg.problem.n_steps, cfg.problem.config.ny, cfg.problem.config.nx)
     np.testing.assert_array_equal(fields, expected)
-    assert info.constants["nx"] == cfg.solver.nx and info.constants["dt"] == cfg.solver.dt
+    assert info.constants["nx"] == cfg.problem.config.nx and info.constants["dt"] == cfg.problem.config.dt
 
 
 def test_sst_between_two_processes(tiny_config):
@@ -77,10 +79,11 @@ def test_sst_between_two_processes(tiny_config):
         assert proc.wait(timeout=60) == 0, proc.output
     finally:
         proc.kill()
-    solver = HeatSolver(config=cfg.solver, params=params_of(cfg.ensemble, 2))
+    fields = fields[:, 0]
+    solver = HeatSolver(config=cfg.problem.config, params=cfg.ensemble.params(2))
     np.testing.assert_array_equal(fields, np.stack([u for _, _, u in solver.steps()]))
-    assert len(times) == cfg.solver.n_steps
-    np.testing.assert_array_equal(r.info.params, params_of(cfg.ensemble, 2))
+    assert len(times) == cfg.problem.n_steps
+    np.testing.assert_array_equal(r.info.params, cfg.ensemble.params(2))
     # The writer removes its contact file when it closes: nothing is left behind.
     assert not contact_file(cfg.stream_dir, 2).exists()
 
@@ -100,9 +103,9 @@ def test_external_consumer_reads_a_member_by_the_contract(tiny_config):
     finally:
         sim.kill()
     assert out.returncode == 0, out.stderr
-    assert f"{cfg.solver.n_steps} steps" in out.stdout
+    assert f"{cfg.problem.n_steps} steps" in out.stdout
     assert "attribute param_names = t_init,t_x0,t_xl,t_y0,t_yl" in out.stdout
-    assert f"u float32 [{cfg.solver.ny}, {cfg.solver.nx}]" in out.stdout
+    assert f"u float32 [{cfg.problem.config.ny}, {cfg.problem.config.nx}]" in out.stdout
 
 
 @pytest.mark.parametrize(
@@ -116,10 +119,12 @@ def test_external_consumer_reads_a_member_by_the_contract(tiny_config):
 def test_contract_violations_name_the_member(tiny_config, breakage, message):
     cfg = StudyConfig.load(tiny_config(stream={"engine": "BP5"}))
     args = ["--stream-dir", cfg.stream_dir, "--member", 4, "--engine", "BP5",
-            "--nx", cfg.solver.nx, "--ny", cfg.solver.ny, "--steps", 5, "--break", breakage]
+            "--nx", cfg.problem.config.nx, "--ny", cfg.problem.config.ny, "--steps", 5, "--break", breakage]
     subprocess.run([sys.executable, PRODUCER, *map(str, args)], check=True, timeout=60)
+    path = stream_path(cfg.stream_dir, 4, "BP5")
     with pytest.raises(ContractError, match=message) as err:
-        read_member_file(stream=cfg.stream, path=stream_path(cfg.stream_dir, 4, "BP5"), member=4, expect=_expect(cfg))
+        with MemberReader(stream=cfg.stream, stream_dir=cfg.stream_dir, member=4, expect=_expect(cfg), path=path) as r:
+            _read_all(r)
     assert "member 4 (member-000004)" in str(err.value)
 
 
@@ -128,10 +133,10 @@ def test_ingest_fast_path_checks_every_step(tiny_config):
     refused (a wrong-sized field must never be copied into a hand-off slot), naming the step."""
     cfg = StudyConfig.load(tiny_config(stream={"engine": "BP5"}))
     args = ["--stream-dir", cfg.stream_dir, "--member", 4, "--engine", "BP5",
-            "--nx", cfg.solver.nx, "--ny", cfg.solver.ny, "--steps", 5, "--break", "shape-later"]
+            "--nx", cfg.problem.config.nx, "--ny", cfg.problem.config.ny, "--steps", 5, "--break", "shape-later"]
     subprocess.run([sys.executable, PRODUCER, *map(str, args)], check=True, timeout=60)
     path = stream_path(cfg.stream_dir, 4, "BP5")
-    out = np.zeros((cfg.solver.ny, cfg.solver.nx), dtype=np.float32)
+    out = np.zeros((1, cfg.problem.config.ny, cfg.problem.config.nx), dtype=np.float32)
     times = []
     with MemberReader(stream=cfg.stream, stream_dir=cfg.stream_dir, member=4, expect=_expect(cfg), path=path) as r:
         with pytest.raises(ContractError, match=r"member 4 .*step 3: 'u' has shape \[11, 12\], expected \[10, 12\]"):
@@ -146,7 +151,7 @@ def test_missing_and_truncated_files_name_the_file(tiny_config, tmp_path):
     cfg = StudyConfig.load(tiny_config(stream={"engine": "BP5"}))
     missing = tmp_path / "member-000009.bp"
     with pytest.raises(StreamError, match="file not found.*member-000009.bp"):
-        read_member_file(stream=cfg.stream, path=missing, member=9)
+        read_member(cfg, missing, 9)
 
 
 def test_writer_without_trainer_fails_clearly(tiny_config):
@@ -178,7 +183,7 @@ def test_writer_removes_a_stale_contact_file(tiny_config):
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
-    assert len(times) == cfg.solver.n_steps
+    assert len(times) == cfg.problem.n_steps
     assert "removing stale contact file" in proc.output
 
 
@@ -191,7 +196,7 @@ def test_killed_writer_is_an_error_not_a_hang(tiny_config):
         with MemberReader(stream=cfg.stream, stream_dir=cfg.stream_dir, member=0, expect=_expect(cfg)) as r:
             while r.steps_read < 3:
                 if r.poll(timeout=0.0) is Poll.STEP:  # never a positive timeout: ADIOS2 #1862
-                    r.read_field("u")
+                    r.read_step(np.empty(r.expect.sample_shape, dtype=np.float32))
                     r.end_step()
                 else:
                     time.sleep(0.005)

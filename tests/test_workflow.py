@@ -29,10 +29,10 @@ def test_tiny_online_study(tiny_config, tmp_path):
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     assert len(ledger) == cfg.ensemble.n_members
     assert all(r["status"] == "complete" for r in ledger.values())
-    assert sum(int(r["steps_received"]) for r in ledger.values()) == cfg.ensemble.n_members * cfg.solver.n_steps
+    assert sum(int(r["steps_received"]) for r in ledger.values()) == cfg.ensemble.n_members * cfg.problem.n_steps
     with open(cfg.study_dir / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert rows and int(rows[-1]["samples_received"]) == cfg.ensemble.n_members * cfg.solver.n_steps
+    assert rows and int(rows[-1]["samples_received"]) == cfg.ensemble.n_members * cfg.problem.n_steps
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
     # Online means no dataset on disk: no .bp and no leftover contact file under results/.
     results = Path(cfg.results_dir)
@@ -115,7 +115,7 @@ def test_killed_solver_does_not_stop_the_study(tiny_config, tmp_path):
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     assert ledger[0]["status"] == "complete" and ledger[2]["status"] == "complete"
     assert ledger[1]["status"] == "lost"
-    assert 0 < int(ledger[1]["steps_received"]) < cfg.solver.n_steps
+    assert 0 < int(ledger[1]["steps_received"]) < cfg.problem.n_steps
     assert "stream error" in ledger[1]["reason"] or "ended after" in ledger[1]["reason"]
     assert (cfg.study_dir / "model.pt").exists()
     assert not list(Path(cfg.results_dir).rglob("*.sst"))
@@ -138,6 +138,6 @@ def test_killed_solver_is_rerun_without_counting_steps_twice(tiny_config, tmp_pa
     assert [r["status"] for r in ledger.values()] == ["complete"] * 3
     rerun = ledger[1]
     assert int(rerun["attempts"]) == 2
-    assert int(rerun["steps_received"]) == cfg.solver.n_steps  # each step once
-    assert 0 < int(rerun["steps_duplicate"]) < cfg.solver.n_steps  # resent by the rerun, not used
+    assert int(rerun["steps_received"]) == cfg.problem.n_steps  # each step once
+    assert 0 < int(rerun["steps_duplicate"]) < cfg.problem.n_steps  # resent by the rerun, not used
     assert "waiting for a rerun" in (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()

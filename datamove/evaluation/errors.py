@@ -3,10 +3,11 @@
 Definitions (the same for every arm):
 
 - ``mse``: mean squared error on the normalised scale, the scale of the training and validation
-  losses (temperatures divided by the span of the parameter ranges).
-- ``rel_l2``: relative L2 error in physical units, ``||prediction - truth|| / ||truth||``. Aggregates
-  over several samples pool the sums (``sqrt(sum err^2 / sum truth^2)``), so they weigh every grid
-  point alike.
+  losses (each field divided by its span, :meth:`datamove.problems.Problem.normalisation`), over
+  every field of a sample; ``mse:<field>`` the same for one field.
+- ``rel_l2``: relative L2 error in physical units, ``||prediction - truth|| / ||truth||``, over every
+  field of a sample. Aggregates over several samples pool the sums (``sqrt(sum err^2 / sum truth^2)``),
+  so they weigh every grid point alike.
 """
 
 from __future__ import annotations
@@ -19,26 +20,9 @@ import pandas as pd
 import torch
 
 from datamove.config import SamplingConfig, StudyConfig
+from datamove.data import load_members
 from datamove.models import Surrogate
-from datamove.streaming.contract import StreamError, stream_path
-from datamove.streaming.files import MemberFile
-from datamove.training.offline import DatasetError, check_member_file
-from datamove.training.step import inputs
-
-
-def load_members(cfg: StudyConfig, folder: str | Path, sampling: SamplingConfig):
-    """Yield (member, params float64 [n_params], times float64 [n_steps], u float32 [n_steps, ny, nx])
-    for every member of ``sampling`` stored with BP5 in ``folder``, checked against the config."""
-    for member in range(sampling.n_members):
-        mf = MemberFile(stream_path(folder, member, "BP5"), member)
-        if not mf.path.exists():
-            raise DatasetError(f"test member file {mf.path} not found: run `datamove make-testset --config ...`")
-        try:
-            with mf:
-                check_member_file(mf, cfg, sampling=sampling)
-                yield member, mf.info.params, mf.times, mf.read_all()
-        except StreamError as exc:
-            raise DatasetError(f"test member file {mf.path}: {exc.reason}") from exc
+from datamove.training.inputs import direct_inputs
 
 
 def map_steps(n_steps: int) -> list[int]:
@@ -61,46 +45,54 @@ def evaluate_members(
 
     Returns:
         errors: one row per (member, step): arm, member, step, time, the member's parameters (one
-            column each), mse, rel_l2, sq_err (sum of squared errors, physical), sq_truth (sum of
-            squared truth), n_points.
-        maps: one row per grid point of ``map_member`` at the steps of :func:`map_steps`: arm,
-            member, step, time, kind (truth, prediction, error = prediction - truth), iy, ix, value;
-            subsampled so that no side exceeds ``map_max_side`` points.
+            column each), mse (and mse:<field> with several fields), rel_l2, sq_err (sum of squared
+            errors, physical), sq_truth (sum of squared truth), n_points (of every field).
+        maps: one row per grid point of field ``evaluation.map_field`` (default: the first) of
+            ``map_member`` at the steps of :func:`map_steps`: arm, member, field, step, time, kind
+            (truth, prediction, error = prediction - truth), iy, ix, value; subsampled so that no side
+            exceeds ``map_max_side`` points.
     """
     folder = cfg.test_dir if folder is None else folder
     sampling = cfg.test if sampling is None else sampling
     map_member = cfg.evaluation.map_member if map_member is None else map_member
     map_max_side = cfg.evaluation.map_max_side if map_max_side is None else map_max_side
+    fields = cfg.problem.field_names
+    map_field = fields.index(cfg.evaluation.map_field) if cfg.evaluation.map_field else 0
     device = next(model.parameters()).device
     model.eval()
-    span = float(model.y_span)
+    span = model.y_span.reshape(-1).to(torch.float64)  # [n_fields]
     rows, maps = [], []
-    for member, params, times, truth_np in load_members(cfg, folder, sampling):
-        truth = torch.from_numpy(truth_np).to(device, torch.float64)  # [n_steps, ny, nx]
-        pred = model(inputs(params, times).to(device)).to(torch.float64)
+    missing = "run `datamove make-testset --config ...`"
+    for m in load_members(cfg, folder, sampling, missing=missing):
+        truth = torch.from_numpy(m.fields).to(device, torch.float64)  # [n_steps, n_fields, ny, nx]
+        pred = model(direct_inputs(m.params, m.times).to(device)).to(torch.float64)
         err = pred - truth
-        sq_err = err.square().flatten(1).sum(1)
+        sq_err_field = err.square().flatten(2).sum(2)  # [n_steps, n_fields]
+        sq_err = sq_err_field.sum(1)
         sq_truth = truth.square().flatten(1).sum(1)
         n_points = truth[0].numel()
+        mse_field = sq_err_field / (n_points / len(fields)) / span.to(device) ** 2  # normalised, per field
         frame = pd.DataFrame({
             "arm": arm,
-            "member": member,
-            "step": np.arange(1, len(times) + 1),  # 1-based, as the solver numbers its steps
-            "time": times,
-            **{name: value for name, value in zip(sampling.names, params)},
-            "mse": (sq_err / n_points / span**2).cpu().numpy(),
+            "member": m.member,
+            "step": np.arange(1, len(m.times) + 1),  # 1-based, as the solver numbers its steps
+            "time": m.times,
+            **{name: value for name, value in zip(sampling.names, m.params)},
+            "mse": mse_field.mean(1).cpu().numpy(),
+            **({f"mse:{name}": mse_field[:, i].cpu().numpy() for i, name in enumerate(fields)} if len(fields) > 1 else {}),
             "rel_l2": (sq_err / sq_truth).sqrt().cpu().numpy(),
             "sq_err": sq_err.cpu().numpy(),
             "sq_truth": sq_truth.cpu().numpy(),
             "n_points": n_points,
         })
         rows.append(frame)
-        if member == map_member:
-            maps.append(_maps(arm, member, times, truth, pred, map_max_side))
+        if m.member == map_member:
+            maps.append(_maps(arm, m.member, fields[map_field], m.times, truth[:, map_field], pred[:, map_field], map_max_side))
     return pd.concat(rows, ignore_index=True), pd.concat(maps, ignore_index=True) if maps else pd.DataFrame()
 
 
-def _maps(arm: str, member: int, times, truth: torch.Tensor, pred: torch.Tensor, max_side: int) -> pd.DataFrame:
+def _maps(arm: str, member: int, field_name: str, times, truth: torch.Tensor, pred: torch.Tensor, max_side: int) -> pd.DataFrame:
+    """Maps of one field: truth and pred [n_steps, ny, nx]."""
     ny, nx = truth.shape[1:]
     sy, sx = -(-ny // max_side), -(-nx // max_side)  # strides: at most max_side points a side
     iy, ix = np.meshgrid(np.arange(0, ny, sy), np.arange(0, nx, sx), indexing="ij")
@@ -110,7 +102,7 @@ def _maps(arm: str, member: int, times, truth: torch.Tensor, pred: torch.Tensor,
         for kind, field in fields.items():
             values = field[::sy, ::sx].cpu().numpy()
             out.append(pd.DataFrame({
-                "arm": arm, "member": member, "step": k + 1, "time": float(times[k]), "kind": kind,
+                "arm": arm, "member": member, "field": field_name, "step": k + 1, "time": float(times[k]), "kind": kind,
                 "iy": iy.ravel(), "ix": ix.ravel(), "value": values.ravel(),
             }))
     return pd.concat(out, ignore_index=True)

@@ -1,6 +1,6 @@
 """Surrogate models: a name-to-class registry, so that config says ``model: fc``.
 
-Every network maps normalised inputs [batch, in_dim] to normalised fields [batch, ny, nx];
+Every network maps normalised inputs [batch, in_dim] to normalised samples [batch, n_fields, ny, nx];
 :class:`~datamove.models.surrogate.Surrogate` adds the normalisation and is what gets trained,
 checkpointed and evaluated.
 """
@@ -15,7 +15,7 @@ from datamove.models.surrogate import Surrogate
 MODELS: dict[str, type[nn.Module]] = {"fc": FullyConnected}
 
 
-def build_network(name: str, *, in_dim: int, out_shape: tuple[int, int], **kwargs) -> nn.Module:
+def build_network(name: str, *, in_dim: int, out_shape: tuple[int, ...], **kwargs) -> nn.Module:
     try:
         cls = MODELS[name]
     except KeyError:

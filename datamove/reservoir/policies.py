@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from datamove.reservoir.base import Batch, Buffer, Displaced
+from datamove.reservoir.base import Batch, Buffer
 
 
 class ReservoirBuffer(Buffer):
@@ -22,8 +22,11 @@ class ReservoirBuffer(Buffer):
     consumes = False
     replaces = True
 
-    def _victim(self, member: int, step: int) -> int | None:
-        return int(torch.randint(len(self), (1,), generator=self._gen))
+    def _victims(self, members: np.ndarray, steps: np.ndarray, n_free: int) -> np.ndarray:
+        # One draw per sample past the free slots, all in one call: torch fills a batch element by
+        # element from the generator's stream, so the values and the generator's state after are
+        # those of one draw per put (tested against puts one by one).
+        return torch.randint(len(self), (len(members) - n_free,), generator=self._gen).numpy()
 
     def _pick(self, batch_size: int) -> torch.Tensor:
         return torch.randint(len(self), (batch_size,), generator=self._gen)
@@ -69,22 +72,13 @@ class FiroBuffer(Buffer):
 
     A draw is O(B), and apart from its random numbers, the index transfer and the field gathers it
     dispatches no torch op: the index bookkeeping (which positions, which slot ids move) runs in
-    numpy on views of the CPU ring and metadata. On a GPU the host time of a draw is mostly per-op
-    dispatch (a few us per aten op): done in torch, this bookkeeping made a draw 114 aten ops
-    (`reservoir`: 31, this one: 19) and 24 % of a train step on an H100.
+    numpy on the base's views of the CPU ring and metadata. On a GPU the host time of a draw is
+    mostly per-op dispatch (a few us per aten op): done in torch, this bookkeeping made a draw 114
+    aten ops (`reservoir`: 31, this one: 19) and 24 % of a train step on an H100.
     """
 
     name = "firo"
     consumes = True
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        # numpy views sharing memory with the CPU tensors (never reassigned: load_state_dict copies
-        # into them), so the bookkeeping below writes the buffer's own state.
-        self._ring_np = self._ring.numpy()
-        self._seen_np = self._seen.numpy()
-        self._member_np = self._member.numpy()
-        self._step_np = self._step.numpy()
 
     def _positions(self, batch_size: int) -> np.ndarray:
         """[k] int64 distinct positions in 0..len-1, k = min(batch_size, len): a uniform random
@@ -168,11 +162,12 @@ class BalancedBuffer(ReservoirBuffer):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         # Bookkeeping per member, indexed by the order in which members first appeared: O(1) per
-        # put instead of counting the held members of a [capacity] array on every put.
+        # put instead of counting the held members of a [capacity] array on every put. numpy, as
+        # the victim loop reads and writes single entries (a torch op each would cost microseconds).
         self._index: dict[int, int] = {}
         self._ids: list[int] = []
-        self._held_of = torch.zeros(16, dtype=torch.int64)
-        self._puts_of = torch.zeros(16, dtype=torch.int64)
+        self._held_of = np.zeros(16, dtype=np.int64)
+        self._puts_of = np.zeros(16, dtype=np.int64)
 
     def _member_index(self, member: int) -> int:
         i = self._index.get(member)
@@ -180,48 +175,58 @@ class BalancedBuffer(ReservoirBuffer):
             i = self._index[member] = len(self._ids)
             self._ids.append(member)
             if i == len(self._held_of):
-                self._held_of = torch.cat([self._held_of, torch.zeros_like(self._held_of)])
-                self._puts_of = torch.cat([self._puts_of, torch.zeros_like(self._puts_of)])
+                self._held_of = np.concatenate([self._held_of, np.zeros_like(self._held_of)])
+                self._puts_of = np.concatenate([self._puts_of, np.zeros_like(self._puts_of)])
         return i
 
-    def put(self, x: torch.Tensor, y: torch.Tensor, *, member: int, step: int) -> Displaced | None:
-        i = self._member_index(int(member))
-        displaced = super().put(x, y, member=member, step=step)
-        self._puts_of[i] += 1
-        if displaced is None or displaced.reason != "rejected":
-            self._held_of[i] += 1
-        if displaced is not None and displaced.reason == "evicted":
-            self._held_of[self._index[displaced.member]] -= 1
-        return displaced
+    def _victims(self, members: np.ndarray, steps: np.ndarray, n_free: int) -> np.ndarray:
+        # Members are registered up front, in the order they first come, as one put each would.
+        # The member loop below then sees members that have not yet sent a sample: they hold 0,
+        # and 0 never ties for the most held (the incoming sample's member counts at least 1).
+        index = np.array([self._member_index(m) for m in members.tolist()], dtype=np.int64)
+        held, puts, ids = self._held_of, self._puts_of, self._ids
+        np.add.at(held, index[:n_free], 1)
+        np.add.at(puts, index[:n_free], 1)
+        victims = np.empty(len(members) - n_free, dtype=np.int64)
+        if not len(victims):
+            return victims
 
-    def _victim(self, member: int, step: int) -> int | None:
-        n = len(self._ids)
-        i = self._index[int(member)]
-        after = self._held_of[:n].clone()
-        after[i] += 1  # the incoming sample counts
-        tied = (after == after.max()).nonzero().squeeze(1)
-        loser = int(tied[torch.randint(len(tied), (1,), generator=self._gen)])
-        if loser == i:
-            held, nth = int(self._held_of[i]), int(self._puts_of[i]) + 1
-            if held == 0 or int(torch.randint(nth, (1,), generator=self._gen)) >= held:
-                return None  # kept with probability held / nth
+        def draw(high: int) -> int:  # the same single draws, in the same order, as one put each
+            return int(torch.randint(high, (1,), generator=self._gen))
+
         # A replacing buffer never removes samples: its ring stays the identity from head 0, so
-        # positions are slots.
-        positions = (self._member[: self._size] == self._ids[loser]).nonzero().squeeze(1)
-        return int(positions[torch.randint(len(positions), (1,), generator=self._gen)])
+        # positions are slots. A local copy follows the replacements of this call.
+        member_at = self._member_np[: self._size].copy()
+        n_members = len(ids)
+        for j, (i, member) in enumerate(zip(index[n_free:].tolist(), members[n_free:].tolist())):
+            after = held[:n_members].copy()
+            after[i] += 1  # the incoming sample counts
+            tied = np.flatnonzero(after == after.max())
+            loser = int(tied[draw(len(tied))])
+            # The incoming sample is kept with probability held / nth when its own member loses.
+            kept = loser != i or (held[i] > 0 and draw(int(puts[i]) + 1) < held[i])
+            victims[j] = -1
+            if kept:
+                positions = np.flatnonzero(member_at == ids[loser])
+                victims[j] = positions[draw(len(positions))]
+                member_at[victims[j]] = member
+                held[loser] -= 1
+                held[i] += 1
+            puts[i] += 1
+        return victims
 
     def _policy_state(self) -> dict[str, Any]:
         # Members in first-appearance order and their put counts; held counts follow from the samples.
         n = len(self._ids)
-        return {"members": list(self._ids), "puts": self._puts_of[:n].clone()}
+        return {"members": list(self._ids), "puts": torch.from_numpy(self._puts_of[:n].copy())}
 
     def _load_policy_state(self, state: dict[str, Any]) -> None:
         self._index, self._ids = {}, []
-        self._held_of = torch.zeros(max(16, len(state["members"])), dtype=torch.int64)
-        self._puts_of = torch.zeros_like(self._held_of)
+        self._held_of = np.zeros(max(16, len(state["members"])), dtype=np.int64)
+        self._puts_of = np.zeros_like(self._held_of)
         for member in state["members"]:
             self._member_index(int(member))
         n = len(self._ids)
-        self._puts_of[:n] = state["puts"]
+        self._puts_of[:n] = torch.as_tensor(state["puts"]).numpy()
         for member, count in zip(*self.held_members().unique(return_counts=True)):
             self._held_of[self._index[int(member)]] = count

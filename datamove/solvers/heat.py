@@ -24,6 +24,8 @@ import numpy as np
 import scipy.fft
 import scipy.sparse as sp
 
+from datamove.solvers.checks import check_int
+
 N_PARAMS = 5
 
 
@@ -45,8 +47,8 @@ class HeatConfig:
     def __post_init__(self) -> None:
         # At least 3 nodes so every direction has an interior node touching neither wall.
         for name in ("nx", "ny"):
-            _check_int(name, getattr(self, name), minimum=3)
-        _check_int("n_steps", self.n_steps, minimum=1)
+            check_int("HeatConfig", name, getattr(self, name), minimum=3)
+        check_int("HeatConfig", "n_steps", self.n_steps, minimum=1)
         for name in ("lx", "ly", "diffusivity", "dt"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -67,13 +69,6 @@ class HeatConfig:
     @property
     def hy(self) -> float:
         return self.ly / (self.ny + 1)
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"HeatConfig.{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"HeatConfig.{name} must be >= {minimum}, got {value!r}")
 
 
 def _check_params(params: Sequence[float]) -> np.ndarray:

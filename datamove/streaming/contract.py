@@ -2,15 +2,18 @@
 
 One ADIOS2 stream per ensemble member, named ``member-{id:06d}`` inside the study's stream folder.
 Attributes (written before the first step): ``member`` (int), ``params`` (float64 [n_params]),
-``param_names`` (one comma-separated string), ``solver`` (string), plus the solver's constants. Each step: one variable
-per field (``u``: float32 [ny, nx]) and ``time`` (float64 scalar). See docs/stream-contract.md.
+``param_names`` (one comma-separated string), ``solver`` (string), plus the solver's constants. Each
+step: one float32 variable per field the problem declares (global shape [ny, nx]) and ``time``
+(float64 scalar). See docs/stream-contract.md.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-FIELDS: tuple[str, ...] = ("u",)
 TIME = "time"
 REQUIRED_ATTRIBUTES: tuple[str, ...] = ("member", "params", "param_names", "solver")
 
@@ -28,6 +31,31 @@ class ContractError(StreamError):
     """A stream that does not follow the contract (missing attribute, wrong shape or dtype, ...)."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Expectation:
+    """What the trainer expects of every member stream or file of a study.
+
+    Attributes:
+        fields: field name -> (ny, nx), in the order of a sample's first axis.
+        param_names: the parameters, in order.
+        solver: the ``solver`` attribute.
+    """
+
+    fields: Mapping[str, tuple[int, int]]
+    param_names: Sequence[str]
+    solver: str
+
+    @classmethod
+    def of(cls, problem) -> Expectation:
+        """The expectation of a :class:`datamove.problems.Problem`."""
+        return cls(fields=dict(problem.fields), param_names=tuple(problem.param_names), solver=problem.name)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """[n_fields, ny, nx]."""
+        return (len(self.fields), *next(iter(self.fields.values())))
+
+
 def stream_name(member: int) -> str:
     return f"member-{member:06d}"
 
@@ -41,6 +69,22 @@ def stream_path(stream_dir: str | Path, member: int, engine: str) -> Path:
 def contact_file(stream_dir: str | Path, member: int) -> Path:
     """The SST contact file that appears once the writer has opened the stream."""
     return Path(stream_dir) / f"{stream_name(member)}.sst"
+
+
+def remove_contact_files(stream_dir: str | Path, members: Iterable[int] | None = None, *, label: str = "") -> int:
+    """Remove SST contact files left by killed writers (they survive kill -9): of ``members``, or
+    every one in ``stream_dir``. A reader would otherwise try to connect to a dead writer's address.
+    Says each removal on stderr when ``label`` is given; returns how many were removed."""
+    stream_dir = Path(stream_dir)
+    stale = stream_dir.glob("*.sst") if members is None else (contact_file(stream_dir, m) for m in members)
+    removed = 0
+    for path in stale:
+        if path.exists():
+            if label:
+                print(f"[{label}] removing stale contact file {path}", file=sys.stderr, flush=True)
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def join_names(names) -> str:

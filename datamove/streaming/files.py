@@ -14,12 +14,19 @@ from typing import Any
 import adios2
 import numpy as np
 
-from datamove.streaming.contract import FIELDS, TIME, ContractError, StreamError
+from collections.abc import Sequence
+
+from datamove.streaming.contract import TIME, ContractError, StreamError
 from datamove.streaming.reader import MemberInfo, member_info
 
 
 class MemberFile:
     """One member's BP5 file, opened for random access.
+
+    Args:
+        path: the member's ``.bp`` folder.
+        member: its id (checked against the ``member`` attribute).
+        fields: the field variables to read, in the order of a sample's first axis.
 
     Attributes after :meth:`open`: ``info`` (validated attributes), ``n_steps``, ``field_shape``
     (ny, nx) and ``times`` (float64 [n_steps]).
@@ -28,9 +35,10 @@ class MemberFile:
     ContractError when it does not follow the stream contract.
     """
 
-    def __init__(self, path: str | Path, member: int):
+    def __init__(self, path: str | Path, member: int, *, fields: Sequence[str]):
         self.path = Path(path)
         self.member = member
+        self.fields = tuple(fields)
         self.info: MemberInfo | None = None
         self.n_steps = 0
         self.field_shape: tuple[int, ...] = ()
@@ -59,18 +67,29 @@ class MemberFile:
             raise StreamError(self.member, f"{self.path} is not a readable BP5 file: {exc}") from exc
         try:
             self.info = member_info(self.member, attributes, prefix=f"{self.path}: ", named_by="the file name")
-            for name in (TIME, *FIELDS):
+            for name in (TIME, *self.fields):
                 if name not in variables:
                     raise ContractError(self.member, f"{self.path} has no variable '{name}'")
-            u = variables[FIELDS[0]]
-            if u.get("Type") != "float":
-                raise ContractError(self.member, f"{self.path}: '{FIELDS[0]}' has type {u.get('Type')}, expected float")
-            self.field_shape = tuple(int(s) for s in u.get("Shape", "").replace(",", " ").split())
-            self.n_steps = int(u.get("AvailableStepsCount", 0))
+            shapes, counts = {}, {}
+            for name in self.fields:
+                var = variables[name]
+                if var.get("Type") != "float":
+                    raise ContractError(self.member, f"{self.path}: '{name}' has type {var.get('Type')}, expected float")
+                shapes[name] = tuple(int(s) for s in var.get("Shape", "").replace(",", " ").split())
+                counts[name] = int(var.get("AvailableStepsCount", 0))
+            first = self.fields[0]
+            self.field_shape, self.n_steps = shapes[first], counts[first]
             if len(self.field_shape) != 2 or self.n_steps < 1:
                 raise ContractError(
-                    self.member, f"{self.path}: '{FIELDS[0]}' has shape {list(self.field_shape)} and {self.n_steps} steps"
+                    self.member, f"{self.path}: '{first}' has shape {list(self.field_shape)} and {self.n_steps} steps"
                 )
+            for name in self.fields[1:]:
+                if shapes[name] != self.field_shape or counts[name] != self.n_steps:
+                    raise ContractError(
+                        self.member,
+                        f"{self.path}: '{name}' has shape {list(shapes[name])} and {counts[name]} steps, "
+                        f"'{first}' {list(self.field_shape)} and {self.n_steps}",
+                    )
             self.times = np.asarray(self._read(TIME, step_start=0, step_count=self.n_steps), dtype=np.float64)
             self.times = self.times.reshape(-1)
         except Exception:
@@ -79,12 +98,13 @@ class MemberFile:
         return self
 
     def read_step(self, step: int) -> np.ndarray:
-        """Field ``u`` of step ``step`` (0-based): float32 [ny, nx]."""
-        return self._read(FIELDS[0], step_start=step, step_count=1).reshape(self.field_shape)
+        """Every field of step ``step`` (0-based): float32 [n_fields, ny, nx]."""
+        return np.stack([self._read(name, step_start=step, step_count=1).reshape(self.field_shape) for name in self.fields])
 
     def read_all(self) -> np.ndarray:
-        """Every step of ``u``: float32 [n_steps, ny, nx]."""
-        return self._read(FIELDS[0], step_start=0, step_count=self.n_steps).reshape(self.n_steps, *self.field_shape)
+        """Every step of every field: float32 [n_steps, n_fields, ny, nx]."""
+        shape = (self.n_steps, *self.field_shape)
+        return np.stack([self._read(name, step_start=0, step_count=self.n_steps).reshape(shape) for name in self.fields], axis=1)
 
     def _read(self, name: str, *, step_start: int, step_count: int) -> np.ndarray:
         if self._reader is None:

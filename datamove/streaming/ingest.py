@@ -15,13 +15,7 @@ event through its pipe. Back-pressure: a worker that has no free slot waits for 
 meanwhile, so the SST queue of its writer fills and (with ``QueueFullPolicy=Block``) the solver
 waits. Nothing is dropped.
 
-Events sent to the trainer (tuples, first item the kind; in lists, several per message):
-    ("open", member, worker)                       the reader connected
-    ("info", member, params)                       attributes checked; params float64 [n_params]
-    ("step", member, step, time, slot)             field u in shared-memory slot ``slot``
-    ("end", member, status, reason, steps, worker) status "complete" or "lost"; the worker is idle
-    ("fatal", worker, traceback)                   a bug, not a stream failure
-    ("done", worker)                               the worker leaves its loop and exits
+Events sent to the trainer: :mod:`datamove.streaming.events` (in lists, several per message).
 Messages from the trainer: ("member", m), ("slot", s) (a slot free again), None (stop).
 """
 
@@ -40,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from datamove.config import StreamConfig
-from datamove.streaming.contract import StreamError, contact_file, stream_path
-from datamove.streaming.reader import Expectation, MemberReader, Poll
+from datamove.streaming.contract import ContractError, Expectation, StreamError, contact_file, stream_path
+from datamove.streaming.events import Done, Ended, Fatal, Info, Opened, Step
+from datamove.streaming.reader import MemberReader, Poll
 
 # A contact file can be seen before the writer is ready for readers: failed opens are retried for
 # this long before the member counts as lost.
@@ -68,9 +63,9 @@ class IngestSpec:
     nice: int = 0  # added to the worker's niceness: training keeps the CPU it needs
 
 
-def slot_array(shm: shared_memory.SharedMemory, n_slots: int, field_shape) -> np.ndarray:
-    """A float32 view [n_slots, ny, nx] of the hand-off memory."""
-    return np.ndarray((n_slots, *field_shape), dtype=np.float32, buffer=shm.buf)
+def slot_array(shm: shared_memory.SharedMemory, n_slots: int, sample_shape) -> np.ndarray:
+    """A float32 view [n_slots, n_fields, ny, nx] of the hand-off memory."""
+    return np.ndarray((n_slots, *sample_shape), dtype=np.float32, buffer=shm.buf)
 
 
 def streams_present(stream: StreamConfig, stream_dir: str | Path, members) -> list[int]:
@@ -174,27 +169,26 @@ def run_ingest(spec: IngestSpec, conn) -> None:
     inbox = _Inbox(conn, spec.free_slots)
     shm = shared_memory.SharedMemory(name=spec.shm_name)
     try:
-        slots = slot_array(shm, spec.n_slots, spec.expect.field_shape)
+        slots = slot_array(shm, spec.n_slots, spec.expect.sample_shape)
         while not inbox.stop:
             if not inbox.members:
                 inbox.pump(POLL_S)
                 continue
             member = inbox.members.popleft()
-            status, reason, steps = _read_member(spec, member, slots, inbox)
-            inbox.post(("end", member, status, reason, steps, spec.worker))
+            inbox.post(_read_member(spec, member, slots, inbox))
             inbox.flush()
         del slots
     except Exception:
-        inbox.post(("fatal", spec.worker, traceback.format_exc()))
+        inbox.post(Fatal(spec.worker, traceback.format_exc()))
     finally:
         shm.close()
-        inbox.post(("done", spec.worker))
+        inbox.post(Done(spec.worker))
         inbox.flush()
         conn.close()
 
 
-def _read_member(spec: IngestSpec, member: int, slots, inbox: _Inbox) -> tuple[str, str, int]:
-    """Read one member to its end. Returns (status, reason, steps read)."""
+def _read_member(spec: IngestSpec, member: int, slots, inbox: _Inbox) -> Ended:
+    """Read one member to its end; how it ended."""
     reader = MemberReader(stream=spec.stream, stream_dir=spec.stream_dir, member=member, expect=spec.expect)
     give_up = time.monotonic() + OPEN_RETRY_S
     while True:
@@ -203,9 +197,9 @@ def _read_member(spec: IngestSpec, member: int, slots, inbox: _Inbox) -> tuple[s
             break
         except StreamError as exc:
             if time.monotonic() > give_up or inbox.stop:
-                return "lost", exc.reason, 0
+                return Ended(member, "lost", exc.reason, 0, spec.worker)
             inbox.pump(0.2)
-    inbox.post(("open", member, spec.worker))
+    inbox.post(Opened(member, spec.worker))
     try:
         while not inbox.stop:
             # A free slot first, then wait in ADIOS2 for the step, blocking: a blocked reader wakes
@@ -228,21 +222,25 @@ def _read_member(spec: IngestSpec, member: int, slots, inbox: _Inbox) -> tuple[s
                     continue
                 n = reader.steps_read
                 if n == spec.n_steps:
-                    return "complete", "", n
-                return "lost", f"stream ended after {n} of {spec.n_steps} steps", n
+                    return Ended(member, "complete", "", n, spec.worker)
+                return Ended(member, "lost", f"stream ended after {n} of {spec.n_steps} steps", n, spec.worker)
             if reader.steps_read == 0:
-                inbox.post(("info", member, reader.info.params))
+                inbox.post(Info(member, reader.info.params))
             t = reader.read_step(slots[slot])
             # One float64 sum instead of isfinite().all(): NaN and inf propagate into it, float32
             # values cannot overflow it, and it allocates nothing.
             if not math.isfinite(slots[slot].sum(dtype=np.float64)):
                 inbox.free.append(slot)
-                raise StreamError(member, f"step {reader.steps_read + 1}: non-finite values in 'u'")
+                bad = [name for name, f in zip(spec.expect.fields, slots[slot]) if not np.isfinite(f).all()]
+                raise StreamError(member, f"step {reader.steps_read + 1}: non-finite values in {', '.join(map(repr, bad))}")
             reader.end_step()
-            inbox.post(("step", member, reader.steps_read, t, slot))
+            inbox.post(Step(member, reader.steps_read, t, slot))
             inbox.pump(0.0)  # returned slots, and a stop
-        return "lost", "trainer stopped reading", reader.steps_read
+        return Ended(member, "lost", "trainer stopped reading", reader.steps_read, spec.worker)
+    except ContractError as exc:
+        # The solver writes something else than the config declares: a rerun would do the same.
+        return Ended(member, "lost", exc.reason, reader.steps_read, spec.worker, final=True)
     except StreamError as exc:
-        return "lost", exc.reason, reader.steps_read
+        return Ended(member, "lost", exc.reason, reader.steps_read, spec.worker)
     finally:
         reader.close()

@@ -2,7 +2,7 @@
 
 Each worker has one duplex pipe to the trainer and nothing else in common with the other workers:
     trainer -> worker   ("member", m): read member m;  ("slot", s): slot s is free again;  None: stop
-    worker -> trainer   lists of the events of :mod:`datamove.streaming.ingest` ("open", "step", ...)
+    worker -> trainer   lists of the events of :mod:`datamove.streaming.events` (Opened, Step, ...)
 
 Why pipes and not ``multiprocessing.Queue``: a Queue sends from a feeder thread, and a worker that
 waits in ADIOS2 holds the GIL, so its step events left in bursts, late (measured: one worker spent
@@ -12,9 +12,9 @@ writes from the calling thread. And a shared Queue has a lock: a worker killed w
 only its own pipe, which the trainer sees at once (end of file).
 
 A worker waits for each step inside ADIOS2 (blocking: see ingest.py), so it cannot time out a
-writer that stays silent; the pool does: a worker reading a member that has sent nothing for
-``stream.member_timeout_s`` while it had a free slot is killed and replaced, and its member ends as
-lost with that reason.
+writer that stays silent; the pool can (:meth:`IngestPool.stop_silent`, called by the member feed):
+a worker reading a member that has sent nothing for that long while it had a free slot is killed and
+replaced, and its member ends as lost with that reason.
 
 Slots are owned: worker ``w`` writes only slots ``w*k .. w*k+k-1`` (``k = n_slots // n_workers``)
 and the trainer returns each slot to its owner. A replacement for a dead worker starts with its
@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from datamove.config import StreamConfig
+from datamove.streaming.contract import Expectation
+from datamove.streaming.events import Done, Ended, Event, Step
 from datamove.streaming.ingest import IngestSpec, run_ingest, slot_array
-from datamove.streaming.reader import Expectation
 
 # At most this many events per poll(), so that a flood of steps cannot starve training.
 MAX_EVENTS = 1024
@@ -55,9 +56,10 @@ class _Worker:
 class IngestPool:
     """``n_workers`` ingest processes reading member streams into ``n_slots`` shared-memory slots.
 
-    Use: ``start()``; ``assign(member)`` to an ``idle`` worker; ``poll()`` for events (each "step"
-    names a slot of ``slots``, float32 [n_slots, ny, nx], to copy and then ``release``); ``finish()``
-    once every member has ended; ``close()`` always.
+    Use: ``start()``; ``assign(member)`` to an ``idle`` worker; ``poll()`` for events (each
+    :class:`Step` names a slot of ``slots``, float32 [n_slots, n_fields, ny, nx], to copy and then
+    ``release``); ``stop_silent(limit)`` now and then; ``finish()`` once every member has ended;
+    ``close()`` always.
     """
 
     def __init__(
@@ -91,16 +93,15 @@ class IngestPool:
         # multiprocessing.connection.wait() builds a selector on every call.
         self._poller = select.poll()
         self._fd_worker: dict[int, int] = {}
-        self._next_stall_check = 0.0
         self.shm: shared_memory.SharedMemory | None = None
         self.slots: np.ndarray | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
 
     def start(self) -> IngestPool:
-        ny, nx = self.expect.field_shape
-        self.shm = shared_memory.SharedMemory(create=True, size=self.n_slots * ny * nx * 4)
-        self.slots = slot_array(self.shm, self.n_slots, (ny, nx))
+        shape = self.expect.sample_shape
+        self.shm = shared_memory.SharedMemory(create=True, size=self.n_slots * int(np.prod(shape)) * 4)
+        self.slots = slot_array(self.shm, self.n_slots, shape)
         self.workers = [self._spawn(w) for w in range(self.n_workers)]
         return self
 
@@ -151,13 +152,15 @@ class IngestPool:
         self._send(w, ("member", member))
         return w
 
-    def release(self, slot: int) -> None:
-        """The trainer has copied ``slot``: back to the worker that owns it."""
-        owner = slot // self.per_worker
-        if len(self.held[owner]) == self.per_worker:
-            self.workers[owner].progress = time.monotonic()  # it waited for us, not for its stream
-        self.held[owner].discard(slot)
-        self._send(owner, ("slot", slot))
+    def release(self, slots) -> None:
+        """The trainer has copied ``slots`` (an iterable of slot ids): back to the workers that own them."""
+        now = time.monotonic()
+        for slot in slots:
+            owner = slot // self.per_worker
+            if len(self.held[owner]) == self.per_worker:
+                self.workers[owner].progress = now  # it waited for us, not for its stream
+            self.held[owner].discard(slot)
+            self._send(owner, ("slot", slot))
 
     def finish(self) -> None:
         """Every member has ended: the workers may exit."""
@@ -185,13 +188,13 @@ class IngestPool:
 
     # -- messages ---------------------------------------------------------------------------------
 
-    def poll(self, timeout: float = 0.0) -> list[tuple]:
+    def poll(self, timeout: float = 0.0) -> list[Event]:
         """Events that have arrived, waiting up to ``timeout`` s for the first (about MAX_EVENTS at most).
 
-        A worker that died (no "done" before its pipe closed) is replaced, and its member, if it had
-        one, ends as lost: ("end", member, "lost", "ingest process crashed ...", 0, worker).
+        A worker that died (no Done before its pipe closed) is replaced, and its member, if it had
+        one, ends as lost: ``Ended(member, "lost", "ingest process crashed ...", 0, worker)``.
         """
-        events: list[tuple] = []
+        events: list[Event] = []
         ready = self._poller.poll(timeout * 1000)
         while ready and len(events) < MAX_EVENTS:
             for fd, _mask in ready:  # one message per ready worker and round: none starves
@@ -207,15 +210,11 @@ class IngestPool:
                     self._note(w, ev)
                 events.extend(batch)
             ready = self._poller.poll(0)
-        if time.monotonic() >= self._next_stall_check:
-            self._next_stall_check = time.monotonic() + 0.5
-            self._stop_silent_streams()
         return events
 
-    def _stop_silent_streams(self) -> None:
-        """Kill workers whose member has sent nothing for stream.member_timeout_s although they had a
-        free slot; poll() then sees their end of file and ends the member as lost."""
-        limit = self.stream.member_timeout_s
+    def stop_silent(self, limit: float) -> None:
+        """Kill workers whose member has sent nothing for ``limit`` s although they had a free slot;
+        poll() then sees their end of file and ends the member as lost."""
         now = time.monotonic()
         for w, wk in enumerate(self.workers):
             if wk.member is None or wk.stopped_why or len(self.held[w]) == self.per_worker:
@@ -224,17 +223,16 @@ class IngestPool:
                 wk.stopped_why = f"no step for {limit:g} s (stream.member_timeout_s)"
                 wk.proc.kill()
 
-    def _note(self, w: int, ev: tuple) -> None:
-        kind = ev[0]
+    def _note(self, w: int, ev: Event) -> None:
         self.workers[w].progress = time.monotonic()
-        if kind == "step":
-            self.held[w].add(ev[4])
-        elif kind == "end":
+        if isinstance(ev, Step):
+            self.held[w].add(ev.slot)
+        elif isinstance(ev, Ended):
             self.workers[w].member = None
-        elif kind == "done":
+        elif isinstance(ev, Done):
             self.workers[w].exited = True
 
-    def _lost_worker(self, w: int) -> list[tuple]:
+    def _lost_worker(self, w: int) -> list[Event]:
         old = self.workers[w]
         self._unregister(old.conn)
         old.conn.close()
@@ -251,7 +249,7 @@ class IngestPool:
         self.workers[w] = self._spawn(w)
         if old.member is None:
             return []
-        return [("end", old.member, "lost", reason, 0, w)]
+        return [Ended(old.member, "lost", reason, 0, w)]
 
     def _unregister(self, conn: Connection) -> None:
         if not conn.closed and self._fd_worker.pop(conn.fileno(), None) is not None:

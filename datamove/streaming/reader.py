@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,10 @@ import numpy as np
 from datamove.config import StreamConfig
 from datamove.streaming.adios import make_io
 from datamove.streaming.contract import (
-    FIELDS,
     REQUIRED_ATTRIBUTES,
     TIME,
     ContractError,
+    Expectation,
     StreamError,
     stream_path,
 )
@@ -30,15 +30,6 @@ class Poll(enum.Enum):
     STEP = "step"  # a step is open: read it, then call end_step()
     NOT_READY = "not_ready"  # nothing yet (timeout)
     END = "end"  # the writer closed the stream
-
-
-@dataclass(frozen=True, kw_only=True)
-class Expectation:
-    """What the trainer expects of every member stream (checked at the first step)."""
-
-    field_shape: tuple[int, int]
-    param_names: Sequence[str]
-    solver: str
 
 
 @dataclass(frozen=True)
@@ -65,7 +56,7 @@ class MemberReader:
         stream: StreamConfig,
         stream_dir: str | Path,
         member: int,
-        expect: Expectation | None = None,
+        expect: Expectation,
         path: str | Path | None = None,
     ):
         self.stream = stream
@@ -119,40 +110,31 @@ class MemberReader:
             f"stream error after {self.steps_read} steps (the writer died or the connection broke)",
         )
 
-    def read_time(self) -> float:
-        return float(np.asarray(self._stream.read(TIME)).reshape(-1)[0])
-
-    def read_field(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
-        """Read a field of the open step, into ``out`` (float32 [ny, nx]) when given."""
-        var = self._stream.inquire_variable(name)
-        if var is None:
-            raise ContractError(self.member, f"step {self.steps_read + 1} has no variable '{name}'")
-        try:
-            if out is None:
-                return self._stream.read(var)
-            self._stream.read_in_buffer(var, out)
-            return out
-        except Exception as exc:
-            raise StreamError(self.member, f"reading '{name}' failed: {exc}") from exc
-
     def read_step(self, out: np.ndarray) -> float:
-        """Read the open step's time and field ``u`` (into ``out``, float32 [ny, nx]); returns the time.
+        """Read the open step's time and every expected field, field i into ``out[i]``
+        (float32 [n_fields, ny, nx]); returns the time.
 
-        Both gets are deferred and performed together: one exchange with the writer per step instead
-        of two, and none of the Python wrappers' per-call work (together ~20 us of CPU per step of
-        the ingest's ~130). The field's shape is checked here, on every step.
+        All gets are deferred and performed together: one exchange with the writer per step instead
+        of one per variable, and none of the Python wrappers' per-call work (together ~20 us of CPU
+        per step of the ingest's ~130). Each field's presence and shape are checked here, on every step.
         """
         io, engine = self._stream.io, self._stream.engine
         step = self.steps_read + 1
-        u = io.inquire_variable(FIELDS[0])
         t = io.inquire_variable(TIME)
-        if u is None or t is None:
-            raise ContractError(self.member, f"step {step} has no variable '{TIME if t is None else FIELDS[0]}'")
-        shape = tuple(u.shape())
-        if shape != out.shape:
-            raise ContractError(self.member, f"step {step}: '{FIELDS[0]}' has shape {list(shape)}, expected {list(out.shape)}")
+        if t is None:
+            raise ContractError(self.member, f"step {step} has no variable '{TIME}'")
+        variables = []
+        for i, (name, shape) in enumerate(self.expect.fields.items()):
+            var = io.inquire_variable(name)
+            if var is None:
+                raise ContractError(self.member, f"step {step} has no variable '{name}'")
+            found = tuple(var.shape())
+            if found != tuple(shape):
+                raise ContractError(self.member, f"step {step}: '{name}' has shape {list(found)}, expected {list(shape)}")
+            variables.append((var, out[i]))
         try:
-            engine.impl.Get(u.impl, out, _Mode.Deferred)
+            for var, into in variables:
+                engine.impl.Get(var.impl, into, _Mode.Deferred)
             engine.impl.Get(t.impl, self._time, _Mode.Deferred)
             engine.impl.PerformGets()
         except Exception as exc:
@@ -188,13 +170,12 @@ class MemberReader:
         info = member_info(self.member, attributes, prefix="", named_by="the stream name")
         if not np.all(np.isfinite(info.params)):
             raise ContractError(self.member, f"non-finite params {info.params.tolist()}")
-        if self.expect is not None:
-            if tuple(info.param_names) != tuple(self.expect.param_names):
-                raise ContractError(
-                    self.member, f"param_names {list(info.param_names)} != expected {list(self.expect.param_names)}"
-                )
-            if info.solver != self.expect.solver:
-                raise ContractError(self.member, f"solver '{info.solver}' != expected '{self.expect.solver}'")
+        if tuple(info.param_names) != tuple(self.expect.param_names):
+            raise ContractError(
+                self.member, f"param_names {list(info.param_names)} != expected {list(self.expect.param_names)}"
+            )
+        if info.solver != self.expect.solver:
+            raise ContractError(self.member, f"solver '{info.solver}' != expected '{self.expect.solver}'")
         return info
 
     def _check_step(self) -> None:
@@ -202,19 +183,17 @@ class MemberReader:
         step = self.steps_read + 1
         if TIME not in variables:
             raise ContractError(self.member, f"step {step} has no variable '{TIME}'")
-        for name in FIELDS:
+        for name, expected in self.expect.fields.items():
             if name not in variables:
-                raise ContractError(self.member, f"step {step} has no variable '{name}'")
+                raise ContractError(self.member, f"step {step} has no variable '{name}' (fields: {', '.join(self.expect.fields)})")
             var = variables[name]
             if var.get("Type") != "float":
                 raise ContractError(self.member, f"step {step}: '{name}' has type {var.get('Type')}, expected float (float32)")
-            if self.expect is not None:
-                shape = tuple(int(s) for s in var.get("Shape", "").replace(",", " ").split())
-                if shape != tuple(self.expect.field_shape):
-                    raise ContractError(
-                        self.member,
-                        f"step {step}: '{name}' has shape {list(shape)}, expected {list(self.expect.field_shape)}",
-                    )
+            shape = tuple(int(s) for s in var.get("Shape", "").replace(",", " ").split())
+            if shape != tuple(expected):
+                raise ContractError(
+                    self.member, f"step {step}: '{name}' has shape {list(shape)}, expected {list(expected)}"
+                )
 
 
 def member_info(member: int, attributes: Mapping[str, Any], *, prefix: str, named_by: str) -> MemberInfo:
@@ -245,27 +224,3 @@ def member_info(member: int, attributes: Mapping[str, Any], *, prefix: str, name
             value = np.asarray(value).reshape(-1)[0].item()
         constants[name] = value
     return MemberInfo(member=member, params=params, param_names=names, solver=solver, constants=constants)
-
-
-def read_member_file(
-    *, stream: StreamConfig, path: str | Path, member: int, expect: Expectation | None = None
-) -> tuple[MemberInfo, np.ndarray, np.ndarray]:
-    """Read a whole member written with BP5: (info, times float64 [n_steps], u float32 [n_steps, ny, nx])."""
-    path = Path(path)
-    if not path.exists():
-        raise StreamError(member, f"file not found: {path}")
-    reader = MemberReader(stream=stream, stream_dir=path.parent, member=member, expect=expect, path=path)
-    times, fields = [], []
-    with reader:
-        while True:
-            status = reader.poll(timeout=-1.0)
-            if status is Poll.END:
-                break
-            if status is Poll.NOT_READY:  # a file being written, or truncated
-                raise StreamError(member, f"{path}: no further step readable after {reader.steps_read}")
-            times.append(reader.read_time())
-            fields.append(np.array(reader.read_field("u"), dtype=np.float32, copy=True))
-            reader.end_step()
-    if not fields:
-        raise StreamError(member, f"{path} holds no step")
-    return reader.info, np.asarray(times), np.stack(fields)

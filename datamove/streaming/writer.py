@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 
 from datamove.config import StreamConfig
 from datamove.streaming.adios import disable_nagle, make_io
-from datamove.streaming.contract import TIME, StreamError, contact_file, stream_name, stream_path
+from datamove.streaming.contract import TIME, StreamError, remove_contact_files, stream_name, stream_path
 from datamove.streaming.watchdog import Watchdog
 
 
@@ -49,12 +48,7 @@ class MemberWriter:
         self.stream_dir.mkdir(parents=True, exist_ok=True)
         engine = self.stream.engine.upper()
         if engine == "SST":
-            stale = contact_file(self.stream_dir, self.member)
-            if stale.exists():
-                # Left by a writer killed with kill -9 (a retry of this member): a reader would
-                # otherwise try to connect to the dead writer's address.
-                print(f"[simulate] removing stale contact file {stale}", file=sys.stderr)
-                stale.unlink(missing_ok=True)
+            remove_contact_files(self.stream_dir, [self.member], label="simulate")  # a killed retry's
         _, io = make_io(self.stream)
         path = stream_path(self.stream_dir, self.member, engine)
         if self.watchdog is not None:
@@ -78,7 +72,7 @@ class MemberWriter:
         return self
 
     def write_step(self, *, time: float, fields: Mapping[str, np.ndarray]) -> None:
-        """Write one step: ``time`` and each field (float32 [ny, nx]); published at end_step."""
+        """Write one step: ``time`` and each field by name (float32 [ny, nx]); published at end_step."""
         if self._stream is None:
             raise StreamError(self.member, "write_step before open")
         try:

@@ -147,22 +147,39 @@ METRIC_COLUMNS = (
 
 
 class MetricsLog:
-    """metrics.csv, one row every ``log_every`` batches, flushed as it goes (readable mid-study)."""
+    """metrics.csv, one row every ``log_every`` batches, flushed as it goes (readable mid-study).
 
-    def __init__(self, path: str | Path, *, rows: list[dict] | None = None):
+    ``path`` None keeps the rows in memory only (the other ranks of a data-parallel run).
+    """
+
+    def __init__(self, path: str | Path | None, *, rows: list[dict] | None = None):
         """``rows``: those of a resumed run (from its checkpoint), written first."""
-        self.path = Path(path)
-        self._fh = self.path.open("w", newline="")
-        self._writer = csv.DictWriter(self._fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        self._writer.writeheader()
-        self.rows: list[dict] = []
-        for row in rows or []:
-            self.log(row)
+        self.path = None if path is None else Path(path)
+        self._fh = None if path is None else self.path.open("w", newline="")
+        self._writer = None if path is None else csv.DictWriter(self._fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        self.rows: list[dict] = list(rows or [])
+        self._write_all()
+
+    def _write_all(self) -> None:
+        if self._fh is not None:
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._writer.writeheader()
+            self._writer.writerows(self.rows)
+            self._fh.flush()
 
     def log(self, row: dict) -> None:
-        self._writer.writerow(row)
-        self._fh.flush()
         self.rows.append(row)
+        if self._fh is not None:
+            self._writer.writerow(row)
+            self._fh.flush()
+
+    def replace_last(self, row: dict) -> None:
+        """Rewrite the last row (the final one, when no batch came after it): the file is written
+        again whole, once, at the end of training."""
+        self.rows[-1] = row
+        self._write_all()
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from datamove.config import StudyConfig
 from datamove.models import Surrogate, build_network
+from datamove.problems import Normalisation
 
 
 def pick_device(name: str) -> torch.device:
@@ -23,19 +24,20 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def surrogate_args(cfg: StudyConfig) -> dict[str, Any]:
-    """Everything needed to rebuild the model (saved in checkpoints)."""
-    lows = [lo for lo, _ in cfg.ensemble.ranges]
-    highs = [hi for _, hi in cfg.ensemble.ranges]
+def surrogate_args(cfg: StudyConfig, norm: Normalisation) -> dict[str, Any]:
+    """Everything needed to rebuild the model (saved in checkpoints): its name and arguments, the
+    shapes, and the problem's normalisation ``norm`` (from the held-out members, see
+    :meth:`datamove.problems.Problem.normalisation`)."""
     return {
         "model": cfg.trainer.model,
         "model_args": dict(cfg.trainer.model_args),
-        "in_dim": len(lows) + 1,
-        "out_shape": [cfg.solver.ny, cfg.solver.nx],
-        "x_low": [*lows, 0.0],
-        "x_high": [*highs, cfg.solver.n_steps * cfg.solver.dt],
-        "y_low": min(lows),
-        "y_high": max(highs),
+        "in_dim": cfg.problem.n_inputs,
+        "out_shape": list(cfg.problem.sample_shape),
+        "fields": list(cfg.problem.field_names),
+        "x_low": list(norm.x_low),
+        "x_high": list(norm.x_high),
+        "y_low": list(norm.y_low),
+        "y_high": list(norm.y_high),
     }
 
 
@@ -65,7 +67,7 @@ def train_step(
     *,
     sync_gradients=None,
 ) -> torch.Tensor:
-    """One optimisation step on a batch; x [B, in_dim], y [B, ny, nx] raw (on the model's device).
+    """One optimisation step on a batch; x [B, in_dim], y [B, n_fields, ny, nx] raw (on the model's device).
 
     ``sync_gradients(model)``, under data-parallel training, averages the gradients across ranks
     between backward and the optimizer step.
@@ -85,7 +87,7 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(model: Surrogate, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> float:
-    """Normalised MSE over a whole set; x [N, in_dim], y [N, ny, nx] raw."""
+    """Normalised MSE over a whole set; x [N, in_dim], y [N, n_fields, ny, nx] raw."""
     model.eval()
     total, n = 0.0, 0
     for i in range(0, x.shape[0], batch_size):
@@ -130,10 +132,3 @@ def load_surrogate(path: str | Path, *, device: str | torch.device = "cpu") -> t
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, ckpt
-
-
-def inputs(params: Sequence[float], times: Sequence[float] | torch.Tensor) -> torch.Tensor:
-    """Model inputs [n, n_params + 1] for one member's params and n times."""
-    t = torch.as_tensor(times, dtype=torch.float32).reshape(-1, 1)
-    p = torch.as_tensor(params, dtype=torch.float32).reshape(1, -1).expand(t.shape[0], -1)
-    return torch.cat([p, t], dim=1)

@@ -1,0 +1,268 @@
+"""The member feed: everything between the solvers' streams and the trainer's buffer, with one owner.
+
+    feed = MemberFeed(cfg=cfg, members=mine, ledger=ledger, say=say).start()
+    while ...:
+        feed.poll(timeout)        # events from the ingest workers, dispatch, timeouts, launcher notes
+        feed.intake(buffer)       # the steps that arrived since the last call, into the buffer at once
+        if feed.ended: ...        # every member complete or lost, nothing left to put
+    feed.close()
+
+It dispatches a member to an idle ingest worker once its stream appears (never a dead writer's
+contact file), counts every step in the ledger once (a rerun's duplicates are counted and dropped),
+retries a lost member (``ensemble.retries``: the workflow reruns its solver), times out members with
+one ``stream.member_timeout_s`` (a silent stream's worker is stopped; members that never connect are
+lost), and reads the notes a failed solver launch leaves (``members/member-K.failed.json``, see
+:mod:`datamove.simulate`) so that the ledger names why, and does not wait for a rerun that will not
+come.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datamove.config import StudyConfig
+from datamove.streaming.contract import Expectation, remove_contact_files
+from datamove.streaming.events import Done, Ended, Event, Fatal, Info, Opened, Step
+from datamove.streaming.ingest import contact_signature, streams_present
+from datamove.streaming.pool import IngestPool
+
+SCAN_S = 0.02  # between two scans of the stream folder for new contact files
+NOTES_S = 0.5  # between two scans of the launcher's failure notes
+
+
+class IngestFailed(RuntimeError):
+    """An ingest worker hit a bug (not a stream failure): the trainer must stop."""
+
+
+class MemberFeed:
+    """Reads this trainer's share of the ensemble's streams (see the module docstring).
+
+    Args:
+        cfg: the study.
+        members: the members this trainer reads (its share under data-parallel training).
+        ledger: the per-member accounting (a :class:`datamove.training.records.Ledger`), restored
+            from a checkpoint when resuming; the feed updates it.
+        params: member -> float32 [n_params] of members whose attributes already arrived (resume).
+        clean: remove stale contact files first (one rank does).
+        say: progress lines.
+    """
+
+    def __init__(
+        self,
+        *,
+        cfg: StudyConfig,
+        members: Sequence[int],
+        ledger,
+        params: dict[int, np.ndarray] | None = None,
+        clean: bool = True,
+        say: Callable[[str], None] = print,
+    ):
+        self.cfg, self.ledger, self.say = cfg, ledger, say
+        self.members = list(members)
+        self.params: dict[int, np.ndarray] = dict(params or {})
+        self.clean = clean
+        self.unassigned: list[int] = ledger.unfinished()  # members not handed to an ingest worker
+        self.waiting: deque[Step] = deque()  # steps received, not yet in the buffer
+        self.n_workers = max(1, min(cfg.trainer.ingest_workers, len(self.unassigned)))
+        self.pool: IngestPool | None = None
+        self._dead_contact: dict[int, tuple[int, int]] = {}  # member -> its dead writer's contact file
+        self._notes_seen: dict[int, int] = {}  # member -> attempt of the last launcher note applied
+        self._next_scan = self._next_notes = 0.0
+        self._last_activity = time.monotonic()
+        self._finished = not self.unassigned
+        self.completed = 0  # members completed since the caller last reset it (checkpoint trigger)
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def start(self) -> MemberFeed:
+        if self.clean:
+            self.cfg.stream_dir.mkdir(parents=True, exist_ok=True)
+            remove_contact_files(self.cfg.stream_dir, label="train")
+        self.pool = IngestPool(
+            stream=self.cfg.stream,
+            stream_dir=self.cfg.stream_dir,
+            expect=Expectation.of(self.cfg.problem),
+            n_steps=self.cfg.problem.n_steps,
+            n_workers=self.n_workers,
+            n_slots=self.cfg.trainer.slots,  # >= ingest_workers >= n_workers (checked with the config)
+            nice=self.cfg.trainer.ingest_nice,
+            say=self.say,
+        ).start()
+        return self
+
+    def close(self) -> None:
+        """Stop the ingest workers; the last look at the launcher's notes; remove contact files."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        self._read_notes()
+        if self.clean:
+            remove_contact_files(self.cfg.stream_dir)  # killed writers leave theirs
+
+    @property
+    def ended(self) -> bool:
+        """Every member of this trainer is complete or lost, and every step received is in the buffer."""
+        return self._finished and not self.waiting
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing to put in the buffer: the caller may wait in :meth:`poll`."""
+        return not self.waiting
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Take the workers' events (waiting up to ``timeout`` s for the first), dispatch new streams,
+        apply timeouts and the launcher's notes."""
+        for ev in self.pool.poll(timeout=timeout):
+            self._handle(ev)
+            self._last_activity = time.monotonic()
+        now = time.monotonic()
+        if self.unassigned and now >= self._next_scan:
+            self._next_scan = now + SCAN_S  # a directory scan, not on every batch
+            self._dispatch()
+        if now >= self._next_notes:
+            self._next_notes = now + NOTES_S
+            self._read_notes()
+        if not self._finished:
+            self._timeouts(now)
+            if not self.ledger.unfinished() and not self.pool.busy:
+                self._finished = True
+                self.pool.finish()
+
+    def intake(self, buffer) -> int:
+        """Put the steps that arrived into ``buffer`` in one batched put (as many as it takes now),
+        give their slots back, count in the ledger what the buffer displaced untrained; how many."""
+        n = min(len(self.waiting), buffer.put_capacity())
+        if n <= 0:
+            return 0
+        steps = [self.waiting.popleft() for _ in range(n)]
+        slots = np.fromiter((s.slot for s in steps), dtype=np.int64, count=n)
+        members = np.fromiter((s.member for s in steps), dtype=np.int64, count=n)
+        x = np.empty((n, self.cfg.problem.n_inputs), dtype=np.float32)
+        x[:, :-1] = np.stack([self.params[m] for m in members.tolist()])
+        x[:, -1] = [s.time for s in steps]
+        y = self.pool.slots[slots]  # one gather: a copy, so the slots can go back at once
+        self.pool.release(slots.tolist())
+        displaced = buffer.put_many(
+            torch.from_numpy(x), torch.from_numpy(y), member=torch.from_numpy(members),
+            step=torch.tensor([s.step for s in steps], dtype=torch.int64),
+        )
+        for d in displaced:
+            if d.seen == 0:  # left without being trained on (a lossy drop, an eviction, a turn-away)
+                self.ledger.untrained(d.member, d.reason)
+        return n
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _handle(self, ev: Event) -> None:
+        if isinstance(ev, Step):
+            if self.ledger.received(ev.member, ev.step):
+                self.waiting.append(ev)
+            else:
+                self.pool.release((ev.slot,))  # a rerun resending a step already received: not used twice
+        elif isinstance(ev, Info):
+            self.params[ev.member] = np.asarray(ev.params, dtype=np.float32)
+        elif isinstance(ev, Opened):
+            self.ledger.opened(ev.member)
+        elif isinstance(ev, Ended):
+            self._ended(ev)
+        elif isinstance(ev, Fatal):
+            raise IngestFailed(f"ingest worker {ev.worker} failed:\n{ev.traceback}")
+        elif isinstance(ev, Done) and not self._finished:
+            raise IngestFailed(f"ingest worker {ev.worker} exited early")
+
+    def _ended(self, ev: Ended) -> None:
+        rec = self.ledger[ev.member]
+        if ev.status == "complete" or rec.steps_received == rec.steps_expected:
+            self.ledger.ended(ev.member, "complete")
+            self.completed += 1
+        elif rec.attempts <= self.cfg.retries and not ev.final:
+            self.ledger.ended(ev.member, "retrying", ev.reason)
+            self.unassigned.append(ev.member)
+            sig = contact_signature(self.cfg.stream_dir, ev.member)
+            if sig is not None:
+                self._dead_contact[ev.member] = sig
+            self.say(f"member {ev.member} lost after {rec.steps_received} steps: {ev.reason}; waiting for a rerun")
+        else:
+            self.ledger.ended(ev.member, "lost", ev.reason)
+            self.say(f"member {ev.member} lost after {rec.steps_received} steps: {ev.reason}")
+
+    def _dispatch(self) -> None:
+        for member in streams_present(self.cfg.stream, self.cfg.stream_dir, self.unassigned):
+            if not self.pool.idle:
+                return
+            if member in self._dead_contact:
+                if contact_signature(self.cfg.stream_dir, member) == self._dead_contact[member]:
+                    continue  # still the dead writer's file: wait for the rerun's
+                del self._dead_contact[member]
+            self.unassigned.remove(member)
+            self.pool.assign(member)
+
+    def _timeouts(self, now: float) -> None:
+        """One ``stream.member_timeout_s`` for both ways a member can go silent: a stream that sends
+        nothing (its worker is stopped; the member ends lost through the pool), and members that
+        never connect while nothing else happens."""
+        limit = self.cfg.stream.member_timeout_s
+        self.pool.stop_silent(limit)
+        if self.unassigned and not self.pool.busy and now - self._last_activity > limit:
+            for m in self.unassigned:
+                rec = self.ledger[m]
+                if rec.status == "retrying":
+                    reason = f"{rec.reason}; no rerun within {limit:g} s"
+                else:
+                    reason = f"never connected ({limit:g} s without stream activity)"
+                self.ledger.ended(m, "lost", reason)
+                self.say(f"member {m} lost: {reason}")
+            self.unassigned.clear()
+
+    def _note_files(self) -> list[tuple[int, Path]]:
+        """(member, path) of this trainer's members that have a failure note: one directory listing
+        (not one stat per member of a large ensemble)."""
+        folder = self.cfg.member_failure(0).parent
+        suffix = self.cfg.member_failure(0).name.split(".", 1)[1]
+        mine = set(self.members)
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            stem, _, rest = entry.name.partition(".")
+            if rest == suffix and stem.startswith("member-") and stem[7:].isdigit() and int(stem[7:]) in mine:
+                found.append((int(stem[7:]), Path(entry.path)))
+        return found
+
+    def _read_notes(self) -> None:
+        """Apply the notes of failed solver launches: the reason goes into the ledger; a launch that
+        was the last attempt (``final``) ends a member that has not completed as lost at once."""
+        for member, path in self._note_files():
+            try:
+                note = json.loads(path.read_text())
+                attempt, reason, final = int(note["attempt"]), str(note["reason"]), bool(note["final"])
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                continue
+            if self._notes_seen.get(member) == attempt:
+                continue
+            self._notes_seen[member] = attempt
+            rec = self.ledger[member]
+            if rec.status == "complete":
+                continue
+            reason = reason if not rec.reason or reason in rec.reason else f"{reason} ({rec.reason})"
+            if final and rec.status != "streaming":
+                self.ledger.ended(member, "lost", reason)
+                if member in self.unassigned:
+                    self.unassigned.remove(member)
+                self.say(f"member {member} lost: {reason}")
+            elif rec.status in ("pending", "retrying"):
+                self.ledger.ended(member, "retrying", reason)
+            else:
+                rec.reason = reason

@@ -1,0 +1,193 @@
+"""One training loop for every trainer: set-up, train step, metrics rows, checkpoints, final save.
+
+Online and offline training differ only in their :class:`Source` of batches (the reservoir fed by
+the member feed, or epochs over stored files), so a comparison of the two is fair by construction:
+same model, optimiser, schedule, train step, validation and metrics columns.
+
+Under data-parallel training every rank runs this loop in step with the others: the decision to
+train or stop is collective, and every rank calls :meth:`Training.log_row` at the same batches.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from datamove.config import StudyConfig
+from datamove.training.distributed import Dist
+from datamove.training.heldout import load_heldout
+from datamove.training.records import MetricsLog
+from datamove.training.step import (
+    build_surrogate,
+    evaluate,
+    make_optimizer,
+    pick_device,
+    save_checkpoint,
+    surrogate_args,
+    train_step,
+)
+
+
+class Source(ABC):
+    """Where a trainer's batches come from."""
+
+    #: True when the source can have no batch now but more later (streams still arriving): the
+    #: loop then ends only once every rank is done. False for stored data: no batch is the end.
+    waits: ClassVar[bool]
+
+    @abstractmethod
+    def poll(self) -> tuple[bool, bool]:
+        """``(finished, can_train)`` of this rank now: whether this source is done, and whether it can
+        give a batch. May take in new data (and wait briefly when it has nothing to do)."""
+
+    @abstractmethod
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch, on the training device: x [B, n_inputs], y [B, n_fields, ny, nx]."""
+
+    def trained(self, all_done: bool) -> None:
+        """Called after each train step; ``all_done``: every rank's source had finished."""
+
+    @abstractmethod
+    def metrics(self) -> dict[str, Any]:
+        """This source's columns of a metrics row (every rank calls it at the same batch: may sum over ranks)."""
+
+    def progress(self, row: Mapping[str, Any]) -> str:
+        """This source's part of a progress line."""
+        return ""
+
+
+class Training:
+    """The model, its optimiser and schedule, the validation set, the metrics and the batch count.
+
+    Args:
+        cfg: the study.
+        dd: this process's place in a data-parallel run.
+        label: prefix of progress lines ("train", "offline").
+    """
+
+    def __init__(self, *, cfg: StudyConfig, dd: Dist, label: str):
+        self.cfg, self.dd, self.label = cfg, dd, label
+        tc = cfg.trainer
+        torch.manual_seed(tc.seed)  # the same initial model on every rank
+        device = pick_device(tc.device)
+        if dd.active and device.type == "cuda":
+            device = torch.device("cuda", dd.local_rank)
+        self.device = device
+        val_x, val_y = load_heldout(cfg)
+        norm = cfg.problem.normalisation(times=val_x[:, -1].numpy(), fields=val_y.numpy())
+        self.val_x, self.val_y = val_x.to(device), val_y.to(device)
+        self.margs = surrogate_args(cfg, norm)
+        self.model = build_surrogate(self.margs).to(device)
+        self.optimizer, self.scheduler = make_optimizer(self.model, cfg)
+        self.sync = dd.average_gradients if dd.active else None
+        self.batch = 0
+        self.metrics: MetricsLog | None = None
+        self._loss_sum = torch.zeros((), device=device)
+        self._loss_n = 0
+        self._t0 = time.perf_counter()  # reset when training starts (run)
+        self._wall0 = 0.0  # wall_s already spent by the run this one resumes
+        self._last = (self._t0, 0)
+
+    def say(self, msg: str) -> None:
+        print(f"[{self.label}] {msg}", flush=True)
+
+    @property
+    def wall_s(self) -> float:
+        """Training time of the study: this process's, plus that of a run it resumed."""
+        return self._wall0 + time.perf_counter() - self._t0
+
+    def open_metrics(self, path: Path, rows: list[dict] | None = None) -> None:
+        """metrics.csv (rank 0; other ranks log nowhere); ``rows``: those of a resumed run."""
+        self.metrics = MetricsLog(path if self.dd.main else None, rows=rows)
+        if rows:
+            self._wall0 = float(rows[-1]["wall_s"])
+
+    def resume(self, ckpt: Mapping[str, Any]) -> None:
+        """Model, optimiser, schedule and batch count of a checkpoint."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.batch = int(ckpt["step"])
+
+    def run(self, source: Source, *, checkpoint: Callable[[], None] | None = None,
+            idle: Callable[[], None] | None = None) -> None:
+        """Train from ``source`` until it is done; ``checkpoint()`` every ``trainer.checkpoint_every``
+        batches, ``idle()`` after every iteration (a source's own checkpoint triggers)."""
+        tc = self.cfg.trainer
+        last_ckpt = self.batch
+        self._t0 = time.perf_counter()  # training time starts here, after the set-up
+        self._last = (self._t0, self.batch)
+        while True:
+            finished, can_train = source.poll()
+            all_done, can_train = self.dd.all_min(finished, can_train)
+            if can_train:
+                x, y = source.batch()
+                self._loss_sum += train_step(self.model, self.optimizer, x, y, sync_gradients=self.sync)
+                self._loss_n += 1
+                self.scheduler.step()
+                self.batch += 1
+                source.trained(all_done)
+                if self.batch % tc.log_every == 0:
+                    self.log_row(source)
+                if checkpoint is not None and tc.checkpoint_every and self.batch - last_ckpt >= tc.checkpoint_every:
+                    checkpoint()
+                    last_ckpt = self.batch
+            elif all_done or not source.waits:
+                return
+            if idle is not None:
+                idle()
+
+    def log_row(self, source: Source, *, final: bool = False) -> None:
+        """A metrics row and a progress line; every rank calls it at the same batch (collectives inside)."""
+        now = time.perf_counter()
+        rate = (self.batch - self._last[1]) / max(now - self._last[0], 1e-9)
+        # One sync per row, not per batch; sums over ranks under data-parallel training.
+        loss_total, n_total = self.dd.all_sum(float(self._loss_sum), self._loss_n)
+        extra = source.metrics()
+        val = evaluate(self.model, self.val_x, self.val_y) if self.dd.main else float("nan")
+        row = {
+            "batch": self.batch,
+            "wall_s": round(self.wall_s, 4),
+            "train_loss": loss_total / max(n_total, 1),
+            "val_loss": val,
+            "batches_per_s": rate,
+            "samples_per_s": rate * self.cfg.trainer.batch_size * self.dd.world,  # every rank's batch
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **extra,
+        }
+        self.metrics.log(row)
+        self._loss_sum, self._loss_n, self._last = torch.zeros((), device=self.device), 0, (now, self.batch)
+        if self.dd.main:
+            part = source.progress(row)
+            self.say(
+                f"batch {self.batch:6d} | {row['wall_s']:7.1f} s | train {row['train_loss']:.3e} | val {val:.3e} | "
+                + (f"{part} | " if part else "") + f"{rate:6.1f} batch/s" + (" | final" if final else "")
+            )
+
+    def finish(self, source: Source) -> None:
+        """The final metrics row. When the last batch logged one already, that row is brought up to
+        date instead (samples may have arrived after it) and keeps its loss and rates: no second row
+        of the same batch with nothing trained in it."""
+        rows = self.metrics.rows
+        if rows and rows[-1]["batch"] == self.batch:
+            extra = source.metrics()  # every rank calls it: it may sum over ranks
+            self.metrics.replace_last({**rows[-1], **extra})
+        else:
+            self.log_row(source, final=True)
+        self.metrics.close()
+
+    def save(self, path: Path, *, extra: Mapping[str, Any] | None = None) -> None:
+        """A self-describing checkpoint of the model (see :func:`datamove.training.step.save_checkpoint`)."""
+        save_checkpoint(
+            path, model=self.model, optimizer=self.optimizer, model_args=self.margs, config=self.cfg.raw,
+            step=self.batch, extra={"scheduler": self.scheduler.state_dict(), **(extra or {})},
+        )
+
+    @property
+    def val_loss(self) -> float:
+        return self.metrics.rows[-1]["val_loss"] if self.metrics and self.metrics.rows else float("nan")
