@@ -185,6 +185,7 @@ def cmd_check_config(args) -> int:
 
     cfg = _config(args)
     yaml.safe_dump(dict(cfg.raw), sys.stdout, sort_keys=False)
+    sys.stdout.flush()  # a closed pipe fails here, inside main's handler, not at exit
     return 0
 
 
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="datamove", description="Online training of deep surrogates from simulation ensembles."
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, func, help_):
@@ -243,33 +245,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_error(exc: Exception) -> int | None:
-    """The exit code of an error a user can act on (its message says what and where), else None."""
+def _exit_code(exc: BaseException) -> int:
+    """2 for a bad config, 3 for a stored member that does not fit it, 1 for anything else."""
+    if isinstance(exc, ConfigError):
+        return 2
     from datamove.data import DatasetError
-    from datamove.gate import TrainerLostError
-    from datamove.simulate import SolverError
-    from datamove.streaming.contract import StreamError
 
-    if isinstance(exc, DatasetError):
-        return 3
-    if isinstance(exc, (SolverError, StreamError, TrainerLostError)):
-        return 1
-    return None
+    return 3 if isinstance(exc, DatasetError) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every error ends in one ``datamove: ...`` line naming the key, file or member at fault;
+    ``--debug`` shows the traceback as well."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"datamove: {exc}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:
+        # `datamove check-config ... | head`: the reader left; nothing more to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("datamove: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
-        code = _user_error(exc)
-        if code is None:
-            raise
-        print(f"datamove: {exc}", file=sys.stderr)
-        return code
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        message = str(exc) or type(exc).__name__
+        if not isinstance(exc, (ValueError, RuntimeError, OSError)):  # not one of ours: say what it is
+            message = f"{type(exc).__name__}: {message}" + ("" if args.debug else " (--debug shows where)")
+        print(f"datamove: {message}", file=sys.stderr)
+        return _exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,43 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("solver: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_a_reservoir_larger_than_memory_is_refused_before_training(tiny_config):
+    """reservoir.capacity: 50,000,000 at 100x100 (about 2 TB) stops the trainer at once with a
+    one-line error naming the key and the bytes, not an allocator's traceback."""
+    from conftest import datamove
+
+    path = tiny_config(solver={"nx": 100, "ny": 100}, reservoir={"capacity": 50_000_000})
+    datamove("make-heldout", "--config", path)
+    proc = datamove("train", "--config", path, check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "key 'reservoir.capacity': 50000000 samples of [1, 100, 100] float32 need" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_errors_are_one_line(tiny_config, tmp_path):
+    from conftest import datamove
+
+    path = tiny_config()
+    proc = datamove("simulate", "--config", path, "--member", 999, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == "datamove: --member 999 is outside the ensemble [0, 3)"
+    proc = datamove("train", "--config", path, check=False)  # no held-out members written
+    assert proc.returncode == 3 and "make-heldout" in proc.stderr and "Traceback" not in proc.stderr
+    bad = tmp_path / "model.pt"
+    for content in (None, b"not a checkpoint"):
+        if content is not None:
+            bad.write_bytes(content)
+        proc = datamove("evaluate", "--config", path, "--model", bad, "--out", tmp_path / "e.csv", check=False)
+        assert proc.returncode == 1 and f"model file {bad}" in proc.stderr and "Traceback" not in proc.stderr
+    proc = datamove("--debug", "evaluate", "--config", path, "--model", bad, "--out", tmp_path / "e.csv", check=False)
+    assert "Traceback" in proc.stderr
+
+
+def test_check_config_into_a_closed_pipe_is_quiet(tiny_config):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m datamove check-config --config {tiny_config()} | head -n 1",
+                          shell=True, capture_output=True, text=True, timeout=60)
+    assert len(proc.stdout.splitlines()) == 1 and proc.stderr == "", proc.stderr

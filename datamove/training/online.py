@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from datamove.config import StudyConfig
-from datamove.reservoir import make_buffer
+from datamove.config import ConfigError, StudyConfig
+from datamove.reservoir import available_bytes, buffer_bytes, make_buffer
 from datamove.streaming.feed import MemberFeed
 from datamove.training.distributed import Dist, init_from_env
 from datamove.training.loop import Source, Training
@@ -208,6 +208,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
     members = dd.share(all_members)  # data-parallel: each rank reads its own share
     study_dir = cfg.study_dir
     run = Training(cfg=cfg, dd=dd, label="train")
+    _check_buffer_memory(cfg, run.device)
     buffer = make_buffer(
         cfg.reservoir.policy,
         capacity=cfg.reservoir.capacity,
@@ -320,6 +321,20 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
     )
     sys.stdout.flush()
     return result
+
+
+def _check_buffer_memory(cfg: StudyConfig, device: torch.device) -> None:
+    """Refuse, before allocating it, a reservoir larger than the memory left on its device (rather
+    than an allocator's error for terabytes in the middle of a study)."""
+    res, problem = cfg.reservoir, cfg.problem
+    need = buffer_bytes(capacity=res.capacity, x_dim=problem.n_inputs, y_shape=problem.sample_shape)
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"key 'reservoir.capacity': {res.capacity} samples of {list(problem.sample_shape)} float32 need "
+            f"{need / 2**30:.2f} GiB, but {device} has {free / 2**30:.2f} GiB available: lower reservoir.capacity "
+            f"(at most {free * 9 // 10 // (need // res.capacity)} here)"
+        )
 
 
 def _prev_path(path: Path) -> Path:

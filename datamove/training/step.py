@@ -125,10 +125,29 @@ def save_checkpoint(
     tmp.replace(path)  # never leave a half-written checkpoint behind
 
 
+class ModelFileError(ValueError):
+    """A model file that cannot be loaded (missing, truncated, not a DATAMOVE checkpoint); names the file."""
+
+
 def load_surrogate(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[Surrogate, dict]:
-    """Rebuild a model from a checkpoint written by :func:`save_checkpoint`."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    model = build_surrogate(ckpt["model_args"]).to(device)
-    model.load_state_dict(ckpt["model"])
+    """Rebuild a model from a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        ModelFileError: naming ``path`` and what is wrong with it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a bad file
+        raise ModelFileError(f"model file {path} cannot be read (truncated or not a torch file?): {exc}") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_args"} <= set(ckpt):
+        raise ModelFileError(f"model file {path} is not a DATAMOVE checkpoint (no model and model_args in it)")
+    try:
+        model = build_surrogate(ckpt["model_args"]).to(device)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"model file {path} does not rebuild its model: {exc}") from None
     model.eval()
     return model, ckpt
