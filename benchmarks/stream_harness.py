@@ -2,9 +2,10 @@
 
 Producers here are not the solver: each writer process pre-computes a small pool of random float32
 fields before it opens its stream, so that the producer is never the bottleneck, and writes them by
-the stream contract (datamove.streaming.writer.MemberWriter). The consumer side is datamove's own
-ingest machinery (IngestSpec + run_ingest in spawned processes, shared-memory slots, free-slot,
-event and command queues), started and fed the way datamove.training.online.train_online does.
+the stream contract (datamove.streaming.writer.MemberWriter). The consumer side is the online
+trainer's own member feed (datamove.streaming.feed.MemberFeed: an IngestPool of spawned ingest
+processes, shared-memory slots, a pipe each; the dispatch of appearing streams, the ledger, the
+batched intake into the buffer), run the way datamove.training.online.train_online runs it.
 
 The spawned writer, reader and ingest processes import this module (and the benchmark script, as
 ``__mp_main__``): neither imports anything at module level that the children do not need.
@@ -12,10 +13,12 @@ The spawned writer, reader and ingest processes import this module (and the benc
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,9 +28,6 @@ import numpy as np
 
 from datamove.config import StudyConfig, validate_config
 from datamove.streaming.contract import join_names
-from datamove.streaming.ingest import streams_present
-from datamove.streaming.pool import IngestPool
-from datamove.streaming.reader import Expectation
 
 # Distinct random fields each writer cycles through: enough that no two consecutive steps carry the
 # same bytes, few enough that a 512 x 512 run does not need gigabytes per writer.
@@ -49,7 +49,8 @@ def study_config(*, nx: int, ny: int, n_steps: int, n_members: int, **sections) 
 
 
 def member_attributes(cfg: StudyConfig, member: int) -> dict:
-    """The contract attributes of a member: five random parameters in the configured ranges."""
+    """The contract attributes of a member: random parameters in the configured ranges, and the
+    problem's constants (as ``datamove simulate`` publishes them)."""
     rng = np.random.default_rng(1000 + member)
     lows = np.array([lo for lo, _ in cfg.ensemble.ranges])
     highs = np.array([hi for _, hi in cfg.ensemble.ranges])
@@ -57,10 +58,8 @@ def member_attributes(cfg: StudyConfig, member: int) -> dict:
         "member": member,
         "params": lows + rng.random(len(lows)) * (highs - lows),
         "param_names": join_names(cfg.ensemble.names),
-        "solver": cfg.solver_name,
-        "nx": cfg.solver.nx,
-        "ny": cfg.solver.ny,
-        "dt": cfg.solver.dt,
+        "solver": cfg.problem.name,
+        **cfg.problem.constants(),
     }
 
 
@@ -83,7 +82,7 @@ def contract_writer(job: dict, jobs, results) -> None:
     """
     from datamove.streaming.writer import MemberWriter
 
-    member, shape = job["member"], job["shape"]
+    member, shape, names = job["member"], job["shape"], job["fields"]
     fields = field_pool(member, *shape)
     results.put(("ready", member))
     if jobs.get() != "go":
@@ -93,7 +92,8 @@ def contract_writer(job: dict, jobs, results) -> None:
         stream=job["stream"], stream_dir=job["stream_dir"], member=member, attributes=job["attributes"]
     ) as w:
         for k in range(job["n_steps"]):
-            w.write_step(time=(k + 1) * job["dt"], fields={"u": fields[k % FIELD_POOL]})
+            step = {name: fields[(k + i) % FIELD_POOL] for i, name in enumerate(names)}  # heat: {"u": ...}
+            w.write_step(time=(k + 1) * job["dt"], fields=step)
             if delay:
                 time.sleep(delay)
     results.put(("written", member))
@@ -231,90 +231,142 @@ def writer_job(cfg: StudyConfig, member: int, stream_dir: Path, *, step_delay_s:
         "stream": cfg.stream,
         "stream_dir": str(stream_dir),
         "attributes": member_attributes(cfg, member),
-        "shape": (cfg.solver.ny, cfg.solver.nx),
-        "n_steps": cfg.solver.n_steps,
-        "dt": cfg.solver.dt,
+        "fields": cfg.problem.field_names,
+        "shape": cfg.problem.field_shape,
+        "n_steps": cfg.problem.n_steps,
+        "dt": time_step(cfg),
         "step_delay_s": step_delay_s,
     }
+
+
+def time_step(cfg: StudyConfig) -> float:
+    """The time between two steps of a member of the study's problem (the heat solver's ``dt``)."""
+    return float(cfg.problem.constants()["dt"])
 
 
 # ------------------------------------------------------------------------------ ingest machinery
 
 
+def trainer_config(
+    cfg: StudyConfig, root: Path, *, ingest_workers: int | None = None, slots: int | None = None, nice: int = 0
+) -> StudyConfig:
+    """``cfg`` as a benchmark's trainer runs it: its study folder, and so its stream folder
+    (``.stream_dir``), under ``root``; ``ingest_workers``, ``slots`` (None: the config's) and ingest
+    niceness ``nice``; no reruns of a lost member (nothing reruns a benchmark's writer: a loss ends
+    the member at once and the benchmark reports it, instead of waiting stream.member_timeout_s)."""
+    t = cfg.trainer
+    return dataclasses.replace(
+        cfg,
+        results_dir=Path(root),
+        retries=0,
+        trainer=dataclasses.replace(
+            t,
+            ingest_workers=t.ingest_workers if ingest_workers is None else ingest_workers,
+            slots=t.slots if slots is None else slots,
+            ingest_nice=nice,
+        ),
+    )
+
+
+def _say(msg: str) -> None:
+    print(f"[feed] {msg}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class Ingest:
-    """datamove's ingest side for ``members``, set up as ``train_online`` sets it up: an
-    :class:`~datamove.streaming.pool.IngestPool` (shared-memory slots, a pipe per ingest process) and
-    the trainer's dispatch of each member whose stream has appeared to an idle worker.
+    """The online trainer's ingest side for ``members``: its :class:`~datamove.streaming.feed.MemberFeed`
+    (an :class:`~datamove.streaming.pool.IngestPool`: shared-memory slots, a pipe per ingest process;
+    the dispatch of each member whose stream has appeared to an idle worker; the ledger) over a
+    study config from :func:`trainer_config` (``cfg.stream_dir`` is where the writers write).
 
-    The consumer calls :meth:`dispatch` in its loop, :meth:`poll` for events, :meth:`release` for each
-    slot it has copied and :meth:`handle_end` on each "end" event, as train_online does.
+    The consumer calls :meth:`take` in its loop (the feed's poll, then its intake: one gather of the
+    slots that arrived, their release, one ``put_many`` into the buffer), until :attr:`ended`.
     """
 
     cfg: StudyConfig
     members: list[int]
-    n_workers: int
-    n_slots: int
-    stream_dir: Path
-    nice: int = 0
-    pool: IngestPool = field(init=False)
-    unassigned: list[int] = field(init=False, default_factory=list)
-    ended: dict[int, tuple] = field(init=False, default_factory=dict)
-    _next_scan: float = field(init=False, default=0.0)
+    clean: bool = True  # remove stale contact files (one rank does)
+    feed: object = field(init=False, default=None)
+    ledger: object = field(init=False, default=None)
 
     def start(self) -> Ingest:
-        ny, nx = self.cfg.solver.ny, self.cfg.solver.nx
-        expect = Expectation(field_shape=(ny, nx), param_names=self.cfg.ensemble.names, solver=self.cfg.solver_name)
-        self.pool = IngestPool(
-            stream=self.cfg.stream,
-            stream_dir=self.stream_dir,
-            expect=expect,
-            n_steps=self.cfg.solver.n_steps,
-            n_workers=min(self.n_workers, max(len(self.members), 1)),
-            n_slots=self.n_slots,
-            nice=self.nice,
+        # Imported here: the spawned writer and ingest processes import this module, and the feed
+        # imports torch.
+        from datamove.streaming.feed import MemberFeed
+        from datamove.training.records import Ledger
+
+        self.ledger = Ledger(members=self.members, steps_expected=self.cfg.problem.n_steps)
+        self.feed = MemberFeed(
+            cfg=self.cfg, members=self.members, ledger=self.ledger, clean=self.clean, say=_say
         ).start()
-        self.unassigned = list(self.members)
         return self
 
     @property
     def slots(self) -> np.ndarray:
-        return self.pool.slots
+        return self.feed.pool.slots
 
     @property
     def pids(self) -> list[int]:
-        return self.pool.pids
+        return self.feed.pool.pids
 
-    def poll(self, timeout: float = 0.0) -> list[tuple]:
-        """Events that have arrived; raises if an ingest process died (ADIOS2 crash: no event)."""
-        events = self.pool.poll(timeout)
-        for ev in events:
-            if ev[0] == "end" and ev[3].startswith("ingest process crashed"):
-                raise RuntimeError(f"ingest worker {ev[5]} died before every member ended: {ev[3]}")
-        return events
-
-    def release(self, slot: int) -> None:
-        self.pool.release(slot)
-
-    def dispatch(self) -> None:
-        """Hand members whose stream has appeared to idle workers (a scan every 20 ms at most)."""
-        if self.unassigned and self.pool.idle and time.monotonic() >= self._next_scan:
-            self._next_scan = time.monotonic() + 0.02
-            for member in streams_present(self.cfg.stream, self.stream_dir, self.unassigned)[: len(self.pool.idle)]:
-                self.unassigned.remove(member)
-                self.pool.assign(member)
-
-    def handle_end(self, ev: tuple) -> None:
-        """An ("end", member, status, reason, steps, worker) event: the member is over."""
-        _, member, status, reason, steps, _worker = ev
-        self.ended[member] = (status, reason, steps)
+    def take(self, buffer, timeout: float = 0.0) -> int:
+        """The feed's poll (events, waiting up to ``timeout`` s for the first; dispatch; timeouts)
+        and its intake into ``buffer``; returns how many samples went into it. Raises
+        ``IngestFailed`` if an ingest worker hit a bug."""
+        self.feed.poll(timeout=timeout)
+        return self.feed.intake(buffer)
 
     @property
-    def all_ended(self) -> bool:
-        return len(self.ended) == len(self.members)
+    def quiet(self) -> bool:
+        """Nothing received waits to go into the buffer: the consumer may wait in :meth:`take`."""
+        return self.feed.quiet
+
+    @property
+    def ended(self) -> bool:
+        """Every member complete or lost, and every step received put into the buffer."""
+        return self.feed.ended
+
+    @property
+    def ends(self) -> dict[int, tuple[str, str, int]]:
+        """member -> (status, reason, steps received)."""
+        return {m: (r.status, r.reason, r.steps_received) for m, r in self.ledger.records.items()}
+
+    @property
+    def lost(self) -> dict[int, tuple[str, str, int]]:
+        """The members that did not complete."""
+        return {m: e for m, e in self.ends.items() if e[0] != "complete"}
 
     def close(self) -> None:
-        self.pool.close()
+        if self.feed is not None:
+            self.feed.close()
+
+
+class Store:
+    """Preallocated torch storage in place of the trainer's buffer, for a consumer that does not
+    train: ``put_many`` copies the samples into a ring of ``size`` (as ``Buffer.put_many`` copies
+    them into its storage) and never displaces anything."""
+
+    def __init__(self, size: int, x_dim: int, sample_shape):
+        import torch
+
+        self.x = torch.empty((size, x_dim), dtype=torch.float32)
+        self.y = torch.empty((size, *sample_shape), dtype=torch.float32)
+        self.n = 0
+
+    def put_capacity(self) -> int:
+        return sys.maxsize
+
+    def put_many(self, x, y, *, member, step) -> list:
+        import torch
+
+        n, size = len(y), len(self.y)
+        for i in range(0, n, size):  # more than the ring holds: it wraps, as often as it takes
+            chunk = min(size, n - i)
+            idx = torch.arange(self.n, self.n + chunk) % size
+            self.x.index_copy_(0, idx, x[i : i + chunk])
+            self.y.index_copy_(0, idx, y[i : i + chunk])
+            self.n += chunk
+        return []
 
 
 class ScratchDir:

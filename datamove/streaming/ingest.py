@@ -16,7 +16,7 @@ meanwhile, so the SST queue of its writer fills and (with ``QueueFullPolicy=Bloc
 waits. Nothing is dropped.
 
 Events sent to the trainer: :mod:`datamove.streaming.events` (in lists, several per message).
-Messages from the trainer: ("member", m), ("slot", s) (a slot free again), None (stop).
+Messages from the trainer: ("member", m), ("slots", (s, ...)) (slots free again), None (stop).
 """
 
 from __future__ import annotations
@@ -123,8 +123,8 @@ class _Inbox:
                 msg = self.conn.recv()
                 if msg is None:
                     self.stopping = True
-                elif msg[0] == "slot":
-                    self.free.append(msg[1])
+                elif msg[0] == "slots":
+                    self.free.extend(msg[1])
                 elif msg[0] == "member":
                     self.members.append(msg[1])
                 if not self._poller.poll(0):

@@ -1,7 +1,7 @@
 """The trainer's side of ingest: a pool of ingest processes, their slots and their messages.
 
 Each worker has one duplex pipe to the trainer and nothing else in common with the other workers:
-    trainer -> worker   ("member", m): read member m;  ("slot", s): slot s is free again;  None: stop
+    trainer -> worker   ("member", m): read member m;  ("slots", (s, ...)): slots free again;  None: stop
     worker -> trainer   lists of the events of :mod:`datamove.streaming.events` (Opened, Step, ...)
 
 Why pipes and not ``multiprocessing.Queue``: a Queue sends from a feeder thread, and a worker that
@@ -155,12 +155,15 @@ class IngestPool:
     def release(self, slots) -> None:
         """The trainer has copied ``slots`` (an iterable of slot ids): back to the workers that own them."""
         now = time.monotonic()
+        by_owner: dict[int, list[int]] = {}
         for slot in slots:
-            owner = slot // self.per_worker
+            by_owner.setdefault(slot // self.per_worker, []).append(slot)
+        # One message per worker, not per slot: a pipe write costs more than the copy of a small field.
+        for owner, mine in by_owner.items():
             if len(self.held[owner]) == self.per_worker:
                 self.workers[owner].progress = now  # it waited for us, not for its stream
-            self.held[owner].discard(slot)
-            self._send(owner, ("slot", slot))
+            self.held[owner].difference_update(mine)
+            self._send(owner, ("slots", tuple(mine)))
 
     def finish(self) -> None:
         """Every member has ended: the workers may exit."""
