@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datamove.config import ConfigError, StudyConfig
+from datamove.guard import Interrupted
 
 
 def _config(args) -> StudyConfig:
@@ -23,8 +24,15 @@ def cmd_simulate(args) -> int:
     cfg = _config(args)
     trainer_pid = None
     if args.wait_trainer and cfg.stream.engine.upper() == "SST":  # nobody reads BP5 files live
-        # The workflow's gate may be left from an earlier run whose trainer has since died.
-        beat = wait_for_trainer(cfg, cfg.stream.open_timeout_s)
+        # The workflow's gate names the trainer that opened it: once that one is gone (stopped,
+        # finished, silent), this member fails at once instead of waiting out the open timeout.
+        expected = None
+        if args.gate:
+            try:
+                expected = int(json.loads(Path(args.gate).read_text())["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                expected = None  # no gate file (a manual run): wait for whichever trainer comes
+        beat = wait_for_trainer(cfg, cfg.stream.open_timeout_s, expected_pid=expected)
         if beat is None:
             print(
                 f"datamove: member {args.member}: no live trainer (its heartbeat {cfg.heartbeat_path} did not "
@@ -53,7 +61,8 @@ def _as_ranks(cfg, args, command: str, extra: Sequence[str] = ()) -> int | None:
 
 
 def cmd_train(args) -> int:
-    from datamove.training.online import StudyBusyError, train_online
+    from datamove.guard import StudyBusyError
+    from datamove.training.online import train_online
 
     import torch
 
@@ -189,6 +198,34 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    """Where a study stands, from its folder alone; ``--watch`` refreshes until the study ends."""
+    import time
+
+    from datamove.status import FINISHED, BeatClock, format_status, read_status, study_folders
+
+    folders = study_folders(args.study)
+    # Watching, the heartbeat is timed by this process's clock across looks; one look has only
+    # the file's time stamp.
+    clocks = {folder: BeatClock() if args.watch is not None else None for folder in folders}
+    while True:
+        statuses = [read_status(folder, clock=clocks[folder]) for folder in folders]
+        if args.json:
+            out = [st.to_dict() for st in statuses]
+            text = json.dumps(out[0] if len(out) == 1 else out)
+        else:
+            text = "\n\n".join(format_status(st) for st in statuses)
+        if args.watch is not None and sys.stdout.isatty():
+            sys.stdout.write("\x1b[H\x1b[2J")  # a refreshing screen, like watch(1)
+        print(text, flush=True)
+        # --watch ends with the study: 0 once finished, 1 if its trainer stopped or is gone.
+        if args.watch is None:
+            return 0
+        if all(st.settled for st in statuses):
+            return 0 if all(st.state == FINISHED for st in statuses) else 1
+        time.sleep(args.watch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="datamove", description="Online training of deep surrogates from simulation ensembles."
@@ -211,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--marker", help="write a JSON summary here on success (workflow output)")
     p.add_argument(
         "--wait-trainer", action="store_true", help="wait for a live trainer's heartbeat before streaming"
+    )
+    p.add_argument(
+        "--gate", help="the workflow's gate file (the beat of the trainer that opened it): fail at once if that trainer is gone"
     )
     p = add("train", cmd_train, "Train the surrogate online from the member streams (SST).")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -242,6 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: the config's gate.timeout_s)")
     p.add_argument("--touch", help="file to write once the trainer is ready (workflow output)")
     add("check-config", cmd_check_config, "Validate a config and print it with every default filled in.")
+    help_ = (
+        "Where a study stands (members, samples, reservoir, losses, the trainer's heartbeat, time left), "
+        "read from its folder alone: works from any node that sees it, on a running, finished or crashed study."
+    )
+    p = sub.add_parser("status", help=help_, description=help_)
+    p.add_argument("study", help="the study's folder: <results_dir>/<study>/ (results/default/, ...)")
+    p.add_argument(
+        "--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until the study ends; exit 0 if it finished, 1 if not",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per look (a list for a comparison study's arms)")
+    p.set_defaults(func=cmd_status)
     return parser
 
 
@@ -267,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("datamove: interrupted", file=sys.stderr)
         return 130
+    except Interrupted as exc:
+        # The trainer stopped on SIGINT/SIGTERM and said what it saved; the shell's code for that signal.
+        print(f"datamove: {args.command} {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except Exception as exc:
         if args.debug:
             import traceback

@@ -250,6 +250,7 @@ class TrainerConfig:
     ingest_nice: int
     slots: int
     heartbeat_s: float
+    tensorboard: bool  # also log metrics to TensorBoard (StudyConfig.tensorboard_dir)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -379,8 +380,18 @@ class StudyConfig:
         return self.study_dir / "checkpoint.pt"
 
     @property
+    def gate_path(self) -> Path:
+        """The workflow's readiness gate (open_gate's output: the beat of the trainer that opened it)."""
+        return self.study_dir / ".gate"
+
+    @property
     def lock_path(self) -> Path:
         return self.study_dir / "trainer.lock"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """TensorBoard event files of the trainer's metrics (trainer.tensorboard)."""
+        return self.study_dir / "tensorboard"
 
     def member_marker(self, member: int) -> Path:
         """Written by the workflow's simulate_member job once the member has been sent."""
@@ -389,6 +400,12 @@ class StudyConfig:
     def member_failure(self, member: int) -> Path:
         """Written by a failed launch of the member's solver: attempt, reason, whether it was the last."""
         return self.study_dir / "members" / f"member-{member:06d}.failed.json"
+
+    def member_receipt(self, member: int) -> Path:
+        """Written by the trainer once the member's steps are all received and in a checkpoint (or,
+        without checkpoints, received): its solver writes its marker only then, and a rerun of
+        the member finds it and has nothing to send (datamove.simulate)."""
+        return self.study_dir / "members" / f"member-{member:06d}.received.json"
 
 
 def write_config(cfg: Mapping[str, Any], path: str | Path) -> Path:

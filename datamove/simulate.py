@@ -3,8 +3,11 @@
 A built-in problem's solver runs in this process (:class:`datamove.streaming.writer.MemberWriter`);
 the user's own solver (``solver.command``) runs as a child process that writes the stream itself
 (:func:`run_command`). Both get the same guards: an open that never happens fails the member after
-``stream.open_timeout_s``, a member counts as sent only once a live trainer has outlived its stream,
-and a failed launch leaves a note (``members/member-K.failed.json``) that the trainer's ledger reads.
+``stream.open_timeout_s``, and within seconds once its trainer is gone (stopped, finished, or
+silent for :func:`datamove.gate.lost_after`); a member counts as sent only once the trainer holds its
+steps (its receipt, see :mod:`datamove.gate`), and a rerun of a member that has its receipt sends
+nothing; a failed launch leaves a note (``members/member-K.failed.json``) that the trainer's
+ledger reads.
 """
 
 from __future__ import annotations
@@ -20,7 +23,17 @@ import time
 from pathlib import Path
 
 from datamove.config import SamplingConfig, StreamConfig, StudyConfig
-from datamove.gate import HeartbeatWatch, TrainerLostError, confirm_trainer, lost_after
+from datamove.gate import (
+    MemberRejected,
+    TrainerCheck,
+    TrainerLostError,
+    await_receipt,
+    held,
+    lost_after,
+    read_receipt,
+    write_json,
+)
+from datamove.streaming.ingest import contact_signature
 from datamove.streaming.contract import StreamError, contact_file, join_names, remove_contact_files, stream_name
 from datamove.streaming.watchdog import Watchdog
 from datamove.streaming.writer import MemberWriter
@@ -67,11 +80,22 @@ def run_member(
         **solver.constants(),
     }
     solve_s = 0.0
+    trainer = None
+    if trainer_pid is not None and stream.engine.upper() == "SST":
+        trainer = TrainerCheck(cfg.heartbeat_path, pid=trainer_pid, quiet_s=lost_after(cfg))
     writer = MemberWriter(
-        stream=stream, stream_dir=stream_dir, member=member, attributes=attributes, watchdog=watchdog
+        stream=stream, stream_dir=stream_dir, member=member, attributes=attributes, watchdog=watchdog,
+        trainer=trainer,
     )
     with writer:
         t_open = time.perf_counter() - t0
+        # Which stream this is, for the trainer's word on it (datamove.gate.await_receipt).
+        contact = contact_signature(stream_dir, member) if trainer is not None else None
+        if trainer is not None and held(read_receipt(cfg, member)):
+            # A rerun that the trainer answered although it held the member already (its receipt
+            # came while this one waited in Open): nothing to send.
+            return {**summary, "steps": 0, "already_held": True, "open_s": round(t_open, 4), "solve_s": 0.0,
+                    "total_s": round(time.perf_counter() - t0, 4)}
         steps = solver.steps()
         while True:
             ts = time.perf_counter()
@@ -86,6 +110,7 @@ def run_member(
     return {
         **summary,
         "steps": writer.steps_written,
+        "contact": contact,
         "open_s": round(t_open, 4),
         "solve_s": round(solve_s, 4),
         "total_s": round(time.perf_counter() - t0, 4),
@@ -126,28 +151,30 @@ def run_command(
         proc = subprocess.Popen(argv, start_new_session=True)
     except OSError as exc:
         raise SolverError(f"{what} could not be started: {exc}") from None
-    watch = HeartbeatWatch(cfg.heartbeat_path, stale_s=lost_after(cfg)) if engine == "SST" and trainer_pid else None
-    opened, alive_at = engine != "SST", time.monotonic()
+    check = TrainerCheck(cfg.heartbeat_path, pid=trainer_pid, quiet_s=lost_after(cfg)) if engine == "SST" and trainer_pid else None
+    opened, contact = engine != "SST", None
     try:
         while (code := proc.poll()) is None:
             time.sleep(POLL_S)
             now = time.monotonic()
             if not opened and contact_file(stream_dir, member).exists():
-                opened = True
+                opened, contact = True, contact_signature(stream_dir, member)
             if not opened and now - t0 > stream.open_timeout_s:
                 raise SolverError(
                     f"{what} did not open its stream {stream_dir / stream_name(member)} within "
                     f"{stream.open_timeout_s:g} s (stream.open_timeout_s)"
                 )
-            if watch is not None:
-                beat = watch.poll()
-                if beat is not None and beat["pid"] == trainer_pid:
-                    alive_at = now
-                elif now - alive_at > lost_after(cfg):
-                    raise TrainerLostError(
-                        f"member {member}: the trainer (pid {trainer_pid}) stopped while the solver command "
-                        f"streamed to it (no heartbeat for {lost_after(cfg):g} s); the command was stopped"
-                    )
+            if check is not None:
+                if held(read_receipt(cfg, member)):
+                    # The trainer holds the member already (this is a rerun it answered): done.
+                    print(f"[simulate] {what}: the trainer holds the member already; the command was stopped",
+                          file=sys.stderr, flush=True)
+                    return {"command": argv, "exit_status": None, "already_held": True,
+                            "solve_s": round(time.monotonic() - t0, 4)}
+                gone = check()
+                if gone is not None:
+                    raise TrainerLostError(f"member {member}: {gone} while the solver command streamed to it; "
+                                           "the command was stopped")
     finally:
         if proc.poll() is None:
             _stop(proc)
@@ -161,7 +188,7 @@ def run_command(
             open_checked(cfg, stream_dir, member, sampling=sampling, missing="the command exited 0 but wrote no file").close()
         except DatasetError as exc:
             raise SolverError(f"{what}: {exc}") from None
-    return {"command": argv, "exit_status": code, "solve_s": round(time.monotonic() - t0, 4)}
+    return {"command": argv, "exit_status": code, "contact": contact, "solve_s": round(time.monotonic() - t0, 4)}
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -178,10 +205,10 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def _confirm(cfg: StudyConfig, trainer_pid: int | None, member: int) -> None:
-    """Called as soon as the member's stream has closed (see confirm_trainer)."""
-    if trainer_pid is not None:
-        confirm_trainer(cfg, pid=trainer_pid, member=member)
+def _confirm(cfg: StudyConfig, trainer_pid: int | None, member: int, contact) -> None:
+    """Called as soon as the member's stream has closed: wait for its receipt (see await_receipt)."""
+    if trainer_pid is not None and cfg.stream.engine.upper() == "SST":
+        await_receipt(cfg, pid=trainer_pid, member=member, contact=tuple(contact) if contact else None)
 
 
 def simulate(
@@ -198,26 +225,40 @@ def simulate(
     with Watchdog() as watchdog:  # before any ADIOS2 object: it forks
         summary = _send(cfg, member, watchdog=watchdog, trainer_pid=trainer_pid, label=f"member {member}")
     if marker is not None:
-        _write_json(marker, summary)
+        write_json(marker, summary)
     return summary
 
 
-def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int | None, label: str) -> dict:
-    """Stream one training member, confirm it reached a live trainer, report it; its summary.
+def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int | None, label: str,
+          confirm: bool = True) -> dict:
+    """Stream one training member, confirm that the trainer holds it (unless not ``confirm``: the
+    caller does, see :func:`_settle`), report it; its summary.
 
     A failure leaves a note for the trainer (:func:`note_failure`) before it is raised again.
     """
+    if trainer_pid is not None and cfg.stream.engine.upper() == "SST" and held(receipt := read_receipt(cfg, member)):
+        # A rerun of a member whose steps the trainer holds (its solver died after its last step,
+        # before its marker): nothing to send.
+        print(f"[simulate] {label}: the trainer already holds its {receipt.get('steps')} steps "
+              f"({cfg.member_receipt(member)}): nothing to send", file=sys.stderr)
+        cfg.member_failure(member).unlink(missing_ok=True)
+        return {"member": member, "engine": cfg.stream.engine, "already_held": True, "steps": 0,
+                "total_s": 0.0, "solve_s": 0.0}
     try:
         summary = run_member(
             cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
             step_delay_s=cfg.problem.step_delay_s, trainer_pid=trainer_pid,
         )
-        _confirm(cfg, trainer_pid, member)
-    except (SolverError, StreamError, TrainerLostError) as exc:
+        if confirm:
+            _confirm(cfg, trainer_pid, member, summary.pop("contact", None))
+    except (SolverError, StreamError, TrainerLostError, MemberRejected) as exc:
         note_failure(cfg, member, str(exc))
         raise
     cfg.member_failure(member).unlink(missing_ok=True)
-    steps = f"{summary['steps']} steps sent" if "steps" in summary else "solver command exited 0"
+    if summary.get("already_held"):
+        steps = "held by the trainer already, nothing sent"
+    else:
+        steps = f"{summary['steps']} steps sent" if "steps" in summary else "solver command exited 0"
     print(
         f"[simulate] {label}: {steps} ({cfg.stream.engine}) in {summary['total_s']:.2f} s "
         f"(solve {summary['solve_s']:.2f} s)",
@@ -236,15 +277,8 @@ def note_failure(cfg: StudyConfig, member: int, reason: str) -> dict:
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         attempt = 1
     note = {"member": member, "attempt": attempt, "reason": reason, "final": attempt > cfg.retries}
-    _write_json(path, note)
+    write_json(path, note)
     return note
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)  # a reader never sees half a file
 
 
 def _nice(cfg: StudyConfig) -> None:
@@ -273,19 +307,41 @@ def simulate_job(
 
     One process for several members pays the start-up (interpreter, numpy, adios2) once. With SST
     each member's stream is read by the trainer before the next one opens. Each member's marker
-    (``members/member-K.json``) is written as soon as it is sent; ``marker`` gets the job summary.
+    (``members/member-K.json``) is written as soon as the trainer holds it (its receipt), while the
+    next members stream; ``marker`` gets the job summary.
     """
     members = job_members(cfg, job)
     _nice(cfg)
-    summaries = []
+    summaries, pending = [], []
     with Watchdog() as watchdog:  # before any ADIOS2 object: it forks
         for member in members:
-            summary = _send(cfg, member, watchdog=watchdog, trainer_pid=trainer_pid, label=f"job {job}: member {member}")
+            summary = _send(cfg, member, watchdog=watchdog, trainer_pid=trainer_pid,
+                            label=f"job {job}: member {member}", confirm=False)
             summaries.append(summary)
-            _write_json(cfg.member_marker(member), summary)  # as soon as it is sent
+            pending = _settle(cfg, trainer_pid, [*pending, (member, summary)], wait=False)
+        _settle(cfg, trainer_pid, pending, wait=True)
     if marker is not None:
-        _write_json(marker, {"job": job, "members": summaries})
+        write_json(marker, {"job": job, "members": summaries})
     return summaries
+
+
+def _settle(cfg: StudyConfig, trainer_pid: int | None, pending: list[tuple[int, dict]], *, wait: bool
+            ) -> list[tuple[int, dict]]:
+    """Write the marker of each sent member of ``pending`` that the trainer holds (its receipt is
+    there), waiting for every one if ``wait``; those still to come. The next member streams
+    meanwhile: a job of many short members does not wait for a checkpoint after each."""
+    left = []
+    for member, summary in pending:
+        if wait or trainer_pid is None or cfg.stream.engine.upper() != "SST" or held(read_receipt(cfg, member)):
+            try:
+                _confirm(cfg, trainer_pid, member, summary.pop("contact", None))
+            except (TrainerLostError, MemberRejected) as exc:
+                note_failure(cfg, member, str(exc))
+                raise
+            write_json(cfg.member_marker(member), summary)
+        else:
+            left.append((member, summary))
+    return left
 
 
 def _write_bp5_members(cfg: StudyConfig, sampling: SamplingConfig, out: Path, label: str) -> Path:

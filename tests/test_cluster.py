@@ -14,7 +14,14 @@ import yaml
 
 from conftest import datamove
 from datamove.config import ConfigError, StudyConfig, validate_config
-from datamove.gate import HeartbeatWatch, TrainerLostError, confirm_trainer, read_heartbeat, wait_for_trainer
+from datamove.gate import (
+    HeartbeatWatch,
+    TrainerLostError,
+    await_receipt,
+    read_heartbeat,
+    wait_for_trainer,
+    write_receipt,
+)
 
 
 def test_gate_timeout_is_a_config_key(tiny_config):
@@ -70,7 +77,8 @@ def test_heartbeat_is_judged_by_its_sequence_not_the_clocks(tiny_config, skew_s)
     with _SkewedTrainer(cfg.heartbeat_path, skew_s=skew_s) as trainer:
         beat = wait_for_trainer(cfg, timeout=5)  # an hour off either way: alive, since it advances
         assert beat is not None and beat["pid"] == 4242
-        confirm_trainer(cfg, pid=4242, member=0)
+        write_receipt(cfg, 0, steps=3, checkpointed=True)
+        assert await_receipt(cfg, pid=4242, member=0)["steps"] == 3
     # It died: the file stays, its time stamp near (or ahead of) this clock, its number frozen.
     watch = HeartbeatWatch(cfg.heartbeat_path, stale_s=0.3)
     assert watch.poll() is None  # one look proves nothing
@@ -81,7 +89,14 @@ def test_heartbeat_is_judged_by_its_sequence_not_the_clocks(tiny_config, skew_s)
     assert watch.poll() is None  # not again within stale_s, by this process's own clock
     trainer.beat(finished=True)  # the final beat: streams all read, not ready for more
     assert watch.poll() is None
-    confirm_trainer(cfg, pid=4242, member=0)  # ... yet it proves the trainer outlived the streams
+    assert await_receipt(cfg, pid=4242, member=0)  # ... the receipt it left is still good
+    t0 = time.monotonic()
+    with pytest.raises(TrainerLostError, match="member 1: the trainer \\(pid 4242\\) has finished"):
+        await_receipt(cfg, pid=4242, member=1)  # finished without member 1's steps: at once
+    assert time.monotonic() - t0 < 2
+    with pytest.raises(TrainerLostError, match="has finished"):  # a member's wait for the gate's trainer
+        wait_for_trainer(cfg, timeout=60, expected_pid=4242)
+    assert time.monotonic() - t0 < 12  # a grace of 5 s for a successor to take the lock, not 60
 
 
 def test_trainer_heartbeat_numbers_its_beats(tmp_path):
@@ -106,8 +121,9 @@ def test_trainer_heartbeat_numbers_its_beats(tmp_path):
     assert watch.poll() is None  # finished: no gate opens on it
     heartbeat = Heartbeat(path, 0.05)
     heartbeat.start()
-    heartbeat.stop(finished=False)  # a trainer that stops early takes its heartbeat away
-    assert read_heartbeat(path) is None
+    heartbeat.stop(finished=False, reason="interrupted by SIGTERM at batch 7")  # says why it stopped
+    assert read_heartbeat(path)["stopped"] == "interrupted by SIGTERM at batch 7"
+    assert watch.poll() is None  # no gate opens on it either
 
 
 @pytest.mark.slow
@@ -118,11 +134,17 @@ def test_a_frozen_heartbeat_does_not_confirm_a_member(tiny_config):
     with _SkewedTrainer(cfg.heartbeat_path, skew_s=3600.0):
         pass
     t0 = time.monotonic()
-    with pytest.raises(TrainerLostError, match="member 3: the trainer \\(pid 4242\\) stopped"):
-        confirm_trainer(cfg, pid=4242, member=3)
-    assert time.monotonic() - t0 >= 10  # it waited for a late beat first
-    with pytest.raises(TrainerLostError):  # another trainer's beat: ours has gone, no need to wait
-        confirm_trainer(cfg, pid=1, member=3)
+    with pytest.raises(TrainerLostError, match="member 3: the trainer \\(pid 4242\\) is not running"):
+        await_receipt(cfg, pid=4242, member=3)
+    assert 10 <= time.monotonic() - t0 < 20  # it waited for a late beat first (lost_after), no longer
+    t0 = time.monotonic()
+    with pytest.raises(TrainerLostError, match="pid 4242 trains the study now"):  # another trainer's beat
+        await_receipt(cfg, pid=1, member=3)
+    assert time.monotonic() - t0 < 2  # ours has gone: no need to wait
+    t0 = time.monotonic()
+    with pytest.raises(TrainerLostError, match="is not running: its heartbeat has not advanced"):
+        wait_for_trainer(cfg, timeout=600, expected_pid=4242)  # a member queued behind a dead trainer
+    assert time.monotonic() - t0 < 10  # stale_after, not the open timeout
 
 
 def test_stream_parameters_merge_over_the_lossless_defaults(tiny_config):

@@ -139,3 +139,27 @@ def test_ledger_counts_steps_evicted_before_any_batch(tiny_config, tmp_path, pol
     # Each batch draws 8 samples, so at most 8 per batch were trained on.
     trained_total = 60 - evicted - unused
     assert 0 < trained_total <= int(float(final["n_sampled"])), (trained_total, final)
+
+
+@pytest.mark.slow
+def test_markers_without_a_checkpoint_are_lost_at_once(tiny_config, tmp_path):
+    """A trainer that starts afresh while markers of an earlier run exist (the workflow will not
+    rerun those members) ends them lost at once, saying why and what to do, instead of waiting
+    stream.member_timeout_s for streams that never come."""
+    path = tiny_config(ensemble={"n_members": 2}, stream={"member_timeout_s": 300})
+    cfg = StudyConfig.load(path)
+    cfg.member_marker(1).parent.mkdir(parents=True)
+    cfg.member_marker(1).write_text('{"member": 1, "steps": 20}')  # sent to a run whose checkpoint is gone
+    datamove("make-heldout", "--config", path)
+    trainer = popen_datamove("train", "--config", path, log=tmp_path / "train.log")
+    try:
+        datamove("wait-trainer", "--config", path, "--timeout", 60)
+        datamove("simulate", "--config", path, "--member", 0, "--wait-trainer", "--marker", cfg.member_marker(0))
+        assert trainer.wait(timeout=60) == 0, trainer.output  # not after member_timeout_s (300 s)
+    finally:
+        trainer.kill()
+    assert "1 member(s) have markers from an earlier run" in trainer.output
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    assert ledger[0]["status"] == "complete"
+    assert ledger[1]["status"] == "lost" and "says it was sent, to an earlier trainer run" in ledger[1]["reason"]
+    assert "--forcerun simulate_member" in ledger[1]["reason"]

@@ -91,7 +91,9 @@ def _kill_member_when_streaming(stream_dir: Path, member: int, killed: list, dea
                 if Path(argv[0]).name.startswith("python") and "datamove simulate" in cmd and target in cmd:
                     victims.append(int(pid))
             if victims:
-                time.sleep(0.3)  # let a few steps through: killed mid-stream
+                # Let a few steps through (the open itself takes up to ~0.5 s on a loaded machine):
+                # killed mid-stream, with most of its 3 s of steps still to come.
+                time.sleep(1.2)
                 for pid in victims:
                     os.kill(pid, signal.SIGKILL)
                 killed.extend(victims)
@@ -101,7 +103,7 @@ def _kill_member_when_streaming(stream_dir: Path, member: int, killed: list, dea
 
 @pytest.mark.slow
 def test_killed_solver_does_not_stop_the_study(tiny_config, tmp_path):
-    path = tiny_config(solver={"n_steps": 40, "step_delay_s": 0.03}, ensemble={"retries": 0})
+    path = tiny_config(solver={"n_steps": 60, "step_delay_s": 0.05}, ensemble={"retries": 0})
     cfg = StudyConfig.load(path)
     killed: list[int] = []
     watcher = threading.Thread(
@@ -123,7 +125,7 @@ def test_killed_solver_does_not_stop_the_study(tiny_config, tmp_path):
 
 @pytest.mark.slow
 def test_killed_solver_is_rerun_without_counting_steps_twice(tiny_config, tmp_path):
-    path = tiny_config(solver={"n_steps": 40, "step_delay_s": 0.03}, ensemble={"retries": 1})
+    path = tiny_config(solver={"n_steps": 60, "step_delay_s": 0.05}, ensemble={"retries": 1})
     cfg = StudyConfig.load(path)
     killed: list[int] = []
     watcher = threading.Thread(

@@ -36,6 +36,7 @@ from datamove.streaming.pool import IngestPool
 
 SCAN_S = 0.02  # between two scans of the stream folder for new contact files
 NOTES_S = 0.5  # between two scans of the launcher's failure notes
+TIMEOUT_CHECK_S = 0.1  # between two checks for silent streams (a timeout is seconds or more)
 
 
 class IngestFailed(RuntimeError):
@@ -75,10 +76,18 @@ class MemberFeed:
         self.pool: IngestPool | None = None
         self._dead_contact: dict[int, tuple[int, int]] = {}  # member -> its dead writer's contact file
         self._notes_seen: dict[int, int] = {}  # member -> attempt of the last launcher note applied
-        self._next_scan = self._next_notes = 0.0
+        self._next_scan = self._next_notes = self._next_timeouts = 0.0
+        self._changed = True  # the ledger changed since "every member ended?" was last asked
         self._last_activity = time.monotonic()
         self._finished = not self.unassigned
-        self.completed = 0  # members completed since the caller last reset it (checkpoint trigger)
+        # Members completed since the caller last emptied the list (its receipts and checkpoints).
+        self.newly_complete: list[int] = []
+        # Members whose stream ended without all their steps since the caller last emptied the
+        # list: (member, reason, the contact file's signature), for the solver still waiting.
+        self.newly_rejected: list[tuple[int, str, tuple[int, int] | None]] = []
+        # Complete members whose stream opened again (a rerun): read as duplicates, not waited on.
+        self._rereading: set[int] = set()
+        self._reading: dict[int, tuple[int, int] | None] = {}  # member -> its stream's contact file
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -124,19 +133,30 @@ class MemberFeed:
     def poll(self, timeout: float = 0.0) -> None:
         """Take the workers' events (waiting up to ``timeout`` s for the first), dispatch new streams,
         apply timeouts and the launcher's notes."""
-        for ev in self.pool.poll(timeout=timeout):
+        events = self.pool.poll(timeout=timeout)
+        for ev in events:
             self._handle(ev)
-            self._last_activity = time.monotonic()
         now = time.monotonic()
-        if self.unassigned and now >= self._next_scan:
-            self._next_scan = now + SCAN_S  # a directory scan, not on every batch
+        if events:
+            self._last_activity = now
+        if not self._finished and now >= self._next_scan:
+            # A directory scan, not on every batch; slower once every member has been handed out
+            # (only a rerun of a complete member can appear then).
+            self._next_scan = now + (SCAN_S if self.unassigned else NOTES_S)
             self._dispatch()
         if now >= self._next_notes:
             self._next_notes = now + NOTES_S
             self._read_notes()
-        if not self._finished:
+        if self._finished:
+            return
+        # Not on every call (this runs between train steps): the timeouts are seconds long, and
+        # whether every member ended can change only when the ledger did.
+        if now >= self._next_timeouts:
+            self._next_timeouts = now + TIMEOUT_CHECK_S
             self._timeouts(now)
-            if not self.ledger.unfinished() and not self.pool.busy:
+        if self._changed and not self.pool.busy:
+            self._changed = False
+            if not self.ledger.unfinished():
                 self._finished = True
                 self.pool.finish()
 
@@ -176,7 +196,10 @@ class MemberFeed:
         elif isinstance(ev, Info):
             self.params[ev.member] = np.asarray(ev.params, dtype=np.float32)
         elif isinstance(ev, Opened):
-            self.ledger.opened(ev.member)
+            if ev.member in self._rereading:
+                self.ledger[ev.member].attempts += 1  # stays complete: every step will be a duplicate
+            else:
+                self.ledger.opened(ev.member)
         elif isinstance(ev, Ended):
             self._ended(ev)
         elif isinstance(ev, Fatal):
@@ -185,30 +208,57 @@ class MemberFeed:
             raise IngestFailed(f"ingest worker {ev.worker} exited early")
 
     def _ended(self, ev: Ended) -> None:
+        self._changed = True
         rec = self.ledger[ev.member]
-        if ev.status == "complete" or rec.steps_received == rec.steps_expected:
+        contact = self._reading.pop(ev.member, None)
+        self._dead_contact_of(ev.member)
+        if ev.status != "complete" and rec.steps_received < rec.steps_expected:
+            # Its solver may be alive, waiting for a receipt that will not come: tell it why.
+            self.newly_rejected.append((ev.member, ev.reason, contact))
+        if ev.member in self._rereading:
+            self._rereading.discard(ev.member)
+            self.say(f"member {ev.member}: a rerun of a complete member ended ({ev.n_steps} steps read, all duplicates)")
+        elif ev.status == "complete" or rec.steps_received == rec.steps_expected:
             self.ledger.ended(ev.member, "complete")
-            self.completed += 1
+            self.newly_complete.append(ev.member)
         elif rec.attempts <= self.cfg.retries and not ev.final:
             self.ledger.ended(ev.member, "retrying", ev.reason)
             self.unassigned.append(ev.member)
-            sig = contact_signature(self.cfg.stream_dir, ev.member)
-            if sig is not None:
-                self._dead_contact[ev.member] = sig
             self.say(f"member {ev.member} lost after {rec.steps_received} steps: {ev.reason}; waiting for a rerun")
         else:
             self.ledger.ended(ev.member, "lost", ev.reason)
             self.say(f"member {ev.member} lost after {rec.steps_received} steps: {ev.reason}")
 
+    def _dead_contact_of(self, member: int) -> None:
+        """Remember the contact file a member's ended writer left (killed writers leave theirs), so
+        that only a new one, a rerun's, is read."""
+        sig = contact_signature(self.cfg.stream_dir, member)
+        if sig is not None:
+            self._dead_contact[member] = sig
+
     def _dispatch(self) -> None:
-        for member in streams_present(self.cfg.stream, self.cfg.stream_dir, self.unassigned):
+        """Hand every member whose stream appeared to an idle worker: members not yet read, and
+        reruns of complete members (the workflow retries a member whose solver died after its last
+        step, before its marker): those are read too, their steps counted as duplicates, so that
+        the rerun's solver is answered instead of waiting in Open for a reader."""
+        for member in streams_present(self.cfg.stream, self.cfg.stream_dir):
             if not self.pool.idle:
                 return
+            if member not in self.ledger.records or member in self._rereading:
+                continue
+            status = self.ledger[member].status
+            if status != "complete" and member not in self.unassigned:
+                continue  # being read, or lost for good
             if member in self._dead_contact:
                 if contact_signature(self.cfg.stream_dir, member) == self._dead_contact[member]:
                     continue  # still the dead writer's file: wait for the rerun's
                 del self._dead_contact[member]
-            self.unassigned.remove(member)
+            if member in self.unassigned:
+                self.unassigned.remove(member)
+            else:
+                self._rereading.add(member)
+                self.say(f"member {member}: a rerun of a complete member; reading it as duplicates")
+            self._reading[member] = contact_signature(self.cfg.stream_dir, member)
             self.pool.assign(member)
 
     def _timeouts(self, now: float) -> None:
@@ -227,6 +277,7 @@ class MemberFeed:
                 self.ledger.ended(m, "lost", reason)
                 self.say(f"member {m} lost: {reason}")
             self.unassigned.clear()
+            self._changed = True
 
     def _note_files(self) -> list[tuple[int, Path]]:
         """(member, path) of this trainer's members that have a failure note: one directory listing
@@ -262,6 +313,7 @@ class MemberFeed:
                 continue
             reason = reason if not rec.reason or reason in rec.reason else f"{reason} ({rec.reason})"
             if final and rec.status != "streaming":
+                self._changed = True
                 self.ledger.ended(member, "lost", reason)
                 if member in self.unassigned:
                     self.unassigned.remove(member)

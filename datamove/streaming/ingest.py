@@ -68,22 +68,31 @@ def slot_array(shm: shared_memory.SharedMemory, n_slots: int, sample_shape) -> n
     return np.ndarray((n_slots, *sample_shape), dtype=np.float32, buffer=shm.buf)
 
 
-def streams_present(stream: StreamConfig, stream_dir: str | Path, members) -> list[int]:
-    """Members whose writer has opened its stream (SST: a non-empty contact file)."""
+def streams_present(stream: StreamConfig, stream_dir: str | Path, members=None) -> list[int]:
+    """Members (of ``members``, or any) whose writer has opened its stream (SST: a non-empty contact
+    file; BP5: a file with its index), ascending. One directory listing, whatever the ensemble's size."""
+    sst = stream.engine.upper() == "SST"
+    suffix = ".sst" if sst else ".bp"
+    wanted = None if members is None else set(members)
     try:
-        names = {e.name: e for e in os.scandir(stream_dir)}
+        entries = list(os.scandir(stream_dir))
     except FileNotFoundError:
         return []
     found = []
-    for member in members:
-        if stream.engine.upper() == "SST":
-            entry = names.get(contact_file(stream_dir, member).name)
-            if entry is not None and entry.stat().st_size > 0:
-                found.append(member)
-        elif stream_path(stream_dir, member, "BP5").name in names:
-            if (stream_path(stream_dir, member, "BP5") / "md.idx").exists():
-                found.append(member)
-    return found
+    for entry in entries:
+        stem, dot, ext = entry.name.rpartition(".")
+        if not dot or f".{ext}" != suffix or not stem.startswith("member-") or not stem[7:].isdigit():
+            continue
+        member = int(stem[7:])
+        if wanted is not None and member not in wanted:
+            continue
+        try:
+            ready = entry.stat().st_size > 0 if sst else (Path(entry.path) / "md.idx").exists()
+        except FileNotFoundError:
+            continue  # gone between the listing and now
+        if ready:
+            found.append(member)
+    return sorted(found)
 
 
 def contact_signature(stream_dir: str | Path, member: int) -> tuple[int, int] | None:

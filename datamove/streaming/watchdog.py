@@ -14,22 +14,32 @@ import sys
 import time
 
 
+CHECK_S = 0.2  # between two calls of an armed check
+
+
 def _watch(conn, parent_end, parent: int) -> None:
     # Close the parent's end inherited through fork: otherwise the pipe never reports EOF when the
     # parent dies, and this process would outlive it.
     parent_end.close()
-    deadline, message = None, ""
+    deadline, message, check = None, "", None
     while True:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if check is not None:
+            timeout = CHECK_S if timeout is None else min(timeout, CHECK_S)
         try:
             if conn.poll(timeout):
                 cmd = conn.recv()
                 if cmd is None:
                     return
-                deadline, message = cmd if cmd[0] is not None else (None, "")
+                deadline, message, check = cmd if cmd[0] is not None else (None, "", None)
                 continue
         except (EOFError, OSError):
             return  # the parent has gone: nothing to guard
+        if check is not None and (deadline is None or time.monotonic() < deadline):
+            why = check()
+            if why is None:
+                continue
+            message = why
         sys.stderr.write(f"datamove watchdog: {message}\n")
         sys.stderr.flush()
         os.kill(parent, signal.SIGTERM)
@@ -55,11 +65,14 @@ class Watchdog:
         self._proc.start()
         child.close()
 
-    def arm(self, seconds: float, message: str) -> None:
-        self._conn.send((time.monotonic() + seconds, message))
+    def arm(self, seconds: float, message: str, check=None) -> None:
+        """End this process with ``message`` unless disarmed within ``seconds``; and sooner, with
+        the message it returns, as soon as ``check()`` (picklable, called every CHECK_S in the
+        watchdog's process) returns one."""
+        self._conn.send((time.monotonic() + seconds, message, check))
 
     def disarm(self) -> None:
-        self._conn.send((None, ""))
+        self._conn.send((None, "", None))
 
     def close(self) -> None:
         try:

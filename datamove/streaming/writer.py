@@ -25,6 +25,9 @@ class MemberWriter:
         member: member id.
         attributes: contract attributes (member, params, param_names, solver) and solver constants.
         watchdog: guards ``Open``, which for SST waits for the trainer without any timeout.
+        trainer: a check of the trainer (:class:`datamove.gate.TrainerCheck`, returns why it is gone
+            or None) that the watchdog calls while ``Open`` waits: a member fails within seconds
+            of its trainer, not after ``stream.open_timeout_s``.
     """
 
     def __init__(
@@ -35,8 +38,10 @@ class MemberWriter:
         member: int,
         attributes: Mapping[str, Any],
         watchdog: Watchdog | None = None,
+        trainer=None,
     ):
         self.stream = stream
+        self.trainer = trainer
         self.stream_dir = Path(stream_dir)
         self.member = member
         self.attributes = dict(attributes)
@@ -57,6 +62,7 @@ class MemberWriter:
                 f"member {self.member}: no trainer connected to stream {path} within "
                 f"{self.stream.open_timeout_s:g} s (stream.open_timeout_s). Is the trainer running "
                 f"and reading {self.stream_dir}?",
+                check=self.trainer,
             )
         try:
             self._stream = adios2.Stream(io, str(path), "w")

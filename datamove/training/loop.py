@@ -10,6 +10,7 @@ train or stop is collective, and every rank calls :meth:`Training.log_row` at th
 
 from __future__ import annotations
 
+import signal
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from datamove.config import StudyConfig
+from datamove.guard import Interrupted, StopSignals  # noqa: F401  (the trainers' too)
 from datamove.training.distributed import Dist
 from datamove.training.heldout import load_heldout
 from datamove.training.records import MetricsLog
@@ -102,8 +104,10 @@ class Training:
         return self._wall0 + time.perf_counter() - self._t0
 
     def open_metrics(self, path: Path, rows: list[dict] | None = None) -> None:
-        """metrics.csv (rank 0; other ranks log nowhere); ``rows``: those of a resumed run."""
-        self.metrics = MetricsLog(path if self.dd.main else None, rows=rows)
+        """metrics.csv (rank 0; other ranks log nowhere), and TensorBoard's event files with
+        ``trainer.tensorboard``; ``rows``: those of a resumed run."""
+        tensorboard = self.cfg.tensorboard_dir if self.cfg.trainer.tensorboard and self.dd.main else None
+        self.metrics = MetricsLog(path if self.dd.main else None, rows=rows, tensorboard=tensorboard)
         if rows:
             self._wall0 = float(rows[-1]["wall_s"])
 
@@ -115,16 +119,24 @@ class Training:
         self.batch = int(ckpt["step"])
 
     def run(self, source: Source, *, checkpoint: Callable[[], None] | None = None,
-            idle: Callable[[], None] | None = None) -> None:
+            idle: Callable[[], None] | None = None, stop: StopSignals | None = None) -> None:
         """Train from ``source`` until it is done; ``checkpoint()`` every ``trainer.checkpoint_every``
-        batches, ``idle()`` after every iteration (a source's own checkpoint triggers)."""
+        batches, ``idle()`` after every iteration (a source's own checkpoint triggers).
+
+        Raises:
+            Interrupted: ``stop`` caught a signal (on any rank: the decision is collective, so that
+                every rank of a data-parallel run leaves at the same batch).
+        """
         tc = self.cfg.trainer
         last_ckpt = self.batch
         self._t0 = time.perf_counter()  # training time starts here, after the set-up
         self._last = (self._t0, self.batch)
         while True:
             finished, can_train = source.poll()
-            all_done, can_train = self.dd.all_min(finished, can_train)
+            go_on = stop is None or stop.signum is None
+            all_done, can_train, go_on = self.dd.all_min(finished, can_train, go_on)
+            if not go_on:
+                raise Interrupted(stop.signum if stop is not None and stop.signum else signal.SIGTERM, self.batch)
             if can_train:
                 x, y = source.batch()
                 self._loss_sum += train_step(self.model, self.optimizer, x, y, sync_gradients=self.sync)

@@ -26,7 +26,7 @@ import torch
 from datamove.config import StudyConfig
 from datamove.data.dataset import MemberDataset, make_loader
 from datamove.training.distributed import Dist, init_from_env
-from datamove.training.loop import Source, Training
+from datamove.training.loop import Interrupted, Source, StopSignals, Training
 from datamove.training.records import Ledger
 
 
@@ -203,7 +203,12 @@ def train_offline(
                            max_batches=max_batches, max_seconds=max_seconds)
     del loader
     try:
-        run.run(source)
+        with StopSignals() as stop:
+            run.run(source, stop=stop)
+    except Interrupted as exc:
+        # No model.pt: an interrupted baseline is not a finished one (nothing to resume: it reruns).
+        _say(f"{exc}: stopped without writing model.pt")
+        raise
     finally:
         source.close()
     run.finish(source)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from datamove.config import ConfigError, StudyConfig
+from datamove.gate import held, read_receipt, write_receipt
+from datamove.guard import StudyLock
 from datamove.reservoir import available_bytes, buffer_bytes, make_buffer
 from datamove.streaming.feed import MemberFeed
 from datamove.training.distributed import Dist, init_from_env
-from datamove.training.loop import Source, Training
+from datamove.training.loop import Interrupted, Source, StopSignals, Training
 from datamove.training.records import Ledger, MemberRecord
 
 
@@ -43,16 +45,56 @@ class Heartbeat:
     Each beat carries a sequence number, one more than the last: readers on other nodes judge
     freshness by seeing it advance on their own clock (datamove.gate), as the nodes' clocks may
     disagree. ``time`` (this node's clock) is for people reading the file.
+
+    ``status``: called at every beat; its small dict of counters goes into the beat as ``status``,
+    for ``datamove status`` (see :meth:`counters`). A failing call leaves it out of that beat: the
+    beat itself, which the solvers wait for, never fails for it.
     """
 
-    def __init__(self, path: Path, period: float):
-        self.path, self.period = path, period
+    def __init__(self, path: Path, period: float, *, status: Callable[[], dict[str, Any]] | None = None):
+        self.path, self.period, self.status = path, period, status
         self._seq = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
 
+    @staticmethod
+    def counters(*, ledger: Ledger, buffer, training: Training) -> Callable[[], dict[str, Any]]:
+        """The live counters of a trainer, for ``status``: members of this process by status
+        (``members``: how many it reads, the whole ensemble but under data-parallel training),
+        members retried (not lost: streamed again, or waiting for a rerun), samples received, buffer length and capacity, the batch,
+        and the batch and losses of the last metrics row. Counts, never per-member lists: the
+        file is rewritten every beat. Read from the heartbeat thread: plain ints and a list's last
+        item, no torch call (which could wait on the device)."""
+
+        def status() -> dict[str, Any]:
+            by_status = dict.fromkeys(("pending", "streaming", "retrying", "complete", "lost"), 0)
+            retried = received = 0
+            for rec in list(ledger.records.values()):
+                by_status[rec.status] = by_status.get(rec.status, 0) + 1
+                retried += rec.status != "lost" and (rec.attempts > 1 or rec.status == "retrying")
+                received += rec.steps_received
+            rows = training.metrics.rows if training.metrics is not None else []
+            last = rows[-1] if rows else {}
+
+            def finite(value):
+                return None if value is None or not np.isfinite(value) else float(value)  # NaN is no JSON
+
+            return {
+                "members": len(ledger.records), **by_status, "retried": retried,
+                "samples_received": received, "buffer": len(buffer), "capacity": buffer.capacity,
+                "batch": training.batch, "logged_batch": last.get("batch"),
+                "train_loss": finite(last.get("train_loss")), "val_loss": finite(last.get("val_loss")),
+            }
+
+        return status
+
     def _beat(self, **extra) -> None:
         self._seq += 1
+        if self.status is not None:
+            try:
+                extra["status"] = self.status()
+            except Exception:  # noqa: BLE001 - counters are a courtesy; the beat is what matters
+                pass
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "seq": self._seq, "time": time.time(), **extra}))
         tmp.replace(self.path)
@@ -65,57 +107,18 @@ class Heartbeat:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, *, finished: bool) -> None:
-        """``finished``: the trainer read every stream to its end; a last beat says so, and lets
-        the last solvers confirm that it outlived their streams (see datamove.gate)."""
+    def stop(self, *, finished: bool, reason: str = "") -> None:
+        """``finished``: the trainer read every stream to its end and wrote its model; a last beat
+        says so. Otherwise the last beat says ``stopped`` (``reason``), so that solvers waiting for
+        this trainer fail at once instead of waiting for a heartbeat that will not come (see
+        datamove.gate); where even that small write fails (a full disk) the file is removed."""
         self._stop.set()
         self._thread.join()
-        if finished:
-            self._beat(finished=True)
-        else:
+        try:
+            self._beat(**({"finished": True} if finished else {"stopped": reason or "stopped"}))
+        except OSError:
+            self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
             self.path.unlink(missing_ok=True)
-
-
-class StudyBusyError(RuntimeError):
-    """Another trainer holds this study."""
-
-
-class StudyLock:
-    """One trainer per study: a second one refuses, naming the first (pid, host, start time).
-
-    A lock whose process is gone (a crash, kill -9) is taken over.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def acquire(self) -> None:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        try:
-            other = json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            other = None
-        if other and other.get("pid") != me["pid"] and self._alive(other):
-            raise StudyBusyError(
-                f"study {self.path.parent.name} is already being trained by pid {other['pid']} on "
-                f"{other['host']} (started {other['started']}; lock file {self.path})"
-            )
-        self.path.write_text(json.dumps(me))
-
-    @staticmethod
-    def _alive(other: dict) -> bool:
-        if other.get("host") != socket.gethostname():
-            return True  # cannot check another host: assume it runs
-        try:
-            os.kill(int(other["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    def release(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def _say(msg: str) -> None:
@@ -184,6 +187,10 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
 
     Writes ``model.pt``, ``metrics.csv`` and ``ledger.csv`` to ``cfg.study_dir``; checkpoints to
     ``checkpoint.pt`` every ``trainer.checkpoint_every`` batches and resumes from it after a crash.
+
+    SIGINT or SIGTERM stops it at the next batch: a checkpoint, the ledger and a ``stopped``
+    heartbeat are written, the lock released, and :class:`datamove.training.loop.Interrupted` is
+    raised (no model.pt: a rerun resumes from the checkpoint).
     """
     dd = init_from_env(cfg.trainer.device)
     cfg.study_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +198,8 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
     if dd.main:
         lock.acquire()
     try:
-        return _train_online(cfg, members, dd)
+        with StopSignals() as stop:
+            return _train_online(cfg, members, dd, stop)
     finally:
         if dd.main:
             lock.release()
@@ -202,7 +210,7 @@ def _rank_path(path: Path, dd: Dist) -> Path:
     return path if dd.main else path.with_name(f"{path.stem}.rank{dd.rank}{path.suffix}")
 
 
-def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> TrainResult:
+def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: StopSignals) -> TrainResult:
     tc, problem = cfg.trainer, cfg.problem
     all_members = list(range(cfg.ensemble.n_members)) if members is None else list(members)
     members = dd.share(all_members)  # data-parallel: each rank reads its own share
@@ -232,20 +240,47 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
     )
     params = {m: np.asarray(p, dtype=np.float32) for m, p in (resumed["params"] if resumed else {}).items()}
     if dd.main and resumed is None:
-        # Notes of failed launches belong to an earlier run of the study: this one starts afresh.
+        # Notes of failed launches and receipts belong to an earlier run of the study: this one
+        # starts afresh.
         for member in all_members:
             cfg.member_failure(member).unlink(missing_ok=True)
+            cfg.member_receipt(member).unlink(missing_ok=True)
+    dd.barrier()  # rank 0's clean-up is done before any rank writes a receipt
+    if resumed is None:
+        _orphan_markers(cfg, ledger)
+    else:
+        _sync_receipts(cfg, ledger)
     # Rank 0 removes stale contact files; no rank reads a stream before the gate opens, after the barrier.
     feed = MemberFeed(cfg=cfg, members=members, ledger=ledger, params=params, clean=dd.main, say=_say).start()
     dd.barrier()  # every rank's ingest pool is up before the gate opens
-    heartbeat = Heartbeat(cfg.heartbeat_path, tc.heartbeat_s)
+    heartbeat = Heartbeat(
+        cfg.heartbeat_path, tc.heartbeat_s, status=Heartbeat.counters(ledger=ledger, buffer=buffer, training=run)
+    )
     if dd.main:
         heartbeat.start()
     _say(f"ready: reading streams from {cfg.stream_dir} with {feed.n_workers} ingest process(es)")
     source = OnlineSource(cfg=cfg, dd=dd, feed=feed, buffer=buffer, n_members=len(all_members))
-    last_ckpt = [time.monotonic()]
+    last_ckpt = [time.monotonic(), 0.0]  # when the last checkpoint was written, and how long it took
+    # A receipt tells a member's solver that its steps are safe, so it may write its marker (after
+    # which the workflow never reruns it): once a checkpoint holds them. Without checkpoints, or
+    # under data-parallel training (ranks checkpoint together, at fixed batches), at once.
+    durable = bool(tc.checkpoint_every) and not dd.active
+
+    def receipts() -> None:
+        for member in feed.newly_complete:
+            write_receipt(cfg, member, steps=ledger[member].steps_received, checkpointed=durable)
+        feed.newly_complete.clear()
+
+    def rejections() -> None:
+        # At once, not after a checkpoint: they hold nothing, they only end a solver's wait.
+        for member, reason, contact in feed.newly_rejected:
+            if ledger[member].status != "complete":
+                write_receipt(cfg, member, steps=ledger[member].steps_received, checkpointed=False,
+                              status=ledger[member].status, reason=reason, contact=contact)
+        feed.newly_rejected.clear()
 
     def checkpoint() -> None:
+        t0 = time.monotonic()
         if dd.active and ckpt_path.exists():
             # Ranks write theirs moments apart: keep the previous one, so that after a crash in
             # between every rank still has a checkpoint of the same batch (see _resume).
@@ -257,18 +292,27 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
             "metrics_rows": run.metrics.rows,
         })
         ledger.write(_rank_path(study_dir / "ledger.csv", dd))  # a readable view of the same moment
-        last_ckpt[0], feed.completed = time.monotonic(), 0
+        last_ckpt[0] = time.monotonic()
+        last_ckpt[1] = last_ckpt[0] - t0
+        if durable:
+            receipts()
 
     def idle() -> None:
-        # A member's completion is worth a checkpoint soon: its job's marker now exists, and a
-        # resumed trainer would otherwise wait for a member Snakemake will not rerun. (Not under
-        # data-parallel training: ranks checkpoint together, at fixed batches.)
-        if tc.checkpoint_every and feed.completed and not dd.active and time.monotonic() - last_ckpt[0] > 2.0:
+        # A member's completion is worth a checkpoint soon: its solver waits for the receipt before
+        # it writes its marker. Not more often than every 0.5 s, nor than every 4 checkpoint
+        # durations (a large reservoir takes seconds to write): training keeps >= 80 % of its time.
+        if feed.newly_rejected:
+            rejections()
+        if not feed.newly_complete:
+            return
+        if not durable:
+            receipts()
+        elif time.monotonic() - last_ckpt[0] > max(0.5, 4 * last_ckpt[1]):
             checkpoint()
 
-    finished = False
+    finished, why = False, "crashed"
     try:
-        run.run(source, checkpoint=checkpoint, idle=idle)
+        run.run(source, checkpoint=checkpoint, idle=idle, stop=stop)
         finished = True
         # Samples never drawn when training ends (the newest of a replacing buffer; of a consuming
         # one, those trainer.extra_batches did not reach) were received but not trained on.
@@ -280,30 +324,36 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
                 "(counted as steps_unused in the ledger)"
                 + ("; raise trainer.extra_batches to train on them" if buffer.consumes else "")
             )
+    except Interrupted as exc:
+        why = str(exc)
+        if tc.checkpoint_every:
+            checkpoint()
+            _say(f"{exc}: checkpoint {ckpt_path} written; no model.pt. A rerun resumes from it "
+                 "(after an interrupted snakemake: the same command with --rerun-incomplete)")
+        else:
+            _say(f"{exc}: no checkpoint (trainer.checkpoint_every is 0), no model.pt")
+        raise
+    except BaseException as exc:
+        why = f"crashed: {type(exc).__name__}: {exc}"
+        raise
     finally:
-        if dd.main:
-            heartbeat.stop(finished=finished)
+        if dd.main and not finished:
+            heartbeat.stop(finished=False, reason=why)
+            # The gate names this trainer: a rerun must open it anew for the next one (members of
+            # a rerun that found this gate would wait for a trainer that is gone).
+            cfg.gate_path.unlink(missing_ok=True)
         feed.close()
         ledger.write(_rank_path(study_dir / "ledger.csv", dd))
 
-    run.finish(source)
-    # The whole ensemble's ledger, from every rank's share.
-    if dd.active:
-        for state in dd.gather(ledger.state()):
-            for row in state:
-                ledger.records[row["member"]] = MemberRecord(**row)
-    dd.barrier()
-    ckpt_path.unlink(missing_ok=True)  # the study is done: a rerun starts afresh
-    _prev_path(ckpt_path).unlink(missing_ok=True)
-    if dd.active and not dd.main:
-        _rank_path(study_dir / "ledger.csv", dd).unlink(missing_ok=True)
-        return TrainResult(run.batch, float("nan"), ledger.steps_received, 0, 0, run.wall_s)
-    ledger.write(study_dir / "ledger.csv")
     try:
-        cfg.stream_dir.rmdir()
-    except OSError:
-        pass
-    run.save(study_dir / "model.pt", extra={"ledger": ledger.state()})
+        _finish(cfg, dd, run, source, ledger, ckpt_path, receipts, durable)
+    except BaseException as exc:
+        if dd.main:  # the solvers still waiting for receipts learn it at once
+            heartbeat.stop(finished=False, reason=f"crashed while finishing: {type(exc).__name__}: {exc}")
+        raise
+    if dd.active and not dd.main:
+        return TrainResult(run.batch, float("nan"), ledger.steps_received, 0, 0, run.wall_s)
+    heartbeat.stop(finished=True)
     result = TrainResult(
         batches=run.batch,
         val_loss=run.val_loss,
@@ -323,6 +373,35 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist) -> Trai
     return result
 
 
+def _finish(cfg: StudyConfig, dd: Dist, run: Training, source: OnlineSource, ledger: Ledger, ckpt_path: Path,
+            receipts: Callable[[], None], durable: bool) -> None:
+    """The last metrics row, the whole ensemble's ledger, model.pt, then the last receipts (the
+    model holds those members now). The checkpoint goes only once model.pt is written: a failure
+    in between leaves a study that a rerun resumes."""
+    study_dir = cfg.study_dir
+    run.finish(source)
+    if not durable:
+        receipts()  # each rank its own members' (only rank 0 goes on to the model)
+    # The whole ensemble's ledger, from every rank's share.
+    if dd.active:
+        for state in dd.gather(ledger.state()):
+            for row in state:
+                ledger.records[row["member"]] = MemberRecord(**row)
+    dd.barrier()
+    if dd.active and not dd.main:
+        _rank_path(study_dir / "ledger.csv", dd).unlink(missing_ok=True)
+    else:
+        ledger.write(study_dir / "ledger.csv")
+        try:
+            cfg.stream_dir.rmdir()
+        except OSError:
+            pass
+        run.save(study_dir / "model.pt", extra={"ledger": ledger.state()})
+        receipts()
+    ckpt_path.unlink(missing_ok=True)  # the study is done: a rerun starts afresh
+    _prev_path(ckpt_path).unlink(missing_ok=True)
+
+
 def _check_buffer_memory(cfg: StudyConfig, device: torch.device) -> None:
     """Refuse, before allocating it, a reservoir larger than the memory left on its device (rather
     than an allocator's error for terabytes in the middle of a study)."""
@@ -335,6 +414,37 @@ def _check_buffer_memory(cfg: StudyConfig, device: torch.device) -> None:
             f"{need / 2**30:.2f} GiB, but {device} has {free / 2**30:.2f} GiB available: lower reservoir.capacity "
             f"(at most {free * 9 // 10 // (need // res.capacity)} here)"
         )
+
+
+def _orphan_markers(cfg: StudyConfig, ledger: Ledger) -> None:
+    """A trainer that starts afresh holds no member's steps, but the workflow does not rerun a
+    member whose marker exists (left by an earlier run whose checkpoint is gone, or forced to train
+    again): such members end lost at once, with the reason and the way out, instead of waiting for
+    a stream that will not come."""
+    orphans = [m for m in ledger.records if cfg.member_marker(m).exists()]
+    for member in orphans:
+        ledger.ended(
+            member, "lost",
+            f"its marker {cfg.member_marker(member)} says it was sent, to an earlier trainer run that this "
+            "one does not resume (no checkpoint): remove the marker, or run snakemake with --forcerun "
+            "simulate_member, to send it again",
+        )
+    if orphans:
+        _say(
+            f"{len(orphans)} member(s) have markers from an earlier run and will not be sent again "
+            f"(members {orphans[:8]}{' ...' if len(orphans) > 8 else ''}): counted as lost (see ledger.csv)"
+        )
+
+
+def _sync_receipts(cfg: StudyConfig, ledger: Ledger) -> None:
+    """After a resume, the receipts say exactly which members the checkpoint holds complete: a crash
+    may have come between a checkpoint and its receipts, or after receipts of a later one."""
+    for member, rec in ledger.records.items():
+        if rec.status == "complete":
+            if not held(read_receipt(cfg, member)):
+                write_receipt(cfg, member, steps=rec.steps_received, checkpointed=True)
+        else:
+            cfg.member_receipt(member).unlink(missing_ok=True)
 
 
 def _prev_path(path: Path) -> Path:

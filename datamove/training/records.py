@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import numbers
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
+
+from datamove.config import ConfigError
 
 
 @dataclass
@@ -112,12 +116,16 @@ class Ledger:
     def write(self, path: str | Path) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=[f.name for f in fields(MemberRecord)])
-            writer.writeheader()
-            for member in sorted(self.records):
-                writer.writerow(asdict(self.records[member]))
-        tmp.replace(path)
+        try:
+            with tmp.open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=[f.name for f in fields(MemberRecord)])
+                writer.writeheader()
+                for member in sorted(self.records):
+                    writer.writerow(asdict(self.records[member]))
+            tmp.replace(path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written ledger behind
+            raise
 
 
 METRIC_COLUMNS = (
@@ -150,14 +158,22 @@ class MetricsLog:
     """metrics.csv, one row every ``log_every`` batches, flushed as it goes (readable mid-study).
 
     ``path`` None keeps the rows in memory only (the other ranks of a data-parallel run).
+    ``tensorboard``: a folder where every row also goes, as TensorBoard scalars (see
+    :class:`TensorBoardLog`).
     """
 
-    def __init__(self, path: str | Path | None, *, rows: list[dict] | None = None):
+    def __init__(self, path: str | Path | None, *, rows: list[dict] | None = None,
+                 tensorboard: str | Path | None = None):
         """``rows``: those of a resumed run (from its checkpoint), written first."""
         self.path = None if path is None else Path(path)
+        self.rows: list[dict] = list(rows or [])
+        # Before metrics.csv is opened (truncated): a missing package stops the trainer without
+        # touching the study's records.
+        self._tb = None if tensorboard is None else TensorBoardLog(
+            tensorboard, resume_after=int(self.rows[-1]["batch"]) if self.rows else None
+        )
         self._fh = None if path is None else self.path.open("w", newline="")
         self._writer = None if path is None else csv.DictWriter(self._fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        self.rows: list[dict] = list(rows or [])
         self._write_all()
 
     def _write_all(self) -> None:
@@ -173,13 +189,62 @@ class MetricsLog:
         if self._fh is not None:
             self._writer.writerow(row)
             self._fh.flush()
+        if self._tb is not None:
+            self._tb.log(row)
 
     def replace_last(self, row: dict) -> None:
         """Rewrite the last row (the final one, when no batch came after it): the file is written
         again whole, once, at the end of training."""
-        self.rows[-1] = row
+        old, self.rows[-1] = self.rows[-1], row
         self._write_all()
+        if self._tb is not None:
+            # Only what changed, at the same batch: TensorBoard shows the later value.
+            self._tb.log({"batch": row["batch"], **{k: v for k, v in row.items() if old.get(k) != v}})
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class TensorBoardLog:
+    """The metrics rows as TensorBoard scalars: one tag per numeric column of a row (the names of
+    metrics.csv: ``train_loss``, ``val_loss``, ``samples_per_s``, ...), at step ``batch``.
+
+    Written with ``torch.utils.tensorboard`` (the optional extra ``datamove[tensorboard]``) and
+    flushed at every row, like metrics.csv, so that a running study can be watched.
+
+    Args:
+        log_dir: the event files' folder (results/<study>/tensorboard/).
+        resume_after: the last batch logged before a crash, for a run resumed from a checkpoint:
+            the events an earlier process wrote after it are hidden (TensorBoard's ``purge_step``),
+            as those batches are trained again. None: a fresh run, whose folder is emptied of
+            earlier runs' event files (metrics.csv starts afresh too).
+    """
+
+    def __init__(self, log_dir: str | Path, *, resume_after: int | None = None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise ConfigError(
+                f"key 'trainer.tensorboard': true needs TensorBoard, which does not import here ({exc}): "
+                "pip install 'datamove[tensorboard]' (or set trainer.tensorboard: false)"
+            ) from None
+        log_dir = Path(log_dir)
+        if resume_after is None and log_dir.is_dir():
+            for old in log_dir.glob("events.out.tfevents.*"):
+                old.unlink()
+        self.writer = SummaryWriter(
+            log_dir=str(log_dir), purge_step=None if resume_after is None else resume_after + 1
+        )
+
+    def log(self, row: dict[str, Any]) -> None:
+        step = int(row["batch"])
+        for key, value in row.items():
+            if key != "batch" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                self.writer.add_scalar(key, float(value), global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping, Sequence
+from errno import EFBIG, ENOSPC
 from pathlib import Path
 from typing import Any
 
@@ -111,18 +114,43 @@ def save_checkpoint(
     """A self-describing checkpoint: a resumed run or an evaluation rebuilds the model from it."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "model_args": dict(model_args),
-            "config": dict(config),
-            "step": step,
-            **(extra or {}),
-        },
-        tmp,
-    )
-    tmp.replace(path)  # never leave a half-written checkpoint behind
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "model_args": dict(model_args),
+        "config": dict(config),
+        "step": step,
+        **(extra or {}),
+    }
+    try:
+        # A file object, not a path: torch then fails with the OS error (no space, file too large)
+        # as the context of its own, which says only "unexpected pos".
+        with tmp.open("wb") as fh:
+            torch.save(state, fh)
+        tmp.replace(path)  # never leave a half-written checkpoint behind
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(path, exc) from exc
+
+
+class WriteError(OSError):
+    """A file of the study could not be written; the message names it and the OS's reason."""
+
+    def __init__(self, path: Path, exc: BaseException):
+        cause = exc
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+            cause = cause.__context__ or cause.__cause__
+        errno_ = cause.errno if cause is not None else None
+        reason = os.strerror(errno_) if errno_ else str(exc)
+        if errno_ == ENOSPC:
+            reason = f"no space left on device ({shutil.disk_usage(path.parent).free} bytes free)"
+        elif errno_ == EFBIG:
+            reason = "file too large (a file-size limit, see ulimit -f, or the file system's)"
+        super().__init__(errno_, f"cannot write {path}: {reason}")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 class ModelFileError(ValueError):

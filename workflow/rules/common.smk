@@ -4,6 +4,7 @@ import shlex
 import sys
 
 from datamove.config import ConfigError, StudyConfig, validate_config
+from datamove.guard import StudyBusyError, forward_interrupts, refuse_if_trained
 from datamove.evaluation.arms import arm_config, arm_dirs
 from datamove.plots import FIGURES
 
@@ -48,8 +49,13 @@ def simulate_inputs(wildcards):
     """Online (SST), a solver waits for the trainer's gate; a BP5 writer needs no reader."""
     inputs = {"cfg": study_path("config.yaml")}
     if ONLINE:
-        inputs["gate"] = study_path(".gate")
+        inputs["gate"] = str(STUDY.gate_path)
     return inputs
+
+
+def gate_args(wildcards, input):
+    """Online, a solver waits for the trainer that opened the gate, and fails at once if it is gone."""
+    return f"--wait-trainer --gate {shlex.quote(input.gate)}" if ONLINE else ""
 
 
 def online_arm_metrics():
@@ -119,6 +125,16 @@ def figure_data_inputs(wildcards):
 
 
 onstart:
+    # Run before any job (not in a dry run): a study folder that a live trainer uses belongs to
+    # another run, whose outputs this one's scheduler would delete before rerunning their jobs.
+    try:
+        refuse_if_trained(StudyConfig.from_dict(arm_config(config, "online")) if COMPARISON else STUDY)
+    except StudyBusyError as exc:
+        raise WorkflowError(str(exc)) from None
+    # Snakemake interrupted alone (kill -INT, SIGTERM) waits for its jobs without signalling them:
+    # pass it on to the trainer (it checkpoints and stops; --rerun-incomplete resumes it) and the
+    # solvers. A Ctrl-C in a terminal reaches them all anyway; a second SIGTERM does no harm.
+    forward_interrupts()
     # Checked here, not at parse time: a dry run or --lint needs no cores. The trainer holds one
     # core for the whole study; the solvers need at least one more or they would never run.
     cores = workflow.global_resources.get("_cores")

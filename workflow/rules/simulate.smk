@@ -48,8 +48,9 @@ rule simulate_member:
     threads: 1
     params:
         datamove=DATAMOVE,
+        gate=gate_args,
     shell:
-        "{params.datamove} simulate --config {input.cfg} --member {wildcards.member} --wait-trainer "
+        "{params.datamove} simulate --config {input.cfg} --member {wildcards.member} {params.gate} "
         "--marker {output.marker} > {log} 2>&1"
 
 
@@ -70,6 +71,7 @@ rule simulate_members:
     threads: 1
     params:
         datamove=DATAMOVE,
+        gate=gate_args,
     shell:
-        "{params.datamove} simulate --config {input.cfg} --job {wildcards.job} --wait-trainer "
+        "{params.datamove} simulate --config {input.cfg} --job {wildcards.job} {params.gate} "
         "--marker {output.marker} > {log} 2>&1"

@@ -19,8 +19,9 @@ rule train_online:
     params:
         datamove=DATAMOVE,
     shell:
-        # tee: training progress shows on the terminal as well as in the log.
-        "{params.datamove} train --config {input.cfg} --threads {threads} 2>&1 | tee {log}"
+        # tee: training progress shows on the terminal as well as in the log; -i: a Ctrl-C leaves it
+        # running, to copy what the trainer says while it checkpoints and stops.
+        "{params.datamove} train --config {input.cfg} --threads {threads} 2>&1 | tee -i {log}"
 
 
 localrules:
@@ -32,7 +33,7 @@ rule open_gate:
     input:
         cfg=study_path("config.yaml"),
     output:
-        gate=temp(study_path(".gate")),
+        gate=temp(str(STUDY.gate_path)),
     conda:
         "../envs/datamove.yaml"
     log:

@@ -1,0 +1,293 @@
+"""The fault matrix of docs/faults.md, with real processes: an interrupt of Snakemake alone, a
+trainer stopped or killed, a member killed after its last step, a full disk, two runs of one study.
+
+Each test asserts that the ledger agrees with the members' markers (a marker only for a member
+whose steps the trainer holds), that nothing is lost silently, that the study ends (or fails) in a
+time far below the open timeout, and that a rerun finishes it with every member complete.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SNAKEMAKE, datamove, popen_datamove, snakemake
+from datamove.config import StudyConfig
+from datamove.gate import read_heartbeat
+from datamove.streaming.contract import contact_file
+from test_faults import _pids_running, _wait
+from test_workflow import read_ledger
+
+# Long enough that a study which waited on one would blow every bound below.
+OPEN_TIMEOUT_S = 300
+
+
+def _study(tiny_config, name="config.yaml", n_members=4, n_steps=30, delay=0.04, **over):
+    return tiny_config(
+        name,
+        ensemble={"n_members": n_members, "retries": 1},
+        solver={"n_steps": n_steps, "step_delay_s": delay},
+        trainer={"checkpoint_every": 20, "heartbeat_s": 0.2},
+        stream={"open_timeout_s": OPEN_TIMEOUT_S, "member_timeout_s": OPEN_TIMEOUT_S},
+        **over,
+    )
+
+
+def _checkpoint_ledger(cfg) -> dict[int, dict]:
+    return {r["member"]: r for r in torch.load(cfg.checkpoint_path, weights_only=False)["ledger"]}
+
+
+def _assert_markers_agree(cfg, ledger: dict) -> None:
+    """A member has a marker only if the trainer holds all its steps (complete, with a receipt)."""
+    for member in range(cfg.ensemble.n_members):
+        rec = ledger[member]
+        if cfg.member_marker(member).exists():
+            assert rec["status"] == "complete", (member, rec)
+            assert int(rec["steps_received"]) == cfg.problem.n_steps, (member, rec)
+            assert cfg.member_receipt(member).exists(), member
+
+
+def _assert_finished(cfg) -> None:
+    """The rerun's end: every member complete, each step counted once, every marker there."""
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    for member, rec in ledger.items():
+        assert rec["status"] == "complete", rec
+        assert int(rec["steps_received"]) == cfg.problem.n_steps, rec  # duplicates are counted apart
+        assert cfg.member_marker(member).exists()
+    assert (cfg.study_dir / "model.pt").exists()
+    assert not cfg.checkpoint_path.exists() and not cfg.lock_path.exists()
+    assert not list(cfg.study_dir.rglob("*.tmp"))
+
+
+def _when(predicate, action, timeout=180.0) -> threading.Thread:
+    """Run ``action()`` once ``predicate()`` holds (in a thread, while a workflow runs)."""
+
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                action()
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def _popen_snakemake(workdir: Path, config: Path, *args, log: Path, **kw) -> subprocess.Popen:
+    fh = log.open("w")
+    return subprocess.Popen(
+        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config), *map(str, args)],
+        stdout=fh, stderr=subprocess.STDOUT, **kw,
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_trainer_cleanly_and_a_rerun_resumes(tiny_config, tmp_path):
+    path = _study(tiny_config, n_members=2)
+    cfg = StudyConfig.load(path)
+    datamove("make-heldout", "--config", path)
+    trainer = popen_datamove("train", "--config", path, log=tmp_path / "train.log")
+    try:
+        datamove("wait-trainer", "--config", path, "--timeout", 60)
+        first = datamove("simulate", "--config", path, "--member", 0, "--wait-trainer",
+                         "--marker", cfg.member_marker(0), timeout=120)
+        assert "steps sent" in first.stderr
+        # A second run of a member the trainer holds: answered at once, nothing sent twice.
+        t0 = time.monotonic()
+        again = datamove("simulate", "--config", path, "--member", 0, "--wait-trainer", timeout=120)
+        assert time.monotonic() - t0 < 20, "a rerun of a held member waited"
+        assert "the trainer already holds its 30 steps" in again.stderr
+        t0 = time.monotonic()
+        trainer.proc.send_signal(signal.SIGTERM)
+        assert trainer.wait(timeout=30) == 128 + signal.SIGTERM, trainer.output
+    finally:
+        trainer.kill()
+    assert "interrupted by SIGTERM" in trainer.output and "checkpoint" in trainer.output
+    assert cfg.checkpoint_path.exists() and not (cfg.study_dir / "model.pt").exists()
+    assert not cfg.lock_path.exists()
+    assert "interrupted by SIGTERM" in read_heartbeat(cfg.heartbeat_path)["stopped"]
+    _assert_markers_agree(cfg, _checkpoint_ledger(cfg))
+    # A member started now fails at once: the gate's trainer says it stopped.
+    gate = tmp_path / "gate.json"
+    gate.write_text('{"pid": %d, "seq": 1}' % trainer.proc.pid)
+    t0 = time.monotonic()
+    late = datamove("simulate", "--config", path, "--member", 1, "--wait-trainer", "--gate", gate, check=False)
+    assert late.returncode == 1 and "has stopped (interrupted by SIGTERM" in late.stderr, late.stderr
+    assert time.monotonic() - t0 < 20
+
+    resumed = popen_datamove("train", "--config", path, log=tmp_path / "resumed.log")
+    try:
+        datamove("wait-trainer", "--config", path, "--timeout", 60)
+        datamove("simulate", "--config", path, "--member", 1, "--wait-trainer",
+                 "--marker", cfg.member_marker(1), timeout=120)
+        assert resumed.wait(timeout=120) == 0, resumed.output
+    finally:
+        resumed.kill()
+    assert f"resumed from {cfg.checkpoint_path}" in resumed.output
+    _assert_finished(cfg)
+
+
+@pytest.mark.slow
+def test_interrupting_snakemake_alone_reaches_the_trainer(tiny_config, tmp_path):
+    path = _study(tiny_config, n_members=6)
+    cfg = StudyConfig.load(path)
+    proc = _popen_snakemake(tmp_path, path, "--cores", 2, log=tmp_path / "first.log")
+    try:
+        # kill -INT of Snakemake's pid only (not its process group), once a member is held.
+        _wait(lambda: any(cfg.member_marker(m).exists() for m in range(6)), 180, "a member's marker")
+        os.kill(proc.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        proc.wait(timeout=60)
+        assert time.monotonic() - t0 < 30, "Snakemake waited on its jobs"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "first.log").read_text()
+    assert not _pids_running("datamove", str(cfg.study_dir)), "a datamove process outlived the interrupt"
+    train_log = (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()
+    assert "interrupted by SIGTERM" in train_log, train_log + log
+    assert cfg.checkpoint_path.exists() and not (cfg.study_dir / "model.pt").exists()
+    assert not cfg.lock_path.exists()
+    ledger = _checkpoint_ledger(cfg)
+    _assert_markers_agree(cfg, ledger)
+    assert not any(r["status"] == "lost" for r in ledger.values()), ledger  # nobody timed out
+    held = {m: cfg.member_marker(m).stat().st_mtime_ns for m in ledger if cfg.member_marker(m).exists()}
+
+    second = snakemake(tmp_path, path, "--cores", 2, "--rerun-incomplete")
+    assert second.returncode == 0, second.stdout + second.stderr
+    train_log = (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()
+    assert f"resumed from {cfg.checkpoint_path}" in train_log
+    _assert_finished(cfg)
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    for member, mtime in held.items():  # the members it held were not sent again
+        if cfg.member_marker(member).stat().st_mtime_ns != mtime:
+            # Its job was stopped between its marker and its exit: rerun, it had nothing to send.
+            log = (cfg.study_dir / "logs" / "simulate_member" / f"member-{member:06d}.log").read_text()
+            assert "nothing to send" in log, log
+        assert int(ledger[member]["attempts"]) == 1 and int(ledger[member]["steps_duplicate"]) == 0
+
+
+@pytest.mark.slow
+def test_killed_trainer_fails_its_members_within_seconds(tiny_config, tmp_path):
+    path = _study(tiny_config, n_members=6)
+    cfg = StudyConfig.load(path)
+    killed: list[float] = []
+
+    def kill_trainer():
+        for pid in _pids_running("datamove train", str(cfg.study_dir)):
+            os.kill(pid, signal.SIGKILL)
+        killed.append(time.monotonic())
+
+    def one_held_one_streaming():  # Snakemake runs the members in any order
+        held = any(cfg.member_receipt(m).exists() for m in range(cfg.ensemble.n_members))
+        return held and cfg.stream_dir.exists() and any(cfg.stream_dir.glob("*.sst"))
+
+    watcher = _when(one_held_one_streaming, kill_trainer)
+    first = snakemake(tmp_path, path, "--cores", 2, "--keep-going")
+    watcher.join()
+    assert killed, "the trainer was never killed"
+    assert first.returncode != 0
+    # Every running or queued member (and its retry) failed fast: not an open timeout in sight.
+    assert time.monotonic() - killed[0] < 90, "members waited on a dead trainer"
+    logs = "".join(p.read_text() for p in (cfg.study_dir / "logs" / "simulate_member").glob("*.log"))
+    assert "the trainer (pid" in logs and "is not running" in logs, logs
+    _assert_markers_agree(cfg, _checkpoint_ledger(cfg))
+
+    second = snakemake(tmp_path, path, "--cores", 2)
+    assert second.returncode == 0, second.stdout + second.stderr
+    _assert_finished(cfg)
+
+
+@pytest.mark.slow
+def test_member_killed_after_its_last_step_is_answered_at_once(tiny_config, tmp_path):
+    path = _study(tiny_config, n_members=3)
+    cfg = StudyConfig.load(path)
+    killed: list[int] = []
+
+    def kill_member_1_after_its_stream():
+        # Its writer closed the stream (the contact file went away): all steps sent, no marker yet.
+        deadline, seen = time.monotonic() + 180, False
+        while time.monotonic() < deadline:
+            if contact_file(cfg.stream_dir, 1).exists():
+                seen = True
+            elif seen and not cfg.member_marker(1).exists():
+                for pid in _pids_running("datamove simulate", "--member 000001"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=kill_member_1_after_its_stream, daemon=True)
+    watcher.start()
+    t0 = time.monotonic()
+    proc = snakemake(tmp_path, path, "--cores", 2)  # retries: 1, so Snakemake reruns member 1
+    watcher.join()
+    assert killed, "member 1 was never killed"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert time.monotonic() - t0 < 120
+    log = (cfg.study_dir / "logs" / "simulate_member" / "member-000001.log").read_text()
+    assert "nothing to send" in log or "held by the trainer already" in log, log
+    _assert_finished(cfg)
+
+
+def _file_size_limit(limit: int):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.slow
+def test_full_disk_stops_the_study_with_a_clear_error(tiny_config, tmp_path):
+    # A reservoir whose checkpoint (~1 MB) exceeds the file-size limit; every other file stays under it.
+    path = _study(tiny_config, n_members=4, reservoir={"capacity": 2000, "watermark": 10})
+    cfg = StudyConfig.load(path)
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(path), "--cores", "2"],
+        capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(400_000),
+    )
+    assert proc.returncode != 0
+    assert time.monotonic() - t0 < 120, "the study went on after its trainer failed"
+    train_log = (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()
+    assert f"datamove: cannot write {cfg.checkpoint_path}: file too large" in train_log, train_log
+    assert "Traceback" not in train_log
+    assert not list(cfg.study_dir.rglob("*.tmp")), "a temporary file was left"
+    assert not cfg.checkpoint_path.exists()
+    beat = read_heartbeat(cfg.heartbeat_path)
+    assert beat is not None and "cannot write" in beat["stopped"]
+    for member in range(cfg.ensemble.n_members):  # no checkpoint held any member: no marker either
+        assert not cfg.member_marker(member).exists()
+
+    second = snakemake(tmp_path, path, "--cores", 2)
+    assert second.returncode == 0, second.stdout + second.stderr
+    _assert_finished(cfg)
+
+
+@pytest.mark.slow
+def test_second_run_of_a_live_study_is_refused(tiny_config, tmp_path):
+    path = _study(tiny_config, n_members=4)
+    cfg = StudyConfig.load(path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()  # another clone's working directory: Snakemake's own lock does not see the first
+    first = _popen_snakemake(tmp_path / "a", path, "--cores", 2, log=tmp_path / "a.log")
+    try:
+        _wait(lambda: cfg.lock_path.exists() and (cfg.study_dir / "metrics.csv").exists(), 120, "the trainer")
+        second = snakemake(tmp_path / "b", path, "--cores", 2, timeout=120)
+        assert second.returncode != 0
+        assert f"study 'tiny' ({cfg.study_dir}) is in use" in second.stdout + second.stderr
+        assert (cfg.study_dir / "metrics.csv").exists()  # nothing of the live run was deleted
+        assert first.wait(timeout=240) == 0, (tmp_path / "a.log").read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    _assert_finished(cfg)
