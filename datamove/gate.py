@@ -188,7 +188,22 @@ class TrainerLostError(RuntimeError):
 
 class MemberRejected(RuntimeError):
     """The trainer ended a member's stream without all its steps (a contract violation, NaN, a
-    silent stream): the member failed."""
+    silent stream): the member failed. ``final``: the trainer takes no rerun of it (its ledger
+    says lost), so the workflow need not retry."""
+
+    def __init__(self, message: str, *, final: bool):
+        super().__init__(message)
+        self.final = final
+
+
+def rejection(cfg: StudyConfig, member: int, receipt: dict | None) -> MemberRejected | None:
+    """The trainer's refusal of any further stream of ``member`` (its ledger says lost), or None."""
+    if receipt is None or receipt.get("status") != "lost":
+        return None
+    return MemberRejected(
+        f"member {member}: the trainer ended it for good ({receipt.get('steps')} steps received: "
+        f"{receipt.get('reason')}) and reads no more of its streams", final=True,
+    )
 
 
 # -- receipts ---------------------------------------------------------------------------------------
@@ -243,14 +258,23 @@ def await_receipt(cfg: StudyConfig, *, pid: int, member: int, contact: tuple[int
     ``contact``) ended without all its steps.
     """
     check = TrainerCheck(cfg.heartbeat_path, pid=pid, quiet_s=lost_after(cfg))
+    # A live trainer answers within a checkpoint's time; one that keeps silent longer than it
+    # waits for a silent stream has not read this one (a bound, so that no solver waits forever).
+    deadline = time.monotonic() + cfg.stream.member_timeout_s
     while True:
         receipt = read_receipt(cfg, member)
         if held(receipt):
             return receipt
+        if time.monotonic() > deadline:
+            raise TrainerLostError(
+                f"member {member}: the trainer (pid {pid}) gave no receipt within {cfg.stream.member_timeout_s:g} s "
+                f"(stream.member_timeout_s) after the stream closed"
+                + (f"; its last word on the member: {receipt.get('status')}, {receipt.get('reason')}" if receipt else "")
+            )
         if receipt is not None and contact is not None and receipt.get("contact") == list(contact):
             raise MemberRejected(
                 f"member {member}: the trainer did not get all its steps ({receipt.get('steps')} received, "
-                f"{receipt.get('status')}): {receipt.get('reason')}"
+                f"{receipt.get('status')}): {receipt.get('reason')}", final=receipt.get("status") == "lost",
             )
         gone = check()
         if gone is not None and not held(read_receipt(cfg, member)):

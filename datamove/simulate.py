@@ -26,6 +26,7 @@ from datamove.config import SamplingConfig, StreamConfig, StudyConfig
 from datamove.gate import (
     MemberRejected,
     TrainerCheck,
+    rejection,
     TrainerLostError,
     await_receipt,
     held,
@@ -158,7 +159,12 @@ def run_command(
             time.sleep(POLL_S)
             now = time.monotonic()
             if not opened and contact_file(stream_dir, member).exists():
-                opened, contact = True, contact_signature(stream_dir, member)
+                opened = True
+            if opened and contact is None and engine == "SST":
+                # Once written (non-empty), as the trainer sees it when it dispatches the stream.
+                sig = contact_signature(stream_dir, member)
+                if sig is not None and contact_file(stream_dir, member).stat().st_size > 0:
+                    contact = sig
             if not opened and now - t0 > stream.open_timeout_s:
                 raise SolverError(
                     f"{what} did not open its stream {stream_dir / stream_name(member)} within "
@@ -244,6 +250,11 @@ def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int
         cfg.member_failure(member).unlink(missing_ok=True)
         return {"member": member, "engine": cfg.stream.engine, "already_held": True, "steps": 0,
                 "total_s": 0.0, "solve_s": 0.0}
+    if trainer_pid is not None and cfg.stream.engine.upper() == "SST" and (refused := rejection(cfg, member, receipt)):
+        # A rerun of a member the trainer has ended for good (a contract violation): it would
+        # wait in Open for a reader that never comes.
+        note_failure(cfg, member, str(refused), final=True)
+        raise refused
     try:
         summary = run_member(
             cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
@@ -252,7 +263,7 @@ def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int
         if confirm:
             _confirm(cfg, trainer_pid, member, summary.pop("contact", None))
     except (SolverError, StreamError, TrainerLostError, MemberRejected) as exc:
-        note_failure(cfg, member, str(exc))
+        note_failure(cfg, member, str(exc), final=getattr(exc, "final", None))
         raise
     cfg.member_failure(member).unlink(missing_ok=True)
     if summary.get("already_held"):
@@ -267,16 +278,18 @@ def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int
     return summary
 
 
-def note_failure(cfg: StudyConfig, member: int, reason: str) -> dict:
+def note_failure(cfg: StudyConfig, member: int, reason: str, *, final: bool | None = None) -> dict:
     """Record a failed attempt of ``member`` for the trainer (``members/member-K.failed.json``): the
     attempt number (one more than the last note's), the reason, and whether it was the last attempt
-    the workflow makes (``ensemble.retries``), after which the trainer stops waiting for the member."""
+    the workflow makes (``ensemble.retries``; or ``final``: the trainer takes no rerun), after which
+    the trainer stops waiting for the member."""
     path = cfg.member_failure(member)
     try:
         attempt = int(json.loads(path.read_text())["attempt"]) + 1
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         attempt = 1
-    note = {"member": member, "attempt": attempt, "reason": reason, "final": attempt > cfg.retries}
+    note = {"member": member, "attempt": attempt, "reason": reason,
+            "final": bool(final) or attempt > cfg.retries}
     write_json(path, note)
     return note
 
@@ -336,7 +349,7 @@ def _settle(cfg: StudyConfig, trainer_pid: int | None, pending: list[tuple[int, 
             try:
                 _confirm(cfg, trainer_pid, member, summary.pop("contact", None))
             except (TrainerLostError, MemberRejected) as exc:
-                note_failure(cfg, member, str(exc))
+                note_failure(cfg, member, str(exc), final=getattr(exc, "final", None))
                 raise
             write_json(cfg.member_marker(member), summary)
         else:
