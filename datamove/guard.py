@@ -44,7 +44,7 @@ class StudyLock:
             other = json.loads(self.path.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        if not isinstance(other, dict) or other.get("pid") == os.getpid() or not self._alive(other):
+        if not isinstance(other, dict) or other.get("pid") == os.getpid() or not lock_alive(other):
             return None
         return other
 
@@ -58,20 +58,22 @@ class StudyLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.path.write_text(json.dumps(me))
 
-    @staticmethod
-    def _alive(other: dict) -> bool:
-        if other.get("host") != socket.gethostname():
-            return True  # cannot check another host: assume it runs (see refuse_if_trained)
-        try:
-            os.kill(int(other["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, KeyError, ValueError, TypeError):
-            return True
-        return True
-
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def lock_alive(lock: dict) -> bool:
+    """Whether the process a lock names may still run: on this host, whether it exists; a lock
+    taken on another host cannot be checked from here and counts as alive."""
+    if lock.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(lock["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True
 
 
 def refuse_if_trained(cfg) -> None:

@@ -30,7 +30,6 @@ import dataclasses
 import json
 import math
 import os
-import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any
 
 from datamove.config import ConfigError, StudyConfig
 from datamove.gate import lost_after, read_heartbeat
+from datamove.guard import lock_alive
 
 # What a study's trainer is doing.
 WAITING = "waiting"  # no trainer yet (queued, starting up)
@@ -427,15 +427,7 @@ def _trainer_id(beat: Mapping | None, lock: Mapping | None) -> tuple[int | None,
 def _gone(lock: Mapping | None) -> bool:
     """Whether the lock names a process of this host that no longer exists (only this host's
     processes can be checked)."""
-    if not lock or lock.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(lock["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return False
-    return False
+    return bool(lock) and not lock_alive(dict(lock))
 
 
 def _online_state(cfg: StudyConfig, beat: Mapping | None, silent: float | None, lock: Mapping | None,

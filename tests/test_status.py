@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import SNAKEMAKE, datamove, popen_datamove
+from test_faults import _pids_running
 from datamove.config import StudyConfig, write_config
 from datamove.gate import read_heartbeat
 
@@ -84,21 +84,12 @@ def _kill_member_when_streaming(cfg: StudyConfig, member: int, deadline: float) 
     while time.monotonic() < deadline:
         if (cfg.stream_dir / f"member-{member:06d}.sst").exists():
             time.sleep(0.3)
-            pids = []
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-                except OSError:
-                    continue
-                cmd = " ".join(argv)
-                if Path(argv[0]).name.startswith("python") and "datamove simulate" in cmd and needle in cmd:
-                    pids.append(int(pid))
+            pids = _pids_running("datamove simulate", needle)
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             if pids:
                 return True
         time.sleep(0.02)
-    return False
 
 
 @pytest.mark.slow
