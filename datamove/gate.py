@@ -196,7 +196,7 @@ class MemberRejected(RuntimeError):
         self.final = final
 
 
-def rejection(cfg: StudyConfig, member: int, receipt: dict | None) -> MemberRejected | None:
+def rejection(member: int, receipt: dict | None) -> MemberRejected | None:
     """The trainer's refusal of any further stream of ``member`` (its ledger says lost), or None."""
     if receipt is None or receipt.get("status") != "lost":
         return None

@@ -250,7 +250,7 @@ def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int
         cfg.member_failure(member).unlink(missing_ok=True)
         return {"member": member, "engine": cfg.stream.engine, "already_held": True, "steps": 0,
                 "total_s": 0.0, "solve_s": 0.0}
-    if trainer_pid is not None and cfg.stream.engine.upper() == "SST" and (refused := rejection(cfg, member, receipt)):
+    if trainer_pid is not None and cfg.stream.engine.upper() == "SST" and (refused := rejection(member, receipt)):
         # A rerun of a member the trainer has ended for good (a contract violation): it would
         # wait in Open for a reader that never comes.
         note_failure(cfg, member, str(refused), final=True)
