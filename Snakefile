@@ -8,6 +8,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/policies.smk"
+include: "workflow/rules/sampling.smk"
 include: "workflow/rules/offline.smk"
 include: "workflow/rules/evaluate.smk"
 

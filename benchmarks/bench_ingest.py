@@ -3,9 +3,10 @@
 (a) datamove ingest: the real machinery of ``datamove.training.online.train_online``: its member
     feed (``datamove.streaming.feed.MemberFeed``: ingest process(es) running ``run_ingest``,
     shared-memory slots, a pipe each), which hands each stream that appears to an idle ingest
-    worker; this process plays the trainer's part: after each poll of the feed, its intake copies
-    the slots of the steps that arrived into preallocated torch storage (one gather, one
-    ``put_many``) and returns the slots.
+    worker; this process plays the trainer's part: after each poll of the feed, its intake (when
+    due, as a trainer's whose buffer is past its watermark) copies the fields of the steps that
+    arrived from their slots into preallocated storage (one ``put_many``, as a CPU reservoir's)
+    and returns the slots.
 (b) bare SST: one plain ``adios2.Stream`` writer/reader pair per member, each reader a process of its
     own running the blocking ``for _ in stream.steps()`` loop.
 

@@ -13,8 +13,10 @@ memory:    nothing arrives (the intake takes nothing). Run before and after the 
 streaming: ``--writers`` processes stream ``--steps`` steps each by the stream contract
            (MemberWriter, pre-computed random fields, flat out unless --step-delay) into the
            trainer's member feed (datamove.streaming.feed.MemberFeed: ingest process(es),
-           shared-memory slots, a pipe each); each intake puts every step that arrived since the
-           last batch into the buffer (one gather of the slots, one put_many). Only batches that
+           shared-memory slots, a pipe each); an intake puts the steps that arrived into the
+           buffer (one put_many that gathers their fields straight from the slots), once enough
+           have come, a worker has half its slots waiting, or the oldest waited 50 ms
+           (MemberFeed._due). Only batches that
            start between the first and the last sample's arrival count; ``--repeats`` runs are
            pooled.
 
@@ -268,8 +270,9 @@ def _loop(trainer: Trainer, source) -> tuple[np.ndarray, list[float]]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"loop: no end after {RUN_TIMEOUT_S:g} s")
         t_intake = time.perf_counter()
-        # ---- as OnlineSource.poll: events, dispatch and timeouts, then every step that arrived
-        # into the buffer in one put_many (the buffer is full from the start: it never waits)
+        # ---- as OnlineSource.poll: events, dispatch and timeouts, then the steps that arrived
+        # into the buffer in one put_many when an intake is due (the buffer is full from the
+        # start: training never waits for it)
         idle = source.quiet and not buffer.ready(final=source.ended)
         n = source.take(buffer, timeout=0.05 if idle else 0.0)
         t_step = time.perf_counter()

@@ -342,31 +342,41 @@ class Ingest:
 
 
 class Store:
-    """Preallocated torch storage in place of the trainer's buffer, for a consumer that does not
-    train: ``put_many`` copies the samples into a ring of ``size`` (as ``Buffer.put_many`` copies
-    them into its storage) and never displaces anything."""
+    """Preallocated storage in place of the trainer's buffer, for a consumer that does not train:
+    ``put_many`` copies the samples into a ring of ``size`` as ``Buffer.put_many`` copies them
+    into a CPU storage (the fields gathered from the pool ``y`` at ``y_rows``, then one numpy
+    assignment into the ring's slots) and never displaces anything."""
 
     def __init__(self, size: int, x_dim: int, sample_shape):
         import torch
 
         self.x = torch.empty((size, x_dim), dtype=torch.float32)
         self.y = torch.empty((size, *sample_shape), dtype=torch.float32)
+        self._x, self._y = self.x.numpy(), self.y.numpy()
+        self._staging = np.empty_like(self._y[:0])
         self.n = 0
 
     def put_capacity(self) -> int:
         return sys.maxsize
 
-    def put_many(self, x, y, *, member, step) -> list:
-        import torch
+    def ready(self, *, final: bool = False) -> bool:
+        return True  # a trainer's buffer past its watermark: the feed may batch its intakes
 
-        n, size = len(y), len(self.y)
+    def put_many(self, x, y, *, member, step, y_rows=None):
+        from datamove.reservoir.base import Displacements
+
+        x, y = np.asarray(x), np.asarray(y)
+        rows = np.arange(len(x)) if y_rows is None else np.asarray(y_rows, dtype=np.int64)
+        n, size = len(rows), len(self._y)
         for i in range(0, n, size):  # more than the ring holds: it wraps, as often as it takes
             chunk = min(size, n - i)
-            idx = torch.arange(self.n, self.n + chunk) % size
-            self.x.index_copy_(0, idx, x[i : i + chunk])
-            self.y.index_copy_(0, idx, y[i : i + chunk])
+            if len(self._staging) < chunk:
+                self._staging = np.empty((chunk, *self._y.shape[1:]), dtype=np.float32)
+            idx = np.arange(self.n, self.n + chunk) % size
+            self._x[idx] = x[i : i + chunk]
+            self._y[idx] = np.take(y, rows[i : i + chunk], axis=0, out=self._staging[:chunk], mode="clip")
             self.n += chunk
-        return []
+        return Displacements.none()
 
 
 class ScratchDir:

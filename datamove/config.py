@@ -194,14 +194,30 @@ def _sampling(section: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AdaptiveConfig:
+    """``parameters.adaptive``: the trainer's proposals under ``sampler: adaptive`` (datamove.adaptive)."""
+
+    base: str  # the sampler of draws without a proposal, of the uniform share, and of held-out and test members
+    publish_every: int  # batches between two proposals
+    uniform_share: float  # share of draws from the base sampler
+    spread: float  # standard deviation of each mixture component, as a share of each range
+    top_k: int  # members of highest loss the mixture is centred on
+    probe_samples: int  # reservoir samples the per-member loss is measured on at each proposal
+    statistic: str  # "trained": the loss over samples drawn at least once; "all": over every held sample
+
+
+@dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-    """How the parameters of a set of members are drawn."""
+    """How the parameters of a set of members are drawn; ``sampler`` is a fixed design (uniform,
+    lhs, halton). ``adaptive``: the training ensemble of ``sampler: adaptive``, whose members draw
+    from the trainer's proposals, ``sampler`` being their base (see datamove.adaptive)."""
 
     sampler: str
     seed: int
     n_members: int
     names: tuple[str, ...]
     ranges: tuple[tuple[float, float], ...]
+    adaptive: AdaptiveConfig | None = None
 
     def params(self, member: int):
         """The parameters of member ``member`` (float64 [n_params]); the same on every run."""
@@ -241,6 +257,7 @@ class TrainerConfig:
     lr_milestones: tuple[int, ...]
     lr_gamma: float
     extra_batches: int
+    batch_budget: int | None  # online: exactly this many batches in all (None: extra_batches after the end)
     log_every: int
     checkpoint_every: int
     world_size: int
@@ -318,13 +335,19 @@ class StudyConfig:
         problem = make_problem(cfg["solver"], cfg["parameters"]["ranges"])
         names, ranges = problem.param_names, problem.param_ranges
         sampler = cfg["parameters"]["sampler"]
+        adaptive = None
+        if sampler == "adaptive":
+            # Only the training ensemble adapts; held-out and test members keep the base design.
+            adaptive = AdaptiveConfig(**cfg["parameters"]["adaptive"])
+            sampler = adaptive.base
         t = cfg["trainer"]
         return cls(
             study=cfg["study"],
             results_dir=Path(cfg["results_dir"]),
             data_dir=Path(cfg["data_dir"]),
             problem=problem,
-            ensemble=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **_sampling(cfg["ensemble"])),
+            ensemble=SamplingConfig(sampler=sampler, names=names, ranges=ranges, adaptive=adaptive,
+                                    **_sampling(cfg["ensemble"])),
             heldout=SamplingConfig(sampler=sampler, names=names, ranges=ranges, **_sampling(cfg["heldout"])),
             retries=cfg["ensemble"]["retries"],
             stream=StreamConfig(**cfg["stream"]),

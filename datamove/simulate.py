@@ -22,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from datamove.adaptive import draw_member
 from datamove.config import SamplingConfig, StreamConfig, StudyConfig
 from datamove.gate import (
     MemberRejected,
@@ -57,15 +60,17 @@ def run_member(
     watchdog: Watchdog | None = None,
     step_delay_s: float = 0.0,
     trainer_pid: int | None = None,
+    params=None,
 ) -> dict:
     """Solve one member and write every step to its stream. Returns a small summary.
 
     ``step_delay_s`` emulates a slower solver (``solver.step_delay_s``, training members only);
     ``trainer_pid``: the live trainer an SST member streams to (a launched command is stopped if
-    it dies).
+    it dies); ``params``: float64 [n_params] drawn by the caller (sampler adaptive), else the
+    sampler's point of the member.
     """
     problem = cfg.problem
-    params = sampling.params(member)
+    params = sampling.params(member) if params is None else np.asarray(params, dtype=np.float64)
     t0 = time.perf_counter()
     summary = {"member": member, "params": [float(p) for p in params], "engine": stream.engine}
     if problem.command:
@@ -256,9 +261,11 @@ def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int
         note_failure(cfg, member, str(refused), final=True)
         raise refused
     try:
+        # sampler adaptive: drawn now, from the trainer's latest proposal (a rerun: its earlier draw).
+        params = draw_member(cfg, member, label=label).params if cfg.ensemble.adaptive is not None else None
         summary = run_member(
             cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
-            step_delay_s=cfg.problem.step_delay_s, trainer_pid=trainer_pid,
+            step_delay_s=cfg.problem.step_delay_s, trainer_pid=trainer_pid, params=params,
         )
         if confirm:
             _confirm(cfg, trainer_pid, member, summary.pop("contact", None))

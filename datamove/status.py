@@ -112,6 +112,9 @@ class StudyStatus:
     eta_s: float | None  # time left, estimated from the members' completion rate
     eta_note: str  # its basis, or why it is unknown
     settled: bool  # it will not change by itself: finished, stopped, or a trainer known gone
+    # parameters.sampler adaptive: the latest proposal (version, batch, the members it is centred
+    # on) and how many members drew from where (draws: base / proposal / fallback); None otherwise.
+    sampling: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values: NaN and infinities (a loss not computed) become None."""
@@ -240,7 +243,8 @@ def read_status(folder: str | Path, *, clock: BeatClock | None = None) -> StudyS
         _counts_from_live(n_members, live) if use_live else _counts_from_view(view, ledger, retried=len(retried))
     )
     if online and state == RUNNING and not beat.get("finished") and members.ended == members.total:
-        detail = f"every member ended; training the last trainer.extra_batches (pid {pid})"
+        last_part = "up to trainer.batch_budget" if cfg.trainer.batch_budget else "the last trainer.extra_batches"
+        detail = f"every member ended; training {last_part} (pid {pid})"
 
     last = metrics[-1] if metrics else {}
     if use_live:
@@ -255,7 +259,7 @@ def read_status(folder: str | Path, *, clock: BeatClock | None = None) -> StudyS
         batch = last.get("batch")
     eta, eta_note = _eta(
         cfg, state, members, markers, now_ref=beat_mtime or now, gate=_mtime(cfg.gate_path),
-        batches_per_s=last.get("batches_per_s"),
+        batches_per_s=last.get("batches_per_s"), batch=batch,
     )
     return StudyStatus(
         folder=folder, study=written.study, arm=written.arm, trainer="online" if online else "offline",
@@ -270,7 +274,22 @@ def read_status(folder: str | Path, *, clock: BeatClock | None = None) -> StudyS
         train_loss=last.get("train_loss"), val_loss=last.get("val_loss"),
         heartbeat_age_s=age, heartbeat_clock=age_clock, trainer_pid=pid, trainer_host=host,
         eta_s=eta, eta_note=eta_note, settled=settled,
+        sampling=_sampling(cfg) if cfg.ensemble.adaptive is not None else None,
     )
+
+
+def _sampling(cfg: StudyConfig) -> dict[str, Any]:
+    """The adaptive sampler's latest proposal and the members' draws (datamove.adaptive's files)."""
+    from datamove import adaptive
+
+    latest = _read_json(adaptive.proposal_path(cfg)) or {}
+    draws = {source: 0 for source in adaptive.DRAW_SOURCES}
+    for member in range(cfg.ensemble.n_members):
+        d = adaptive.read_draw(cfg, member)
+        if d is not None:
+            draws[d.source] = draws.get(d.source, 0) + 1
+    return {"proposal": latest.get("version"), "proposal_batch": latest.get("batch"),
+            "centres": list(latest.get("members", []))[:8], "draws": draws}
 
 
 # --- reading the files -------------------------------------------------------------------------
@@ -508,7 +527,8 @@ def _receive_rate(rows: list[Mapping[str, Any]], *, live: bool) -> float | None:
 
 
 def _eta(cfg: StudyConfig, state: str, members: MemberCounts, markers: Mapping[int, float], *,
-         now_ref: float, gate: float | None, batches_per_s: float | None) -> tuple[float | None, str]:
+         now_ref: float, gate: float | None, batches_per_s: float | None, batch: int | None = None
+         ) -> tuple[float | None, str]:
     """Time left: the members not ended at the rate members have been completing (their markers'
     times, since the readiness gate opened when the workflow left its file), then the trainer's
     ``trainer.extra_batches`` at its last batch rate. ``now_ref``: the heartbeat's time stamp, of
@@ -519,7 +539,10 @@ def _eta(cfg: StudyConfig, state: str, members: MemberCounts, markers: Mapping[i
         return None, "unknown for the offline trainer"
     if state != RUNNING:
         return None, f"unknown: the trainer is {state}"
-    tail = cfg.trainer.extra_batches / batches_per_s if batches_per_s else None
+    # The last batches: extra_batches, or those left of trainer.batch_budget.
+    budget = cfg.trainer.batch_budget
+    tail_batches = cfg.trainer.extra_batches if budget is None else max(budget - (batch or 0), 0)
+    tail = tail_batches / batches_per_s if batches_per_s else None
     remaining = members.total - members.ended
     if remaining <= 0:
         return tail, ("the trainer's last trainer.extra_batches" if tail is not None else "unknown: no batch rate yet")
@@ -589,6 +612,12 @@ def format_status(st: StudyStatus) -> str:
     at = "" if st.logged_batch is None else f" at batch {st.logged_batch:,}"
     rows.append(("batch", f"{batch}; last logged{at}: train loss {_num(st.train_loss)}, val loss {_num(st.val_loss)}"))
     rows.append(("time left", f"{format_duration(st.eta_s)} ({st.eta_note})"))
+    if st.sampling is not None:
+        sp, d = st.sampling, st.sampling["draws"]
+        latest = ("no proposal yet" if sp["proposal"] is None else
+                  f"proposal {sp['proposal']} at batch {sp['proposal_batch']:,}, centred on members {sp['centres']}")
+        rows.append(("sampling", f"adaptive: {latest}; members drawn: {d.get('proposal', 0)} from a proposal, "
+                                 f"{d.get('base', 0)} base points, {d.get('fallback', 0)} fallbacks"))
     for label, notes in (("lost", st.lost), ("retried", st.retried)):
         for i, line in enumerate(_reasons(notes, with_status=label == "retried")):
             rows.append((label if i == 0 else "", line))

@@ -5,16 +5,22 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import popen_datamove
 from datamove.config import StudyConfig
+from datamove.reservoir import make_buffer
+from datamove.streaming.feed import MemberFeed
 from datamove.streaming.ingest import contact_signature, streams_present
 from datamove.streaming.pool import IngestPool
 from datamove.streaming.contract import Expectation
 from datamove.streaming.events import Ended, Step
+from datamove.training.records import Ledger
 
 
 def _pool(cfg: StudyConfig, *, n_workers: int, n_slots: int) -> IngestPool:
@@ -162,3 +168,105 @@ def test_solvers_and_ingest_run_niced(tiny_config, tmp_path):
     finally:
         solver.kill()
         pool.close()
+
+
+class _SlotsOnly:
+    """An IngestPool's slots and release, without processes: what MemberFeed.intake uses."""
+
+    def __init__(self, n_slots: int, shape, *, held: int = 1):
+        self.slots = np.random.default_rng(0).random((n_slots, *shape)).astype(np.float32)
+        self.n_slots, self.per_worker = n_slots, 2
+        self.held = [set(range(held))]  # worker 0 holds `held` slots: an intake is due (half of 2)
+        self.released: list[int] = []
+
+    def release(self, slots) -> None:
+        self.released += np.asarray(slots).tolist()
+
+
+@pytest.mark.parametrize(("policy", "on_full"), [("reservoir", "block"), ("fifo", "drop_oldest"), ("balanced", "block")])
+def test_intake_puts_the_waiting_steps_as_puts_one_by_one_would(tiny_config, policy, on_full):
+    """The feed's batched intake (one put_many gathering the fields from their slots) against the
+    same steps put one by one: the same buffer state, every slot returned once, and each step
+    displaced unseen counted once in the ledger, by member."""
+    cfg = StudyConfig.load(tiny_config(ensemble={"n_members": 3}))
+    shape = cfg.problem.sample_shape
+    x_dim = cfg.problem.n_inputs
+
+    def buffer():
+        buf = make_buffer(policy, capacity=5, watermark=1, x_dim=x_dim, y_shape=shape, seed=2, on_full=on_full)
+        buf._x.zero_()  # torch.empty storage: rows never written compare equal
+        buf._y.zero_()
+        return buf
+
+    ledger = Ledger(members=[0, 1, 2], steps_expected=cfg.problem.n_steps)
+    feed = MemberFeed(cfg=cfg, members=[0, 1, 2], ledger=ledger, clean=False, say=lambda msg: None)
+    feed.pool = _SlotsOnly(16, shape)
+    feed.params = {m: np.arange(x_dim - 1, dtype=np.float32) + 10 * m for m in range(3)}
+    batched, single = buffer(), buffer()
+    untrained = Counter()
+    rng = np.random.default_rng(1)
+    step_of = dict.fromkeys(range(3), 0)
+    for chunk in (3, 9, 1, 12):
+        slots = rng.permutation(16)[:chunk]
+        for slot in slots.tolist():
+            m = int(rng.integers(3))
+            step_of[m] += 1
+            ev = Step(m, step_of[m], 0.1 * step_of[m], slot)
+            assert ledger.received(ev.member, ev.step)
+            feed.waiting.append(ev)
+            x = torch.from_numpy(np.append(feed.params[m], np.float32(ev.time)))
+            d = single.put(x, torch.from_numpy(feed.pool.slots[slot]), member=m, step=ev.step)
+            if d is not None and d.seen == 0:
+                untrained[d.member, "dropped" if d.reason == "dropped" else "evicted"] += 1
+        feed.pool.released.clear()
+        assert feed.intake(batched) == chunk and not feed.waiting
+        assert sorted(feed.pool.released) == sorted(slots.tolist())
+        a, b = batched.state_dict(), single.state_dict()
+        for key in ("x", "y", "member", "step", "seen", "ring"):
+            assert torch.equal(a[key], b[key]), key
+        batched.sample(2), single.sample(2)
+    got = Counter()
+    for m, rec in ledger.records.items():
+        got[m, "evicted"] += rec.steps_evicted
+        got[m, "dropped"] += rec.steps_dropped
+    assert +got == +untrained and sum(untrained.values()) > 0
+
+
+def test_intake_waits_for_enough_steps_while_training_goes_on(tiny_config, monkeypatch):
+    """A buffer ready to train: a few steps wait for the next intake, until a quarter of the
+    slots are waiting, a worker has half its slots waiting, or the oldest waited INTAKE_WAIT_S;
+    a buffer below its watermark takes them at once."""
+    from datamove.streaming import feed as feed_module
+
+    cfg = StudyConfig.load(tiny_config(ensemble={"n_members": 1}))
+    shape, x_dim = cfg.problem.sample_shape, cfg.problem.n_inputs
+    ledger = Ledger(members=[0], steps_expected=cfg.problem.n_steps)
+    feed = MemberFeed(cfg=cfg, members=[0], ledger=ledger, clean=False, say=lambda msg: None)
+    feed.pool = _SlotsOnly(16, shape, held=0)
+    feed.pool.per_worker = 8
+    feed.params = {0: np.zeros(x_dim - 1, dtype=np.float32)}
+    buf = make_buffer("reservoir", capacity=10, watermark=2, x_dim=x_dim, y_shape=shape)
+    clock = [100.0]
+    monkeypatch.setattr(feed_module.time, "monotonic", lambda: clock[0])
+
+    def arrive(k):
+        for _ in range(k):
+            step = ledger[0].steps_received + 1
+            feed._handle(Step(0, step, 0.1 * step, step % 16))
+
+    arrive(1)
+    assert feed.intake(buf) == 1  # below the watermark: at once
+    arrive(2)
+    assert feed.intake(buf) == 2
+    arrive(2)
+    assert feed.intake(buf) == 0 and len(feed.waiting) == 2  # ready: 2 < 16 / 4
+    clock[0] += 1.01 * feed_module.INTAKE_WAIT_S
+    assert feed.intake(buf) == 2  # the oldest waited long enough
+    arrive(3)
+    assert feed.intake(buf) == 0
+    feed.pool.held[0].update(range(4))  # half of worker 0's 8 slots
+    assert feed.intake(buf) == 3
+    feed.pool.held[0].clear()
+    arrive(4)
+    assert feed.intake(buf) == 4  # a quarter of the slots
+    assert len(buf) == 10 and ledger[0].steps_received == 12

@@ -20,7 +20,7 @@ from datamove.training.step import (
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("shape", [(3, 3), (10, 12), (32, 16)])
+@pytest.mark.parametrize("shape", [(1, 3, 3), (2, 10, 12), (1, 32, 16)])
 @pytest.mark.parametrize("batch", [1, 7])
 def test_network_shapes(name, shape, batch):
     net = build_network(name, in_dim=6, out_shape=shape)
@@ -28,8 +28,8 @@ def test_network_shapes(name, shape, batch):
 
 
 def test_unknown_model_and_bad_args():
-    with pytest.raises(ValueError, match="unknown model 'unet'.*fc"):
-        build_network("unet", in_dim=6, out_shape=(4, 4))
+    with pytest.raises(ValueError, match="unknown model 'transformer'.*fc"):
+        build_network("transformer", in_dim=6, out_shape=(4, 4))
     with pytest.raises(ValueError, match="model_args"):
         build_network("fc", in_dim=6, out_shape=(4, 4), width=3)
 

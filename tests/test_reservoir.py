@@ -750,10 +750,14 @@ def unseen_by_member(displaced: list[Displaced]) -> Counter:
     return Counter((d.member, d.reason) for d in displaced if d.seen == 0)
 
 
-def run_chunked(policy: str, on_full: str, seed: int, *, batched: bool) -> tuple[list, list[Displaced], int, Buffer]:
+def run_chunked(
+    policy: str, on_full: str, seed: int, *, batched: bool, pooled: bool = False
+) -> tuple[list, list[Displaced], int, Buffer]:
     """A random sequence of chunks of puts and draws, the same for a given seed whatever `batched`:
     each chunk is put with one put_many (batched) or one put per sample. Chunk sizes go from 1 to
     past the capacity, or exactly the room left (fills a blocking buffer), never past put_capacity().
+    `pooled` (with `batched`): the chunk's fields are in a larger pool, in another order, and
+    put_many gathers them with y_rows (as the trainer's intake passes its shared-memory slots).
 
     Returns the record of each step (what the chunk displaced, or the batch drawn, with the seen
     counts and state_dict after it), every Displaced in order, how many of them had been put in
@@ -773,7 +777,10 @@ def run_chunked(policy: str, on_full: str, seed: int, *, batched: bool) -> tuple
             choice = int(torch.randint(4, (1,), generator=gen))
             n = (1, int(torch.randint(1, room + 1, (1,), generator=gen)), room, capacity + 2)[choice]
             x, y, members, steps = samples(next_id, min(n, room), gen)
-            if batched:
+            if batched and pooled:
+                pool, rows = pool_of(y, torch.Generator().manual_seed(next_id))  # gen: as unpooled
+                out = buf.put_many(x, pool, member=members, step=steps, y_rows=rows)
+            elif batched:
                 out = buf.put_many(x, y, member=members, step=steps)
             else:
                 out = [buf.put(x[i], y[i], member=members[i], step=steps[i]) for i in range(len(members))]
@@ -789,17 +796,29 @@ def run_chunked(policy: str, on_full: str, seed: int, *, batched: bool) -> tuple
     return record, displaced, own, buf
 
 
+def pool_of(y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pool of fields holding the rows of y among others (NaN), in random order: (pool, rows)
+    with pool[rows] == y."""
+    n = len(y)
+    rows = torch.randperm(n + 5, generator=gen)[:n]
+    pool = torch.full((n + 5, *y.shape[1:]), float("nan"))
+    pool[rows] = y
+    return pool, rows
+
+
 MODES = [(p, m) for p in sorted(POLICIES) for m in ON_FULL]
 
 
 @pytest.mark.parametrize(("policy", "on_full"), MODES)
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_put_many_is_put_one_by_one(policy, on_full, seed):
-    """Chunks put with put_many and the same chunks put one by one: the same Displaced, the same
-    state (slots, ring, counters, seen counts, generator) after every step, the same batches, the
-    same per-member accounting of unseen samples, and the same draws afterwards."""
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("pooled", [False, True], ids=["fields", "pool"])
+def test_put_many_is_put_one_by_one(policy, on_full, seed, pooled):
+    """Chunks put with put_many (their fields given, or gathered from a pool with y_rows) and the
+    same chunks put one by one: the same Displaced, the same state (slots, ring, counters, seen
+    counts, generator) after every step, the same batches, the same per-member accounting of
+    unseen samples, and the same draws afterwards."""
     one, one_displaced, one_own, one_buf = run_chunked(policy, on_full, seed, batched=False)
-    many, many_displaced, many_own, many_buf = run_chunked(policy, on_full, seed, batched=True)
+    many, many_displaced, many_own, many_buf = run_chunked(policy, on_full, seed, batched=True, pooled=pooled)
     assert [r[0] for r in one] == [r[0] for r in many]
     for k, (a, b) in enumerate(zip(one, many)):
         if a[0] == "put":
@@ -876,19 +895,12 @@ def test_put_many_past_the_capacity_reports_its_own_displaced_samples_unseen():
 
 @pytest.mark.parametrize(("policy", "on_full"), MODES)
 def test_put_many_copies_each_field_once_and_only_the_ones_kept(policy, on_full, monkeypatch):
-    """One field copy per call (one index_copy_ for x, one for y), of the samples held afterwards:
-    a sample displaced by a later one of its own chunk is never copied."""
+    """One field copy per call (one `_copy_fields`: one assignment into the storage for x and one
+    for y), of the samples held afterwards: a sample displaced by a later one of its own chunk is
+    never copied."""
     buf = make(policy, capacity=5, watermark=1, seed=3, on_full=on_full)
     calls, real_copy = [], buf._copy_fields
     monkeypatch.setattr(buf, "_copy_fields", lambda *a: (calls.append(a), real_copy(*a)))
-    ops = {"index_copy_": 0}
-    real_index_copy = torch.Tensor.index_copy_
-
-    def counting_index_copy(self, *args):
-        ops["index_copy_"] += 1
-        return real_index_copy(self, *args)
-
-    monkeypatch.setattr(torch.Tensor, "index_copy_", counting_index_copy)
     gen = torch.Generator().manual_seed(1)
     first = 0
     for n in (2, 3, 4, 12, 1):  # fills, then displaces held samples and its own
@@ -896,14 +908,13 @@ def test_put_many_copies_each_field_once_and_only_the_ones_kept(policy, on_full,
             buf.sample(len(buf))
             n = min(n, buf.put_capacity())
         calls.clear()
-        ops["index_copy_"] = 0
         x, y, members, steps = samples(first, n, gen)
         buf.put_many(x, y, member=members, step=steps)
         first += n
         if not calls:  # balanced turned every one away: nothing to copy
             continue
-        assert len(calls) == 1 and ops["index_copy_"] == 2
-        _, _, slots, rows = calls[0]
+        assert len(calls) == 1
+        _, _, slots, rows, _ = calls[0]
         copied = torch.arange(n) if rows is None else torch.from_numpy(rows)
         # What was copied is exactly what this chunk left held.
         held = buf.held()
@@ -1023,3 +1034,41 @@ def test_balanced_counts_every_put_and_every_held_sample_per_member():
         assert dict(zip(ids, buf._puts_of[: len(ids)].tolist())) == puts
         held = Counter(buf.held_members().tolist())
         assert dict(zip(ids, buf._held_of[: len(ids)].tolist())) == {m: held.get(m, 0) for m in ids}
+
+
+def test_put_many_gathers_from_a_pool_and_checks_its_rows():
+    """y_rows: the fields of a pool [m, *y_shape] (numpy or torch, rows as a tensor, an array or a
+    list); rows out of the pool or of the wrong length are refused before anything is stored."""
+    buf = make("fifo", capacity=6)
+    x, y, members, steps = samples(0, 3, torch.Generator().manual_seed(0))
+    pool, rows = pool_of(y, torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="y_rows"):
+        buf.put_many(x, pool, member=members, step=steps, y_rows=[0, 1, len(pool)])
+    with pytest.raises(ValueError, match="y_rows"):
+        buf.put_many(x, pool, member=members, step=steps, y_rows=rows[:2])
+    with pytest.raises(ValueError, match="y_rows"):
+        buf.put_many(x, pool[:, :1], member=members, step=steps, y_rows=rows)
+    assert len(buf) == 0
+    assert buf.put_many(x, pool.numpy(), member=members, step=steps, y_rows=rows.numpy()) == []
+    assert buf.put_many(x, pool, member=members, step=steps, y_rows=rows.tolist()) == []
+    check_rows(buf.held())
+    assert buf.held().step.tolist() == steps + steps
+
+
+def test_displacements_are_a_sequence_of_displaced():
+    """put_many's Displacements: len, iteration, indexing and equality as a list of Displaced;
+    unseen() the (member, reason) of those never drawn, in order."""
+    buf = make("reservoir", capacity=3, watermark=1, seed=0)
+    x, y, members, steps = samples(0, 3, torch.Generator().manual_seed(0))
+    buf.put_many(x, y, member=members, step=steps)
+    buf.sample(2)
+    seen = dict(zip(buf.held().step.tolist(), buf.seen_counts().tolist()))
+    x, y, members2, steps2 = samples(3, 4, torch.Generator().manual_seed(1))
+    out = buf.put_many(x, y, member=members2, step=steps2)
+    assert len(out) == 4 and list(out) == [out[i] for i in range(4)] and out == list(out)
+    assert all(isinstance(d, Displaced) and d.reason == "evicted" for d in out)
+    for d in out:
+        assert d.seen == (seen.get(d.step, 0) if d.step < 1003 else 0)
+    assert out.unseen() == [(d.member, d.reason) for d in out if d.seen == 0]
+    assert buf.stats()["evicted_unseen"] == len(out.unseen())
+    assert out != [] and buf.put_many(x[:0], y[:0], member=[], step=[]) == []

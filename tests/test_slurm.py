@@ -7,6 +7,7 @@ cluster is part of CI, so a missing one is a broken CI, not a reason to pass) an
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -121,7 +122,8 @@ def read_ledger(path):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_tiny_online_study_through_slurm(slurm_partition, tiny_config, tmp_path):
-    path = tiny_config()
+    # sampler adaptive: the members, in Slurm jobs, draw from the trainer's proposals in the study folder.
+    path = tiny_config(parameters={"sampler": "adaptive", "adaptive": {"publish_every": 5}})
     cfg = StudyConfig.load(path)
     prefix = f"dmtest_{uuid.uuid4().hex[:8]}"
     profile = local_profile(tmp_path, slurm_partition, prefix)
@@ -170,3 +172,8 @@ def test_tiny_online_study_through_slurm(slurm_partition, tiny_config, tmp_path)
     assert sum(int(r["steps_received"]) for r in ledger.values()) == cfg.ensemble.n_members * cfg.problem.n_steps
     assert (cfg.study_dir / "model.pt").stat().st_size > 0
     assert not list(Path(cfg.results_dir).rglob("*.sst"))
+    # Each member's draw is recorded (a proposal's, or its base point if it started before the
+    # first one), and the ledger has it.
+    for member, row in ledger.items():
+        draw = json.loads((cfg.study_dir / "members" / f"member-{member:06d}.draw.json").read_text())
+        assert row["draw"] == draw["source"] in ("base", "proposal") and int(row["proposal_version"]) == draw["version"]

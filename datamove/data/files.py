@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datamove.adaptive import expected_params
 from datamove.config import SamplingConfig, StudyConfig
 from datamove.streaming.contract import StreamError, stream_path
 from datamove.streaming.files import MemberFile
@@ -68,7 +69,8 @@ def check_member_file(mf: MemberFile, cfg: StudyConfig, *, sampling: SamplingCon
         kind = "truncated" if mf.n_steps < problem.n_steps else "longer than expected"
         raise DatasetError(f"{where} is {kind}: {mf.n_steps} steps, the config expects solver.n_steps = {problem.n_steps}")
     if sampling is not None:
-        expected = sampling.params(mf.member)
+        # A training member of sampler adaptive carries its recorded draw (datamove.adaptive).
+        expected = expected_params(cfg, mf.member) if sampling is cfg.ensemble else sampling.params(mf.member)
         if info.params.shape != expected.shape or not np.allclose(info.params, expected, rtol=1e-9, atol=0.0):
             raise DatasetError(
                 f"{where} was written with params {info.params.tolist()}, but member {mf.member} of this "

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,6 +34,10 @@ from datamove.streaming.ingest import contact_signature, streams_present
 from datamove.streaming.pool import IngestPool
 
 SCAN_S = 0.02  # between two scans of the stream folder for new contact files
+# While training goes on, the steps received wait for the next intake until enough of them have
+# come to amortise its fixed cost (a put, slots returned to each worker), an ingest worker has
+# half its slots in the trainer's hands, or the oldest has waited this long.
+INTAKE_WAIT_S = 0.05
 NOTES_S = 0.5  # between two scans of the launcher's failure notes
 TIMEOUT_CHECK_S = 0.1  # between two checks for silent streams (a timeout is seconds or more)
 
@@ -71,7 +74,8 @@ class MemberFeed:
         self.params: dict[int, np.ndarray] = dict(params or {})
         self.clean = clean
         self.unassigned: list[int] = ledger.unfinished()  # members not handed to an ingest worker
-        self.waiting: deque[Step] = deque()  # steps received, not yet in the buffer
+        self.waiting: list[Step] = []  # steps received, not yet in the buffer, in order
+        self._waiting_since = 0.0  # monotonic time the oldest of them arrived
         self.n_workers = max(1, min(cfg.trainer.ingest_workers, len(self.unassigned)))
         self.pool: IngestPool | None = None
         self._dead_contact: dict[int, tuple[int, int]] = {}  # member -> its dead writer's contact file
@@ -105,8 +109,6 @@ class MemberFeed:
             nice=self.cfg.trainer.ingest_nice,
             say=self.say,
         ).start()
-        # Every step waiting for the buffer holds a slot, so an intake never takes more than n_slots.
-        self._staging = np.empty_like(self.pool.slots)
         return self
 
     def close(self) -> None:
@@ -162,34 +164,55 @@ class MemberFeed:
 
     def intake(self, buffer) -> int:
         """Put the steps that arrived into ``buffer`` in one batched put (as many as it takes now),
-        give their slots back, count in the ledger what the buffer displaced untrained; how many."""
+        give their slots back, count in the ledger what the buffer displaced untrained; how many.
+
+        A fixed number of numpy calls whatever the number of steps: the fields go from their
+        shared-memory slots straight into the buffer's storage (``put_many(y_rows=...)``: one
+        gather, no copy of ours first), and the slots go back once it returns.
+        """
+        if not self.waiting or not self._due(buffer):
+            return 0
         n = min(len(self.waiting), buffer.put_capacity())
         if n <= 0:
             return 0
-        steps = [self.waiting.popleft() for _ in range(n)]
-        slots = np.fromiter((s.slot for s in steps), dtype=np.int64, count=n)
-        members = np.fromiter((s.member for s in steps), dtype=np.int64, count=n)
+        self._waiting_since = time.monotonic()  # of those left, if the buffer takes fewer
+        steps = self.waiting[:n]
+        del self.waiting[:n]
+        member, step, time_, slot = np.array(steps, dtype=np.float64).T  # Step's fields, in order
+        members, slots = member.astype(np.int64), slot.astype(np.int64)
         x = np.empty((n, self.cfg.problem.n_inputs), dtype=np.float32)
-        x[:, :-1] = np.stack([self.params[m] for m in members.tolist()])
-        x[:, -1] = [s.time for s in steps]
-        # One gather into staging memory allocated once (a fresh array per call let malloc keep tens
-        # of MiB of freed fields): a copy, so the slots can go back at once.
-        y = np.take(self.pool.slots, slots, axis=0, out=self._staging[:n])
-        self.pool.release(slots.tolist())
+        ids, which = np.unique(members, return_inverse=True)  # a few members per intake
+        x[:, :-1] = np.stack([self.params[m] for m in ids.tolist()])[which]
+        x[:, -1] = time_
         displaced = buffer.put_many(
-            torch.from_numpy(x), torch.from_numpy(y), member=torch.from_numpy(members),
-            step=torch.tensor([s.step for s in steps], dtype=torch.int64),
+            torch.from_numpy(x), torch.from_numpy(self.pool.slots), member=members,
+            step=step.astype(np.int64), y_rows=slots,
         )
-        for d in displaced:
-            if d.seen == 0:  # left without being trained on (a lossy drop, an eviction, a turn-away)
-                self.ledger.untrained(d.member, d.reason)
+        self.pool.release(slots)
+        for m, reason in displaced.unseen():  # left untrained (a lossy drop, an eviction, a turn-away)
+            self.ledger.untrained(m, reason)
         return n
+
+    def _due(self, buffer) -> bool:
+        """Whether the waiting steps go into the buffer now: always once the streams have ended or
+        while training waits for the buffer, else once they are a quarter of the slots, a worker
+        has half its slots waiting here (it must never run out while its stream has steps), or
+        the oldest has waited INTAKE_WAIT_S."""
+        pool = self.pool
+        if self._finished or not buffer.ready() or 4 * len(self.waiting) >= pool.n_slots:
+            return True
+        if time.monotonic() - self._waiting_since >= INTAKE_WAIT_S:
+            return True
+        half = max(1, pool.per_worker // 2)
+        return any(len(held) >= half for held in pool.held)
 
     # -- events -----------------------------------------------------------------------------------
 
     def _handle(self, ev: Event) -> None:
         if isinstance(ev, Step):
             if self.ledger.received(ev.member, ev.step):
+                if not self.waiting:
+                    self._waiting_since = time.monotonic()
                 self.waiting.append(ev)
             else:
                 self.pool.release((ev.slot,))  # a rerun resending a step already received: not used twice

@@ -153,16 +153,20 @@ class IngestPool:
         return w
 
     def release(self, slots) -> None:
-        """The trainer has copied ``slots`` (an iterable of slot ids): back to the workers that own them."""
+        """The trainer has copied ``slots`` (slot ids: a sequence or an int array): back to the
+        workers that own them, one message per worker (a pipe write costs more than the copy of a
+        small field)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        if not len(slots):
+            return
         now = time.monotonic()
-        by_owner: dict[int, list[int]] = {}
-        for slot in slots:
-            by_owner.setdefault(slot // self.per_worker, []).append(slot)
-        # One message per worker, not per slot: a pipe write costs more than the copy of a small field.
-        for owner, mine in by_owner.items():
-            if len(self.held[owner]) == self.per_worker:
+        owners = slots // self.per_worker
+        for owner in np.unique(owners).tolist():
+            mine = slots[owners == owner].tolist()
+            held = self.held[owner]
+            if len(held) == self.per_worker:
                 self.workers[owner].progress = now  # it waited for us, not for its stream
-            self.held[owner].difference_update(mine)
+            held.difference_update(mine)
             self._send(owner, ("slots", tuple(mine)))
 
     def finish(self) -> None:
@@ -209,8 +213,14 @@ class IngestPool:
                 except (EOFError, OSError):
                     events.extend(self._lost_worker(w))
                     continue
+                # Steps are most events: their slot is noted here, the rest by _note.
+                self.workers[w].progress = time.monotonic()
+                held = self.held[w]
                 for ev in batch:
-                    self._note(w, ev)
+                    if type(ev) is Step:
+                        held.add(ev.slot)
+                    else:
+                        self._note(w, ev)
                 events.extend(batch)
             ready = self._poller.poll(0)
         return events
@@ -227,7 +237,7 @@ class IngestPool:
                 wk.proc.kill()
 
     def _note(self, w: int, ev: Event) -> None:
-        self.workers[w].progress = time.monotonic()
+        """What an event other than a Step (noted in poll) tells of its worker."""
         if isinstance(ev, Step):
             self.held[w].add(ev.slot)
         elif isinstance(ev, Ended):

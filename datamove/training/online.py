@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from datamove import adaptive
 from datamove.config import ConfigError, StudyConfig
 from datamove.gate import held, read_receipt, write_receipt
 from datamove.guard import StudyLock
 from datamove.reservoir import available_bytes, buffer_bytes, make_buffer
 from datamove.streaming.feed import MemberFeed
+from datamove.training.adaptive import Steering, note_draws
 from datamove.training.distributed import Dist, init_from_env
 from datamove.training.loop import Interrupted, Source, StopSignals, Training
 from datamove.training.records import Ledger, MemberRecord
@@ -135,29 +137,44 @@ class OnlineSource(Source):
 
     waits = True
 
-    def __init__(self, *, cfg: StudyConfig, dd: Dist, feed: MemberFeed, buffer, n_members: int):
+    def __init__(self, *, cfg: StudyConfig, dd: Dist, feed: MemberFeed, buffer, n_members: int, batch: int = 0):
         self.cfg, self.dd, self.feed, self.buffer = cfg, dd, feed, buffer
         self.n_members = n_members  # the whole ensemble's, for progress lines
         self.extra = 0  # batches trained after every rank's streams had ended
+        self.batches = batch  # batches trained in all (a resumed run's included): trainer.batch_budget
         self._announced = False
 
     def poll(self) -> tuple[bool, bool]:
         finished = self.feed.ended
-        idle = self.feed.quiet and not self.buffer.ready(final=finished)
+        spent = self.cfg.trainer.batch_budget is not None and self.batches >= self.cfg.trainer.batch_budget
+        idle = spent or (self.feed.quiet and not self.buffer.ready(final=finished))
         self.feed.poll(timeout=0.05 if idle else 0.0)
         self.feed.intake(self.buffer)
         finished = self.feed.ended
         if finished and not self._announced:
             self._announced = True
             ledger = self.feed.ledger
+            budget = self.cfg.trainer.batch_budget
+            if budget is None:
+                more = f"training {self.cfg.trainer.extra_batches} more batches"
+            elif self.batches < budget:
+                more = f"training up to the budget of {budget} batches ({budget - self.batches} more)"
+            else:
+                more = (f"the budget of {budget} batches (trainer.batch_budget) was spent before the last member "
+                        "ended, so the steps that arrived since were not trained on: raise it to train on every member")
             _say(
                 f"all members ended ({ledger.count('complete')} complete, {ledger.count('lost')} lost); "
-                f"training {self.cfg.trainer.extra_batches} more batches"
+                + more
                 + (f" (rank {self.dd.rank}; waiting for the other ranks)" if self.dd.active else "")
             )
         # final=finished (this rank's streams, known now): a consuming buffer below its watermark
         # at the end is drained.
-        can_train = self.buffer.ready(final=finished) and not (finished and self.extra >= self.cfg.trainer.extra_batches)
+        budget = self.cfg.trainer.batch_budget
+        if budget is not None:
+            # An equal budget for every run: spent, training waits for the streams to end.
+            can_train = self.buffer.ready(final=finished) and self.batches < budget
+        else:
+            can_train = self.buffer.ready(final=finished) and not (finished and self.extra >= self.cfg.trainer.extra_batches)
         return finished, can_train
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,6 +183,7 @@ class OnlineSource(Source):
 
     def trained(self, all_done: bool) -> None:
         self.extra += all_done
+        self.batches += 1
 
     def metrics(self) -> dict[str, Any]:
         ledger = self.feed.ledger
@@ -245,6 +263,8 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
         for member in all_members:
             cfg.member_failure(member).unlink(missing_ok=True)
             cfg.member_receipt(member).unlink(missing_ok=True)
+        if cfg.ensemble.adaptive is not None:
+            adaptive.clear(cfg, all_members)  # draws and proposals of that run too
     dd.barrier()  # rank 0's clean-up is done before any rank writes a receipt
     if resumed is None:
         _orphan_markers(cfg, ledger)
@@ -259,7 +279,12 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
     if dd.main:
         heartbeat.start()
     _say(f"ready: reading streams from {cfg.stream_dir} with {feed.n_workers} ingest process(es)")
-    source = OnlineSource(cfg=cfg, dd=dd, feed=feed, buffer=buffer, n_members=len(all_members))
+    source = OnlineSource(cfg=cfg, dd=dd, feed=feed, buffer=buffer, n_members=len(all_members), batch=run.batch)
+    # sampler adaptive: rank 0 publishes proposals for the members still to start.
+    steering = None
+    if cfg.ensemble.adaptive is not None and dd.main:
+        steering = Steering(cfg=cfg, buffer=buffer, model=run.model, params=feed.params, ledger=ledger,
+                            batch=run.batch, say=_say)
     last_ckpt = [time.monotonic(), 0.0]  # when the last checkpoint was written, and how long it took
     # A receipt tells a member's solver that its steps are safe, so it may write its marker (after
     # which the workflow never reruns it): once a checkpoint holds them. Without checkpoints, or
@@ -291,6 +316,8 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
             "params": {m: p.tolist() for m, p in feed.params.items()},
             "metrics_rows": run.metrics.rows,
         })
+        if cfg.ensemble.adaptive is not None:
+            note_draws(cfg, ledger)
         ledger.write(_rank_path(study_dir / "ledger.csv", dd))  # a readable view of the same moment
         last_ckpt[0] = time.monotonic()
         last_ckpt[1] = last_ckpt[0] - t0
@@ -303,6 +330,8 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
         # durations (a large reservoir takes seconds to write): training keeps >= 80 % of its time.
         if feed.newly_rejected:
             rejections()
+        if steering is not None:
+            steering.maybe_publish(run.batch)
         if not feed.newly_complete:
             return
         if not durable:
@@ -343,6 +372,8 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
             # a rerun that found this gate would wait for a trainer that is gone).
             cfg.gate_path.unlink(missing_ok=True)
         feed.close()
+        if cfg.ensemble.adaptive is not None:
+            note_draws(cfg, ledger)
         ledger.write(_rank_path(study_dir / "ledger.csv", dd))
 
     try:

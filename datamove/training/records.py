@@ -25,6 +25,10 @@ class MemberRecord:
     ``steps_unused`` (still in the buffer, never drawn, when training ended). So a member's steps
     trained on at least once are ``steps_received - steps_dropped - steps_evicted - steps_unused``
     (`steps_trained`).
+
+    Under ``parameters.sampler: adaptive`` the row also says how the member's parameters were drawn
+    (``draw``, ``proposal_version``, ``draw_seed``) and its last loss statistic (``loss``,
+    ``loss_batch``).
     """
 
     member: int
@@ -37,6 +41,14 @@ class MemberRecord:
     steps_dropped: int = 0  # received, then discarded untrained by reservoir.on_full=drop_oldest
     steps_evicted: int = 0  # received, then replaced untrained by reservoir/balanced
     steps_unused: int = 0  # received, never drawn: still in the buffer when training ended
+    # parameters.sampler adaptive (datamove.adaptive): how the member's parameters were drawn ...
+    draw: str = ""  # base | proposal | fallback ("": another sampler, or no draw recorded)
+    proposal_version: int = 0  # the proposal drawn from (0: none)
+    draw_seed: int = 0  # the seed of the draw
+    # ... and the trainer's last loss statistic of the member (mean normalised MSE of its reservoir
+    # samples, at batch loss_batch; nan: never measured).
+    loss: float = float("nan")
+    loss_batch: int = 0
 
     @property
     def steps_trained(self) -> int:
