@@ -9,6 +9,7 @@ include: "workflow/rules/simulate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/policies.smk"
 include: "workflow/rules/sampling.smk"
+include: "workflow/rules/models.smk"
 include: "workflow/rules/offline.smk"
 include: "workflow/rules/evaluate.smk"
 

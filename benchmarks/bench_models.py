@@ -28,7 +28,8 @@ import yaml
 from datamove.config import StudyConfig, validate_config
 from datamove.models import MODELS
 from datamove.reservoir import make_buffer
-from datamove.training.step import build_surrogate, make_optimizer, surrogate_args, train_step
+from datamove.training.inputs import SampleSpec
+from datamove.training.step import MixedPrecision, build_surrogate, make_optimizer, surrogate_args, train_step
 
 DRAW_TARGET = 0.10
 FILL_CHUNK = 500  # samples per put_many while filling the buffer
@@ -50,14 +51,15 @@ def median_s(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def study_of(raw: dict, model: str) -> StudyConfig:
+def study_of(raw: dict, model: str, sample: str = "direct") -> StudyConfig:
     """The benchmark's config with ``trainer.model`` = model and its default arguments."""
-    trainer = {**raw.get("trainer", {}), "model": model, "model_args": {}}
+    trainer = {**raw.get("trainer", {}), "model": model, "model_args": {}, "sample": sample}
     return StudyConfig.from_dict(validate_config({**raw, "trainer": trainer}))
 
 
-def step_time(cfg: StudyConfig, args, device: torch.device) -> tuple[float, int]:
-    """Median seconds of one train step of cfg's model, and its number of parameters."""
+def step_time(cfg: StudyConfig, args, device: torch.device, precision: str = "fp32") -> tuple[float, int]:
+    """Median seconds of one train step of cfg's model (its samples, ``precision``), and its number
+    of parameters."""
     problem = cfg.problem
     # The heat problem declares the bounds of its fields and inputs: the data are not looked at.
     norm = problem.normalisation(times=np.zeros(1), fields=np.zeros((1, *problem.sample_shape), np.float32))
@@ -67,10 +69,12 @@ def step_time(cfg: StudyConfig, args, device: torch.device) -> tuple[float, int]
     gen = torch.Generator().manual_seed(0)
     b = cfg.trainer.batch_size
     x = (model.x_low.cpu() + torch.rand(b, problem.n_inputs, generator=gen) * model.x_span.cpu()).to(device)
-    y = (100 + 400 * torch.rand(b, *problem.sample_shape, generator=gen)).to(device)
+    shape = SampleSpec.of(cfg).stored_shape(problem.sample_shape)  # autoregressive: input and target
+    y = (100 + 400 * torch.rand(b, *shape, generator=gen)).to(device)
+    amp = MixedPrecision(precision, device)
     for _ in range(args.warmup):
-        train_step(model, optimizer, x, y)  # allocator, Adam state, lazy inits
-    seconds = median_s(lambda: train_step(model, optimizer, x, y), args.repeats, device)
+        train_step(model, optimizer, x, y, precision=amp)  # allocator, Adam state, lazy inits
+    seconds = median_s(lambda: train_step(model, optimizer, x, y, precision=amp), args.repeats, device)
     n_params = sum(p.numel() for p in model.parameters())
     return seconds, n_params
 
@@ -104,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1, as the workflow's trainer)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16"], default=["fp32"],
+                        help="trainer.precision of the train step; several give a row each (default fp32; fp16: cuda)")
+    parser.add_argument("--sample", choices=["direct", "autoregressive"], default="direct",
+                        help="trainer.sample: autoregressive models also take the fields of a step (default direct)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -114,24 +122,28 @@ def main(argv: list[str] | None = None) -> int:
     b = base.trainer.batch_size
 
     draw_s = draw_time(base, args, device)
-    rows = [(name, *step_time(study_of(raw, name), args, device)) for name in args.models]
+    rows = [(name, p, *step_time(study_of(raw, name, args.sample), args, device, p))
+            for name in args.models for p in args.precision]
 
     print(
         f"train step of each model (defaults) vs a draw from the reservoir; {args.config}: {n_fields} field(s) "
-        f"of {ny}x{nx}, batch {b}, reservoir of {base.reservoir.capacity:,}; device {device}, torch threads "
+        f"of {ny}x{nx}, {args.sample} samples, batch {b}, reservoir of {base.reservoir.capacity:,}; device {device}, torch threads "
         f"{torch.get_num_threads()}, medians of {args.repeats} steps ({args.warmup} warm-up) and "
         f"{args.draw_repeats} draws; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     print(f"draw (Buffer.sample({b}), reservoir policy): {draw_s * 1e3:.2f} ms")
-    header = f"{'model':<6} {'parameters':>11} {'step [ms]':>10} {'samples/s':>10} {'draw/step':>10}  result"
+    header = (f"{'model':<6} {'precision':>9} {'parameters':>11} {'step [ms]':>10} {'samples/s':>10} "
+              f"{'vs fp32':>7} {'draw/step':>10}  result")
     print(header)
     print("-" * len(header))
     ok = True
-    for name, step_s, n_params in rows:
+    fp32 = {name: step_s for name, p, step_s, _ in rows if p == "fp32"}
+    for name, p, step_s, n_params in rows:
         ratio = draw_s / step_s
         ok &= ratio < DRAW_TARGET
-        print(f"{name:<6} {n_params:>11,} {step_s * 1e3:>10.1f} {b / step_s:>10.1f} {ratio * 100:>9.2f}%  "
-              f"{'PASS' if ratio < DRAW_TARGET else 'FAIL'}")
+        speedup = f"x{fp32[name] / step_s:.2f}" if name in fp32 and p != "fp32" else ""
+        print(f"{name:<6} {p:>9} {n_params:>11,} {step_s * 1e3:>10.1f} {b / step_s:>10.1f} {speedup:>7} "
+              f"{ratio * 100:>9.2f}%  {'PASS' if ratio < DRAW_TARGET else 'FAIL'}")
     print(f"target: draw / train step < {DRAW_TARGET:.0%} for every model -> {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

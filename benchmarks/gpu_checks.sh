@@ -7,7 +7,8 @@
 #      put_many's copy to the device) and the batch rate while streams arrive, against the same
 #      loop fed from memory (docs/scaling.md).
 #   4. bench_models: the train step of every model (fc, fno, mppde, unet) at the workstation size
-#      on the GPU, against the reservoir's draw (docs/models.md). mppde needs torch_geometric and
+#      on the GPU, against the reservoir's draw (docs/models.md), in fp32, bf16 and fp16
+#      (trainer.precision), and with autoregressive samples. mppde needs torch_geometric and
 #      its dependencies among the wheels in .whl/ (below) where the machine lacks them.
 #
 #   bash benchmarks/gpu_checks.sh
@@ -36,6 +37,7 @@ bench() { "$@" || { local code=$?; (( rc )) || rc=$code; }; }
     $PY -m pytest -q -p no:cacheprovider -m gpu tests
     bench $PY benchmarks/bench_reservoir.py --part draw --device cuda --repeats 200
     bench $PY benchmarks/bench_isolation.py --device cuda
-    bench $PY benchmarks/bench_models.py --device cuda --repeats 20 --warmup 5 --draw-repeats 200
+    bench $PY benchmarks/bench_models.py --device cuda --repeats 20 --warmup 5 --draw-repeats 200 --precision fp32 bf16 fp16
+    bench $PY benchmarks/bench_models.py --device cuda --repeats 20 --warmup 5 --draw-repeats 200 --sample autoregressive
     exit "$rc"
 } 2>&1 | tee "$LOG"

@@ -114,6 +114,12 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
                     f"key 'evaluation.map_field': '{field}' is not a field of solver '{problem.name}' "
                     f"(fields: {', '.join(problem.fields)})"
                 )
+            tr = cfg["trainer"]
+            if tr["sample"] == "autoregressive" and tr["sample_stride"] >= problem.n_steps:
+                problems.append(
+                    f"key 'trainer.sample_stride': {tr['sample_stride']} leaves no autoregressive pair in a "
+                    f"member of {problem.n_steps} steps (solver.n_steps): it must be below it"
+                )
     res = cfg["reservoir"]
     if res["watermark"] > res["capacity"]:
         problems.append(
@@ -251,6 +257,9 @@ class ReservoirConfig:
 class TrainerConfig:
     model: str
     model_args: Mapping[str, Any]
+    sample: str  # direct | autoregressive (datamove.training.inputs.SampleSpec)
+    sample_stride: int  # autoregressive: step k -> step k + sample_stride
+    precision: str  # fp32 | bf16 | fp16: the train step's autocast (datamove.training.step.MixedPrecision)
     batch_size: int
     lr: float
     weight_decay: float

@@ -68,12 +68,18 @@ def plot_throughput(data: pd.DataFrame, out: str | Path) -> None:
 
 
 def plot_test_error(data: pd.DataFrame, out: str | Path) -> None:
-    """Test MSE and relative L2 error against the time step (pooled over the test members)."""
+    """Test MSE and relative L2 error against the time step (pooled over the test members); for an
+    autoregressive model the one-step error (solid) and the rollout's from the first steps (dashed):
+    how the error grows when the surrogate runs as a solver."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, series, label in zip(axes, ("mse", "rel_l2"), ("MSE (normalised)", "relative L2 error")):
         for arm in _arms(data):
             d = _select(data, "test_error", series, arm)
-            ax.plot(d["step"], d["value"], color=ARM_STYLE[arm]["color"], label=ARM_STYLE[arm]["label"])
+            rolled = _select(data, "test_error", f"rollout_{series}", arm)
+            name = ARM_STYLE[arm]["label"]
+            ax.plot(d["step"], d["value"], color=ARM_STYLE[arm]["color"], label=f"{name}, one step" if len(rolled) else name)
+            if len(rolled):
+                ax.plot(rolled["step"], rolled["value"], color=ARM_STYLE[arm]["color"], ls="--", label=f"{name}, rollout")
         ax.set(xlabel="time step", ylabel=label, yscale="log", title=f"Test {label} per time step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -270,3 +270,51 @@ def test_intake_waits_for_enough_steps_while_training_goes_on(tiny_config, monke
     arrive(4)
     assert feed.intake(buf) == 4  # a quarter of the slots
     assert len(buf) == 10 and ledger[0].steps_received == 12
+
+
+def test_event_messages_keep_order_types_and_member_boundaries():
+    """A run of steps travels as a record array, anything else pickled: decoded, the same events in
+    the same order, with Python ints for member, step and slot."""
+    from datamove.streaming.events import Info, Opened, decode, decode_command, encode, encode_command
+
+    steps = [Step(3, 7, 0.25, 5), Step(3, 8, 0.5, 6), Step(9, 1, 0.125, 12)]  # two members in one message
+    message = encode(steps)
+    assert message[:1] == b"S" and len(message) == 1 + 32 * len(steps)
+    back = decode(message)
+    assert back == steps and all(type(ev) is Step and type(ev.member) is int and type(ev.slot) is int for ev in back)
+    mixed = [Opened(9, 2), Info(9, np.arange(3.0)), *steps, Ended(9, "complete", "", 1, 2)]
+    out = decode(encode(mixed))
+    assert [type(ev) for ev in out] == [type(ev) for ev in mixed] and out[2:5] == steps and out[-1] == mixed[-1]
+    assert decode(memoryview(message)) == steps
+    assert decode_command(encode_command(("slots", (4, 2, 9)))) == ("slots", [4, 2, 9])
+    assert decode_command(encode_command(("member", 12))) == ("member", 12)
+    assert decode_command(encode_command(None)) is None
+
+
+def test_pool_splits_what_one_read_returns_into_messages():
+    """The trainer reads a worker's pipe in one go and splits it by the send_bytes framing: several
+    messages in one read, and a message cut between two reads, come out whole and in order."""
+    import multiprocessing as mp
+    from types import SimpleNamespace
+
+    from datamove.streaming.events import Done, encode
+
+    mine, theirs = mp.Pipe(duplex=True)
+    pool = IngestPool.__new__(IngestPool)  # only _receive: no processes
+    pool.workers = [SimpleNamespace(conn=mine, partial=b"")]
+    first = [Step(0, k, 0.1 * k, k) for k in range(1, 4)]
+    theirs.send_bytes(encode(first))
+    theirs.send_bytes(encode([Ended(0, "complete", "", 3, 0)]))
+    assert pool._receive(0) == [*first, Ended(0, "complete", "", 3, 0)]
+    # One message written in two pieces, the cut inside its length header and inside its body.
+    body = encode([Step(1, 1, 0.5, 2), Step(1, 2, 1.0, 3)])
+    framed = len(body).to_bytes(4, "big") + body
+    for piece in (framed[:2], framed[2:20]):
+        theirs._send(piece)  # the raw bytes, as a slow write would deliver them
+        assert pool._receive(0) == []
+    theirs._send(framed[20:])
+    theirs.send_bytes(encode([Done(0)]))
+    assert pool._receive(0) == [Step(1, 1, 0.5, 2), Step(1, 2, 1.0, 3), Done(0)]
+    theirs.close()
+    assert pool._receive(0) is None  # end of file
+    mine.close()

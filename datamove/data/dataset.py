@@ -11,33 +11,43 @@ from datamove.config import StudyConfig
 from datamove.data.files import DatasetError, open_checked
 from datamove.streaming.contract import StreamError
 from datamove.streaming.files import MemberFile
-from datamove.training.inputs import direct_inputs
+from datamove.training.inputs import SampleSpec, direct_inputs
 
 
 class MemberDataset(Dataset):
-    """Samples of BP5 member files, indexed ``i = position * n_steps + step``.
+    """Samples of BP5 member files, indexed ``i = position * per_member + j``.
 
-    Each item is ``(x [n_inputs], y [n_fields, ny, nx], i)``; a batch fetched by a ``DataLoader``
-    (through ``__getitems__``) is ``(x [B, n_inputs], y [B, n_fields, ny, nx], i [B])``.
+    Each item is ``(x [n_inputs], y [stored fields, ny, nx], i)``; a batch fetched by a ``DataLoader``
+    (through ``__getitems__``) is ``(x [B, n_inputs], y [B, stored fields, ny, nx], i [B])``. Samples
+    are of the study's kind (``spec``, :mod:`datamove.training.inputs`): direct, y the fields of step
+    j [n_fields, ny, nx], ``per_member = n_steps``; or autoregressive with stride s, y the fields of
+    steps j and j + s of one member [2 n_fields, ny, nx], ``per_member = n_steps - s``: the same
+    pairs as the online trainer builds from the streams.
 
     ``reader="memory"`` reads each member file once, whole, in each process that serves samples
-    (a DataLoader worker keeps its own copy); ``reader="file"`` reads every sample with an ADIOS2
+    (a DataLoader worker keeps its own copy); ``reader="file"`` reads every step with an ADIOS2
     step selection from files kept open per process. Files are opened lazily in the process that
     reads them: ADIOS2 objects are never pickled or inherited.
 
     Use :meth:`from_config`, which refuses files that do not match the config.
     """
 
-    def __init__(self, *, files: Sequence[MemberFile], x: torch.Tensor, n_steps: int, sample_shape, reader: str):
+    def __init__(
+        self, *, files: Sequence[MemberFile], x: torch.Tensor, n_steps: int, sample_shape, reader: str,
+        spec: SampleSpec | None = None,
+    ):
         if reader not in ("memory", "file"):
             raise ValueError(f"reader must be 'memory' or 'file', got {reader!r}")
         self.files = list(files)
-        self.x = x  # [n_members * n_steps, n_inputs]
+        self.spec = spec or SampleSpec.make("direct", 0, n_fields=int(sample_shape[0]))
+        self.x = x  # [n_members * per_member, n_inputs]
         self.n_steps = n_steps
-        self.sample_shape = tuple(sample_shape)
+        self.per_member = self.spec.samples_per_member(n_steps)
+        self.sample_shape = tuple(sample_shape)  # of one step [n_fields, ny, nx]
         self.reader = reader
-        # memory reader: every sample in one tensor [len, n_fields, ny, nx], filled member by member
-        # as they are first touched, so that a batch is one gather (as from the online reservoir).
+        # memory reader: every step in one tensor [members x n_steps, n_fields, ny, nx], filled member
+        # by member as they are first touched, so that a batch is one gather (as from the online
+        # reservoir), two for pairs.
         self._fields: torch.Tensor | None = None
         self._loaded = torch.zeros(len(self.files), dtype=torch.bool)
 
@@ -48,6 +58,7 @@ class MemberDataset(Dataset):
         Raises DatasetError naming the file for a missing, truncated, corrupt or mismatched member.
         """
         members = range(cfg.ensemble.n_members) if members is None else members
+        spec = SampleSpec.of(cfg)
         files, xs = [], []
         for member in members:
             mf = open_checked(
@@ -55,33 +66,46 @@ class MemberDataset(Dataset):
                 missing=(f"member {member} of {cfg.ensemble.n_members}: run its simulation with stream.engine BP5 "
                          f"(`datamove simulate --config ... --member {member}`)"),
             )
-            xs.append(direct_inputs(mf.info.params, mf.times))
+            xs.append(direct_inputs(mf.info.params, mf.times[: spec.samples_per_member(len(mf.times))]))
             mf.close()
             files.append(mf)
         if not files:
             raise DatasetError("no member files to train on")
         return cls(files=files, x=torch.cat(xs), n_steps=cfg.problem.n_steps,
-                   sample_shape=cfg.problem.sample_shape, reader=cfg.offline.reader)
+                   sample_shape=cfg.problem.sample_shape, reader=cfg.offline.reader, spec=spec)
 
     def __len__(self) -> int:
-        return len(self.files) * self.n_steps
+        return len(self.files) * self.per_member
+
+    def _steps(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample indices [n] -> (member positions, 0-based input steps) [n]; the target step is
+        the input step + stride (the same step for direct samples)."""
+        return idx // self.per_member, idx % self.per_member
 
     def _load(self, positions: torch.Tensor) -> None:
         """Memory reader: read the members at ``positions`` that this process has not read yet."""
         if self._fields is None:
-            self._fields = torch.empty((len(self), *self.sample_shape), dtype=torch.float32)
+            self._fields = torch.empty((len(self.files) * self.n_steps, *self.sample_shape), dtype=torch.float32)
         for pos in positions[~self._loaded[positions]].unique().tolist():
             mf = self._file(pos)
             self._fields[pos * self.n_steps : (pos + 1) * self.n_steps] = torch.from_numpy(mf.read_all())
             mf.close()  # read once: the file is not needed any more
             self._loaded[pos] = True
 
-    def _field(self, i: int) -> torch.Tensor:
-        pos, step = divmod(i, self.n_steps)
+    def _y(self, idx: torch.Tensor) -> torch.Tensor:
+        """The stored y of the samples ``idx`` [n] -> [n, stored fields, ny, nx]."""
+        pos, step = self._steps(idx)
+        targets = step + self.spec.stride
         if self.reader == "memory":
-            self._load(torch.tensor([pos]))
-            return self._fields[i]
-        return torch.from_numpy(self._file(pos).read_step(step))
+            self._load(pos)
+            rows = pos * self.n_steps
+            y = self._fields[rows + targets]
+            return torch.cat([self._fields[rows + step], y], dim=1) if self.spec.autoregressive else y
+        read = lambda p, k: torch.from_numpy(self._file(p).read_step(k))  # noqa: E731
+        pairs = zip(pos.tolist(), step.tolist(), targets.tolist())
+        if self.spec.autoregressive:
+            return torch.stack([torch.cat([read(p, k), read(p, t)]) for p, k, t in pairs])
+        return torch.stack([read(p, t) for p, _, t in pairs])
 
     def _file(self, pos: int) -> MemberFile:
         mf = self.files[pos]
@@ -94,15 +118,11 @@ class MemberDataset(Dataset):
 
     def __getitem__(self, i: int):
         i = int(i)
-        return self.x[i], self._field(i), i
+        return self.x[i], self._y(torch.tensor([i]))[0], i
 
     def __getitems__(self, indices: Sequence[int]):
         idx = torch.as_tensor(indices, dtype=torch.int64)
-        if self.reader == "memory":
-            self._load(idx // self.n_steps)
-            return self.x[idx], self._fields[idx], idx
-        y = torch.stack([self._field(int(i)) for i in indices])
-        return self.x[idx], y, idx
+        return self.x[idx], self._y(idx), idx
 
     def close(self) -> None:
         for mf in self.files:

@@ -8,6 +8,13 @@ Definitions (the same for every arm):
 - ``rel_l2``: relative L2 error in physical units, ``||prediction - truth|| / ||truth||``, over every
   field of a sample. Aggregates over several samples pool the sums (``sqrt(sum err^2 / sum truth^2)``),
   so they weigh every grid point alike.
+
+An autoregressive surrogate (``trainer.sample: autoregressive``, stride s) predicts a step from the
+true step s earlier: ``mse`` and ``rel_l2`` are that one-step error, for steps s+1..n (the first s
+steps are its inputs and get no row). It is also rolled out from the member's first s true steps,
+each prediction the input of the next (:func:`rollout`): ``rollout_mse``, ``rollout_rel_l2`` and
+``rollout_sq_err`` are the errors of that trajectory, whose growth with the step is the error
+growth of the surrogate used as a solver.
 """
 
 from __future__ import annotations
@@ -63,36 +70,78 @@ def evaluate_members(
     span = model.y_span.reshape(-1).to(torch.float64)  # [n_fields]
     rows, maps = [], []
     missing = "run `datamove make-testset --config ...`"
+    s = model.stride if getattr(model, "in_fields", 0) else 0  # autoregressive: steps 1..s are inputs only
     for m in load_members(cfg, folder, sampling, missing=missing):
-        truth = torch.from_numpy(m.fields).to(device, torch.float64)  # [n_steps, n_fields, ny, nx]
-        pred = model(direct_inputs(m.params, m.times).to(device)).to(torch.float64)
-        err = pred - truth
-        sq_err_field = err.square().flatten(2).sum(2)  # [n_steps, n_fields]
-        sq_err = sq_err_field.sum(1)
-        sq_truth = truth.square().flatten(1).sum(1)
+        truth_all = torch.from_numpy(m.fields).to(device)  # [n_steps, n_fields, ny, nx]
+        x = direct_inputs(m.params, m.times).to(device)
+        if s:
+            pred = model(x[:-s], fields=truth_all[:-s]).to(torch.float64)  # steps s+1..n, one step ahead
+            rolled = rollout(model, x, truth_all[:s])[s:].to(torch.float64)
+        else:
+            pred, rolled = model(x).to(torch.float64), None
+        truth = truth_all[s:].to(torch.float64)
         n_points = truth[0].numel()
-        mse_field = sq_err_field / (n_points / len(fields)) / span.to(device) ** 2  # normalised, per field
+        sq_truth = truth.square().flatten(1).sum(1)
+
+        def errors(pred: torch.Tensor, prefix: str = "") -> dict[str, np.ndarray]:
+            sq_err_field = (pred - truth).square().flatten(2).sum(2)  # [steps, n_fields]
+            sq_err = sq_err_field.sum(1)
+            mse_field = sq_err_field / (n_points / len(fields)) / span.to(device) ** 2  # normalised, per field
+            return {
+                f"{prefix}mse": mse_field.mean(1).cpu().numpy(),
+                **({f"{prefix}mse:{name}": mse_field[:, i].cpu().numpy() for i, name in enumerate(fields)}
+                   if len(fields) > 1 else {}),
+                f"{prefix}rel_l2": (sq_err / sq_truth).sqrt().cpu().numpy(),
+                f"{prefix}sq_err": sq_err.cpu().numpy(),
+            }
+
+        one_step = errors(pred)
         frame = pd.DataFrame({
             "arm": arm,
             "member": m.member,
-            "step": np.arange(1, len(m.times) + 1),  # 1-based, as the solver numbers its steps
-            "time": m.times,
+            "step": np.arange(s + 1, len(m.times) + 1),  # 1-based, as the solver numbers its steps
+            "time": m.times[s:],
             **{name: value for name, value in zip(sampling.names, m.params)},
-            "mse": mse_field.mean(1).cpu().numpy(),
-            **({f"mse:{name}": mse_field[:, i].cpu().numpy() for i, name in enumerate(fields)} if len(fields) > 1 else {}),
-            "rel_l2": (sq_err / sq_truth).sqrt().cpu().numpy(),
-            "sq_err": sq_err.cpu().numpy(),
+            **{k: v for k, v in one_step.items() if k != "sq_err"},
+            "sq_err": one_step["sq_err"],
             "sq_truth": sq_truth.cpu().numpy(),
             "n_points": n_points,
+            **(errors(rolled, "rollout_") if rolled is not None else {}),
         })
         rows.append(frame)
         if m.member == map_member:
-            maps.append(_maps(arm, m.member, fields[map_field], m.times, truth[:, map_field], pred[:, map_field], map_max_side))
+            shown = pred if rolled is None else rolled  # an autoregressive model's maps: its rollout
+            maps.append(_maps(arm, m.member, fields[map_field], m.times[s:], truth[:, map_field], shown[:, map_field],
+                              map_max_side, first_step=s + 1))
     return pd.concat(rows, ignore_index=True), pd.concat(maps, ignore_index=True) if maps else pd.DataFrame()
 
 
-def _maps(arm: str, member: int, field_name: str, times, truth: torch.Tensor, pred: torch.Tensor, max_side: int) -> pd.DataFrame:
-    """Maps of one field: truth and pred [n_steps, ny, nx]."""
+@torch.no_grad()
+def rollout(model: Surrogate, x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """An autoregressive surrogate used as a solver: every step predicted from its own predictions.
+
+    Args:
+        model: built with ``in_fields`` and ``stride`` s.
+        x: [n_steps, in_dim] raw inputs of each step of one member (parameters, t_k).
+        first: [s, n_fields, ny, nx] the member's first s true steps (raw).
+
+    Returns:
+        [n_steps, n_fields, ny, nx]: ``first``, then step k (0-based, k >= s) predicted from the
+        prediction of step k - s. s steps at a time: the chains that start at each of the first s
+        steps advance together.
+    """
+    s = model.stride
+    out = torch.empty((x.shape[0], *first.shape[1:]), dtype=first.dtype, device=first.device)
+    out[:s] = first
+    for k in range(s, x.shape[0], s):
+        n = min(s, x.shape[0] - k)
+        out[k : k + n] = model(x[k - s : k - s + n], fields=out[k - s : k - s + n]).to(out.dtype)
+    return out
+
+
+def _maps(arm: str, member: int, field_name: str, times, truth: torch.Tensor, pred: torch.Tensor, max_side: int,
+          *, first_step: int = 1) -> pd.DataFrame:
+    """Maps of one field: truth and pred [n_steps, ny, nx], of steps first_step, first_step + 1, ..."""
     ny, nx = truth.shape[1:]
     sy, sx = -(-ny // max_side), -(-nx // max_side)  # strides: at most max_side points a side
     iy, ix = np.meshgrid(np.arange(0, ny, sy), np.arange(0, nx, sx), indexing="ij")
@@ -102,7 +151,8 @@ def _maps(arm: str, member: int, field_name: str, times, truth: torch.Tensor, pr
         for kind, field in fields.items():
             values = field[::sy, ::sx].cpu().numpy()
             out.append(pd.DataFrame({
-                "arm": arm, "member": member, "field": field_name, "step": k + 1, "time": float(times[k]), "kind": kind,
+                "arm": arm, "member": member, "field": field_name, "step": k + first_step, "time": float(times[k]),
+                "kind": kind,
                 "iy": iy.ravel(), "ix": ix.ravel(), "value": values.ravel(),
             }))
     return pd.concat(out, ignore_index=True)
@@ -112,7 +162,8 @@ def pooled(errors: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     """MSE and relative L2 pooled over the samples of each group (overall when ``by`` is empty).
 
     Every sample has the same number of points, so the pooled normalised MSE is the mean of the
-    samples' MSEs; the pooled relative L2 is ``sqrt(sum sq_err / sum sq_truth)``.
+    samples' MSEs; the pooled relative L2 is ``sqrt(sum sq_err / sum sq_truth)``. With rollout
+    columns (an autoregressive model), ``rollout_mse`` and ``rollout_rel_l2`` are pooled alike.
     """
     by = list(by)
     grouped = errors.groupby(by if by else np.zeros(len(errors), dtype=int), sort=True)
@@ -121,4 +172,12 @@ def pooled(errors: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
         "rel_l2": np.sqrt(grouped["sq_err"].sum() / grouped["sq_truth"].sum()),
         "samples": grouped.size(),
     })
+    if has_rollout(errors):
+        out["rollout_mse"] = grouped["rollout_mse"].mean()
+        out["rollout_rel_l2"] = np.sqrt(grouped["rollout_sq_err"].sum() / grouped["sq_truth"].sum())
     return out.reset_index(drop=not by)
+
+
+def has_rollout(errors: pd.DataFrame) -> bool:
+    """Whether an evaluation holds rollout errors (an autoregressive model's)."""
+    return "rollout_mse" in errors.columns

@@ -23,7 +23,7 @@ import torch
 
 from datamove.config import StudyConfig
 from datamove.evaluation.arms import arm_dirs
-from datamove.evaluation.errors import pooled
+from datamove.evaluation.errors import has_rollout, pooled
 
 COLUMNS = ["figure", "arm", "series", "member", "step", "x", "y", "value"]
 
@@ -38,6 +38,9 @@ TABLE_ROWS = [
     ("samples_per_s", "sample throughput (samples/s)", "ratio"),
     ("test_mse", "test MSE (normalised)", "improvement"),
     ("test_rel_l2", "test relative L2 error", "improvement"),
+    # Autoregressive models (trainer.sample): the errors of rollouts from each member's first steps.
+    ("test_rollout_mse", "test rollout MSE (normalised)", "improvement"),
+    ("test_rollout_rel_l2", "test rollout relative L2 error", "improvement"),
 ]
 
 
@@ -87,7 +90,8 @@ def arm_figure_data(arm: str, folder: Path, cfg: StudyConfig) -> pd.DataFrame:
     for series in ("batches_per_s", "samples_per_s"):
         parts.append(_rows("throughput", arm, series, metrics["wall_s"], metrics[series]))
     per_step = pooled(errors, ["step", "time"])
-    for series in ("mse", "rel_l2"):
+    rollout = has_rollout(errors)
+    for series in ("mse", "rel_l2", *(("rollout_mse", "rollout_rel_l2") if rollout else ())):
         parts.append(_rows("test_error", arm, series, per_step["time"], per_step[series], step=per_step["step"]))
     for (member, step, kind), m in maps.groupby(["member", "step", "kind"], sort=False):
         parts.append(_rows("error_maps", arm, kind, m["ix"], m["value"], member=member, step=step, y=m["iy"]))
@@ -105,7 +109,8 @@ def arm_figure_data(arm: str, folder: Path, cfg: StudyConfig) -> pd.DataFrame:
 
     last = metrics.iloc[-1]
     complete = ledger[ledger["status"] == "complete"]
-    samples = float(ledger["steps_received"].sum())
+    # Distinct samples: every step received, but, autoregressive, a member's first steps end no pair.
+    samples = float(ledger["steps_received"].sum() - ledger.get("steps_unpaired", pd.Series(dtype=float)).sum())
     batches, train_s = float(last["batch"]), float(last["wall_s"])
     overall = pooled(errors).iloc[0]
     summary = {
@@ -118,6 +123,8 @@ def arm_figure_data(arm: str, folder: Path, cfg: StudyConfig) -> pd.DataFrame:
         "samples_per_s": batches * cfg.trainer.batch_size / max(train_s, 1e-9),
         "test_mse": float(overall["mse"]),
         "test_rel_l2": float(overall["rel_l2"]),
+        **({"test_rollout_mse": float(overall["rollout_mse"]), "test_rollout_rel_l2": float(overall["rollout_rel_l2"])}
+           if rollout else {}),
     }
     for series, value in summary.items():
         parts.append(_rows("table", arm, series, None, [value]))
@@ -136,12 +143,13 @@ def results_table(data: pd.DataFrame) -> pd.DataFrame:
     improvement of online over offline in % for errors, their ratio for throughputs."""
     table = data[data["figure"] == "table"].pivot_table(index="series", columns="arm", values="value", aggfunc="first")
     arms = [a for a in ("online", "offline") if a in table.columns]
-    out = pd.DataFrame({"quantity": [label for _, label, _ in TABLE_ROWS]})
+    rows = [row for row in TABLE_ROWS if row[0] in table.index]  # rollouts: autoregressive models only
+    out = pd.DataFrame({"quantity": [label for _, label, _ in rows]})
     for arm in arms:
-        out[arm] = [table.at[s, arm] if s in table.index else np.nan for s, _, _ in TABLE_ROWS]
+        out[arm] = [table.at[s, arm] for s, _, _ in rows]
     if arms == ["online", "offline"]:
         compare = []
-        for series, _, how in TABLE_ROWS:
+        for series, _, how in rows:
             on, off = table.at[series, "online"], table.at[series, "offline"]
             if how == "ratio":
                 compare.append(f"x{on / off:.2f}" if off else "")

@@ -75,15 +75,16 @@ def run_config(base: Mapping[str, Any], *, root: str | Path, data_root: str | Pa
     return validate_config(cfg, source=f"sampling study run {name}")
 
 
-def chained_inputs(run_dir: str, names: Sequence[str]):
-    """The input function of the rule that runs one run: its config, and the evaluation of the run
-    before it in ``names``, so that the runs go one at a time (they must not share the cores)."""
+def chained_inputs(run_dir: str, names: Sequence[str], *, last: str = "evaluation.csv"):
+    """The input function of the rule that runs one run: its config, and the file ``last`` (a run's
+    last output) of the run before it in ``names``, so that the runs go one at a time (they must
+    not share the cores). Also the models study's (datamove.evaluation.models)."""
 
     def inputs(wildcards) -> dict[str, str]:
         k = list(names).index(wildcards.run)
         found = {"cfg": f"{run_dir}/{wildcards.run}.yaml"}
         if k:
-            found["after"] = f"{run_dir}/{names[k - 1]}/evaluation.csv"
+            found["after"] = f"{run_dir}/{names[k - 1]}/{last}"
         return found
 
     return inputs

@@ -15,10 +15,16 @@ class Surrogate(nn.Module):
     their ranges, each field by its own low and high. Losses are computed on the normalised scale so
     that they read alike across studies and fields.
 
+    An autoregressive surrogate (``in_fields`` > 0) also takes the fields of a step, in physical
+    units, normalised like its outputs; a stored sample's y then holds input and target fields
+    stacked (:meth:`split`, see :mod:`datamove.training.inputs`).
+
     Args:
-        network: maps [batch, in_dim] to [batch, n_fields, ny, nx].
+        network: maps [batch, in_dim] (and fields [batch, in_fields, ny, nx]) to [batch, n_fields, ny, nx].
         x_low, x_high: [in_dim] bounds of the inputs.
         y_low, y_high: [n_fields] bounds of each field (a scalar: one field).
+        in_fields: fields of a step the network takes (0: direct samples; else n_fields).
+        stride: autoregressive samples: steps from the input fields to the target (0: direct).
     """
 
     def __init__(
@@ -29,9 +35,12 @@ class Surrogate(nn.Module):
         x_high: Sequence[float],
         y_low: Sequence[float] | float,
         y_high: Sequence[float] | float,
+        in_fields: int = 0,
+        stride: int = 0,
     ):
         super().__init__()
         self.network = network
+        self.in_fields, self.stride = int(in_fields), int(stride)
         x_low_t = torch.as_tensor(x_low, dtype=torch.float32)
         span = torch.as_tensor(x_high, dtype=torch.float32) - x_low_t
         # A parameter held fixed (low == high) carries no information; avoid dividing by zero.
@@ -42,14 +51,33 @@ class Surrogate(nn.Module):
         y_span = torch.as_tensor(y_high, dtype=torch.float32).reshape(-1, 1, 1) - y_low_t
         self.register_buffer("y_low", y_low_t)
         self.register_buffer("y_span", torch.clamp(y_span, min=1e-12))
+        if self.in_fields not in (0, y_low_t.shape[0]):
+            raise ValueError(f"in_fields must be 0 or the {y_low_t.shape[0]} field(s) of a sample, got {in_fields}")
 
     def normalise_y(self, y: torch.Tensor) -> torch.Tensor:
         return (y - self.y_low) / self.y_span
 
-    def forward_normalised(self, x: torch.Tensor) -> torch.Tensor:
-        """x [batch, in_dim] raw -> normalised sample [batch, n_fields, ny, nx]."""
-        return self.network((x - self.x_low) / self.x_span)
+    def split(self, y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """A stored sample's y [B, (2 x) n_fields, ny, nx] -> (input fields or None, target), raw."""
+        if not self.in_fields:
+            return None, y
+        return y[:, : self.in_fields], y[:, self.in_fields :]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [batch, in_dim] raw -> sample [batch, n_fields, ny, nx] in physical units."""
-        return self.forward_normalised(x) * self.y_span + self.y_low
+    def forward_normalised(self, x: torch.Tensor, fields: torch.Tensor | None = None) -> torch.Tensor:
+        """x [batch, in_dim] raw (and fields [batch, in_fields, ny, nx] raw) -> normalised sample
+        [batch, n_fields, ny, nx]."""
+        xn = (x - self.x_low) / self.x_span
+        if fields is None:
+            return self.network(xn)
+        return self.network(xn, self.normalise_y(fields))
+
+    def forward(self, x: torch.Tensor, fields: torch.Tensor | None = None) -> torch.Tensor:
+        """x [batch, in_dim] raw (and fields [batch, in_fields, ny, nx] raw) -> sample
+        [batch, n_fields, ny, nx] in physical units."""
+        return self.forward_normalised(x, fields) * self.y_span + self.y_low
+
+    def sample_error(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Squared error on the normalised scale of stored samples: x [B, in_dim], y [B, (2 x)
+        n_fields, ny, nx] raw -> [B, n_fields, ny, nx]."""
+        fields, target = self.split(y)
+        return (self.forward_normalised(x, fields) - self.normalise_y(target)).square()

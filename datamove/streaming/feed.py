@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from datamove.streaming.contract import Expectation, remove_contact_files
 from datamove.streaming.events import Done, Ended, Event, Fatal, Info, Opened, Step
 from datamove.streaming.ingest import contact_signature, streams_present
 from datamove.streaming.pool import IngestPool
+from datamove.training.inputs import SampleSpec
 
 SCAN_S = 0.02  # between two scans of the stream folder for new contact files
 # While training goes on, the steps received wait for the next intake until enough of them have
@@ -40,6 +42,13 @@ SCAN_S = 0.02  # between two scans of the stream folder for new contact files
 INTAKE_WAIT_S = 0.05
 NOTES_S = 0.5  # between two scans of the launcher's failure notes
 TIMEOUT_CHECK_S = 0.1  # between two checks for silent streams (a timeout is seconds or more)
+
+
+class _Input(NamedTuple):
+    """The input half of an autoregressive pair: a step's time and a copy of its fields."""
+
+    time: float
+    fields: np.ndarray  # [n_fields, ny, nx]
 
 
 class IngestFailed(RuntimeError):
@@ -75,6 +84,15 @@ class MemberFeed:
         self.clean = clean
         self.unassigned: list[int] = ledger.unfinished()  # members not handed to an ingest worker
         self.waiting: list[Step] = []  # steps received, not yet in the buffer, in order
+        # Autoregressive samples (trainer.sample): a waiting step is the target of a pair whose
+        # input fields, a copy of the step trainer.sample_stride earlier of the same attempt, wait
+        # beside it; the copies of each streaming member's last steps wait in _history until the
+        # step they pair with arrives (its slot is back with its worker by then).
+        self.spec = SampleSpec.of(cfg)
+        self.waiting_inputs: list[_Input] = []
+        self._history: dict[int, dict[int, np.ndarray]] = {}  # member -> step -> fields [n_fields, ny, nx]
+        self._pair_stage: np.ndarray | None = None  # the pairs of an intake [n, 2 n_fields, ny, nx]
+        self._spare: list[np.ndarray] = []  # copies of steps no longer needed, to be reused
         self._waiting_since = 0.0  # monotonic time the oldest of them arrived
         self.n_workers = max(1, min(cfg.trainer.ingest_workers, len(self.unassigned)))
         self.pool: IngestPool | None = None
@@ -183,15 +201,51 @@ class MemberFeed:
         x = np.empty((n, self.cfg.problem.n_inputs), dtype=np.float32)
         ids, which = np.unique(members, return_inverse=True)  # a few members per intake
         x[:, :-1] = np.stack([self.params[m] for m in ids.tolist()])[which]
-        x[:, -1] = time_
-        displaced = buffer.put_many(
-            torch.from_numpy(x), torch.from_numpy(self.pool.slots), member=members,
-            step=step.astype(np.int64), y_rows=slots,
-        )
+        if self.spec.autoregressive:
+            inputs = self.waiting_inputs[:n]
+            del self.waiting_inputs[:n]
+            x[:, -1] = [a.time for a in inputs]  # the input step's time: (params, t_k, fields_k) -> fields_k+s
+            displaced = buffer.put_many(
+                torch.from_numpy(x), torch.from_numpy(self._pairs(inputs, slots)), member=members,
+                step=step.astype(np.int64),
+            )
+        else:
+            x[:, -1] = time_
+            displaced = buffer.put_many(
+                torch.from_numpy(x), torch.from_numpy(self.pool.slots), member=members,
+                step=step.astype(np.int64), y_rows=slots,
+            )
         self.pool.release(slots)
         for m, reason in displaced.unseen():  # left untrained (a lossy drop, an eviction, a turn-away)
             self.ledger.untrained(m, reason)
         return n
+
+    def _pairs(self, inputs: list, slots: np.ndarray) -> np.ndarray:
+        """The stored y of autoregressive pairs [n, 2 n_fields, ny, nx]: each input's fields, then its
+        target's from the slots (staging kept between intakes: the buffer copies out of it)."""
+        n, f = len(slots), self.spec.n_fields
+        stage = self._pair_stage
+        if stage is None or len(stage) < n:
+            stage = self._pair_stage = np.empty((max(n, self.pool.n_slots), 2 * f, *self.pool.slots.shape[2:]),
+                                                dtype=np.float32)
+        pool = self.pool.slots
+        for i, (a, slot) in enumerate(zip(inputs, slots.tolist())):  # one copy each, no temporaries
+            stage[i, :f] = a.fields
+            stage[i, f:] = pool[slot]
+            self._spare.append(a.fields)  # its copy is free again
+        return stage[:n]
+
+    def _copy_of(self, slot: int) -> np.ndarray:
+        """A copy of a slot's fields, in an array of an earlier copy that is free again (fresh arrays
+        of large fields cost page faults on every step)."""
+        out = self._spare.pop() if self._spare else np.empty(self.pool.slots.shape[1:], dtype=np.float32)
+        np.copyto(out, self.pool.slots[slot])
+        return out
+
+    def _forget(self, member: int) -> None:
+        """Drop a member's kept steps (a new attempt, or its end): their copies are free again."""
+        for kept in self._history.pop(member, {}).values():
+            self._spare.append(kept.fields)
 
     def _due(self, buffer) -> bool:
         """Whether the waiting steps go into the buffer now: always once the streams have ended or
@@ -209,7 +263,9 @@ class MemberFeed:
     # -- events -----------------------------------------------------------------------------------
 
     def _handle(self, ev: Event) -> None:
-        if isinstance(ev, Step):
+        if isinstance(ev, Step) and self.spec.autoregressive:
+            self._pair(ev)
+        elif isinstance(ev, Step):
             if self.ledger.received(ev.member, ev.step):
                 if not self.waiting:
                     self._waiting_since = time.monotonic()
@@ -219,6 +275,7 @@ class MemberFeed:
         elif isinstance(ev, Info):
             self.params[ev.member] = np.asarray(ev.params, dtype=np.float32)
         elif isinstance(ev, Opened):
+            self._forget(ev.member)  # never a pair across attempts
             if ev.member in self._rereading:
                 self.ledger[ev.member].attempts += 1  # stays complete: every step will be a duplicate
             else:
@@ -230,8 +287,40 @@ class MemberFeed:
         elif isinstance(ev, Done) and not self._finished:
             raise IngestFailed(f"ingest worker {ev.worker} exited early")
 
+    def _pair(self, ev: Step) -> None:
+        """An arriving step of autoregressive training: counted once in the ledger (as direct
+        samples are), kept as the input of the pair that ends trainer.sample_stride steps later, and,
+        if new, the target of the pair that starts that much earlier in the same attempt. Steps of
+        a rerun already received are duplicates, but still inputs: a rerun resends from step 1,
+        so its new steps pair with its own earlier ones, never with the lost attempt's."""
+        s = self.spec.stride
+        if ev.member in self._rereading:  # a rerun of a complete member: nothing new will come
+            self.ledger.received(ev.member, ev.step)
+            self.pool.release((ev.slot,))
+            return
+        history = self._history.setdefault(ev.member, {})
+        source = history.pop(ev.step - s, None)
+        if ev.step + s <= self.cfg.problem.n_steps:
+            history[ev.step] = _Input(time=ev.time, fields=self._copy_of(ev.slot))
+        new = self.ledger.received(ev.member, ev.step)
+        if new and source is not None:
+            if not self.waiting:
+                self._waiting_since = time.monotonic()
+            self.waiting.append(ev)
+            self.waiting_inputs.append(source)
+            return
+        if source is not None:
+            self._spare.append(source.fields)  # a duplicate's pair: not put, its input is free again
+        if new:
+            self.ledger.unpaired(ev.member)  # the target of no pair: a member's first s steps
+            if ev.step > s:
+                self.say(f"member {ev.member}: step {ev.step} arrived without step {ev.step - s} of its stream; "
+                         "counted unpaired")
+        self.pool.release((ev.slot,))
+
     def _ended(self, ev: Ended) -> None:
         self._changed = True
+        self._forget(ev.member)
         rec = self.ledger[ev.member]
         contact = self._reading.pop(ev.member, None)
         self._dead_contact_of(ev.member)
@@ -240,7 +329,7 @@ class MemberFeed:
             self.newly_rejected.append((ev.member, ev.reason, contact))
         if ev.member in self._rereading:
             self._rereading.discard(ev.member)
-            self.say(f"member {ev.member}: a rerun of a complete member ended ({ev.n_steps} steps read, all duplicates)")
+            self.say(f"member {ev.member}: a rerun of a complete member ended ({ev.steps} steps read, all duplicates)")
         elif ev.status == "complete" or rec.steps_received == rec.steps_expected:
             self.ledger.ended(ev.member, "complete")
             self.newly_complete.append(ev.member)

@@ -15,8 +15,9 @@ event through its pipe. Back-pressure: a worker that has no free slot waits for 
 meanwhile, so the SST queue of its writer fills and (with ``QueueFullPolicy=Block``) the solver
 waits. Nothing is dropped.
 
-Events sent to the trainer: :mod:`datamove.streaming.events` (in lists, several per message).
-Messages from the trainer: ("member", m), ("slots", (s, ...)) (slots free again), None (stop).
+Events sent to the trainer: :mod:`datamove.streaming.events` (several per message, in its compact
+formats: a run of steps as a record array). Messages from the trainer: ("member", m),
+("slots", (s, ...)) (slots free again), None (stop), likewise encoded (``encode_command``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 
 from datamove.config import StreamConfig
 from datamove.streaming.contract import ContractError, Expectation, StreamError, contact_file, stream_path
-from datamove.streaming.events import Done, Ended, Fatal, Info, Opened, Step
+from datamove.streaming.events import Done, Ended, Fatal, Info, Opened, Step, decode_command, encode
 from datamove.streaming.reader import MemberReader, Poll
 
 # A contact file can be seen before the writer is ready for readers: failed opens are retried for
@@ -129,7 +130,7 @@ class _Inbox:
             if not self._poller.poll(timeout * 1000):
                 return
             while True:
-                msg = self.conn.recv()
+                msg = decode_command(self.conn.recv_bytes())
                 if msg is None:
                     self.stopping = True
                 elif msg[0] == "slots":
@@ -164,9 +165,9 @@ class _Inbox:
             self.send(self.pending)
             self.pending = []
 
-    def send(self, message) -> None:
+    def send(self, events: list) -> None:
         try:
-            self.conn.send(message)
+            self.conn.send_bytes(encode(events))  # framed by length: the trainer splits what it reads (pool._receive)
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.stopping = True  # the trainer is gone
 

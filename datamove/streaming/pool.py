@@ -2,7 +2,11 @@
 
 Each worker has one duplex pipe to the trainer and nothing else in common with the other workers:
     trainer -> worker   ("member", m): read member m;  ("slots", (s, ...)): slots free again;  None: stop
-    worker -> trainer   lists of the events of :mod:`datamove.streaming.events` (Opened, Step, ...)
+    worker -> trainer   messages of several events of :mod:`datamove.streaming.events` (Opened, Step, ...)
+in the compact formats of :mod:`datamove.streaming.events` (``encode``: a run of steps is a record
+array, not a pickle). The trainer reads a worker's pipe with one ``os.read`` of everything waiting
+in it and splits it into messages itself (the framing of ``Connection.send_bytes``: a 4-byte
+big-endian length, then the bytes), instead of two reads and an unpickling per message.
 
 Why pipes and not ``multiprocessing.Queue``: a Queue sends from a feeder thread, and a worker that
 waits in ADIOS2 holds the GIL, so its step events left in bursts, late (measured: one worker spent
@@ -24,6 +28,7 @@ predecessor's slots minus those the trainer still holds.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import select
 import time
 from collections.abc import Callable
@@ -36,11 +41,14 @@ import numpy as np
 
 from datamove.config import StreamConfig
 from datamove.streaming.contract import Expectation
-from datamove.streaming.events import Done, Ended, Event, Step
+from datamove.streaming.events import Done, Ended, Event, Step, decode, encode_command
 from datamove.streaming.ingest import IngestSpec, run_ingest, slot_array
 
 # At most this many events per poll(), so that a flood of steps cannot starve training.
 MAX_EVENTS = 1024
+# The most one read of a worker's pipe takes: far more than a worker can have sent unread (at most
+# one step per slot it owns, 32 bytes each, between two polls), so one read empties the pipe.
+READ_BYTES = 1 << 20
 
 
 @dataclass
@@ -51,6 +59,7 @@ class _Worker:
     exited: bool = False  # sent "done": it left its loop on purpose
     progress: float = 0.0  # monotonic time of its last event, or of a slot given back to it
     stopped_why: str | None = None  # why the pool killed it (a silent stream)
+    partial: bytes = b""  # the start of a message whose end has not arrived yet
 
 
 class IngestPool:
@@ -156,18 +165,20 @@ class IngestPool:
         """The trainer has copied ``slots`` (slot ids: a sequence or an int array): back to the
         workers that own them, one message per worker (a pipe write costs more than the copy of a
         small field)."""
-        slots = np.asarray(slots, dtype=np.int64)
-        if not len(slots):
+        slots = np.asarray(slots, dtype=np.int64).tolist()
+        if not slots:
             return
+        k = self.per_worker
+        by_owner: dict[int, list[int]] = {}
+        for slot in slots:  # a few tens of ints: a dict beats np.unique's sort (~20 us)
+            by_owner.setdefault(slot // k, []).append(slot)
         now = time.monotonic()
-        owners = slots // self.per_worker
-        for owner in np.unique(owners).tolist():
-            mine = slots[owners == owner].tolist()
+        for owner, mine in by_owner.items():
             held = self.held[owner]
-            if len(held) == self.per_worker:
+            if len(held) == k:
                 self.workers[owner].progress = now  # it waited for us, not for its stream
             held.difference_update(mine)
-            self._send(owner, ("slots", tuple(mine)))
+            self._send(owner, ("slots", mine))
 
     def finish(self) -> None:
         """Every member has ended: the workers may exit."""
@@ -204,13 +215,12 @@ class IngestPool:
         events: list[Event] = []
         ready = self._poller.poll(timeout * 1000)
         while ready and len(events) < MAX_EVENTS:
-            for fd, _mask in ready:  # one message per ready worker and round: none starves
+            for fd, _mask in ready:  # one read per ready worker and round: none starves
                 w = self._fd_worker.get(fd)
                 if w is None:
                     continue
-                try:
-                    batch = self.workers[w].conn.recv()  # a list of events (see ingest._Inbox.post)
-                except (EOFError, OSError):
+                batch = self._receive(w)
+                if batch is None:  # end of file
                     events.extend(self._lost_worker(w))
                     continue
                 # Steps are most events: their slot is noted here, the rest by _note.
@@ -223,6 +233,33 @@ class IngestPool:
                         self._note(w, ev)
                 events.extend(batch)
             ready = self._poller.poll(0)
+        return events
+
+    def _receive(self, w: int) -> list[Event] | None:
+        """The events of every whole message waiting in worker ``w``'s pipe, in order (one read;
+        the start of a message cut by it is kept for the next); None at end of file."""
+        wk = self.workers[w]
+        try:
+            data = os.read(wk.conn.fileno(), READ_BYTES)
+        except OSError:  # a connection reset: as good as end of file
+            data = b""
+        if not data:
+            return None
+        if wk.partial:
+            data = wk.partial + data
+        view, end, pos = memoryview(data), len(data), 0
+        events: list[Event] = []
+        while end - pos >= 4:
+            size, head = int.from_bytes(data[pos : pos + 4], "big", signed=True), 4
+            if size == -1:  # Connection.send_bytes' header of a message of 2 GiB or more
+                if end - pos < 12:
+                    break
+                size, head = int.from_bytes(data[pos + 4 : pos + 12], "big"), 12
+            if end - pos - head < size:
+                break
+            events.extend(decode(view[pos + head : pos + head + size]))
+            pos += head + size
+        wk.partial = data[pos:] if pos < end else b""
         return events
 
     def stop_silent(self, limit: float) -> None:
@@ -270,6 +307,6 @@ class IngestPool:
 
     def _send(self, w: int, msg) -> None:
         try:
-            self.workers[w].conn.send(msg)
+            self.workers[w].conn.send_bytes(encode_command(msg))
         except (BrokenPipeError, ConnectionResetError, OSError):
             pass  # a dead worker: poll() sees its end of file and replaces it

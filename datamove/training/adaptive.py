@@ -65,7 +65,7 @@ class Steering:
         self.model.eval()
         try:
             with torch.no_grad():
-                err = (self.model.forward_normalised(probe.x) - self.model.normalise_y(probe.y)) ** 2
+                err = self.model.sample_error(probe.x, probe.y)
                 per_sample = err.flatten(1).mean(dim=1).double().cpu()
         finally:
             self.model.train(was_training)

@@ -23,10 +23,12 @@ from datamove.config import StudyConfig
 from datamove.guard import Interrupted, StopSignals  # noqa: F401  (the trainers' too)
 from datamove.training.distributed import Dist
 from datamove.training.heldout import load_heldout
+from datamove.training.inputs import SampleSpec
 from datamove.training.records import MetricsLog
 from datamove.training.step import (
     build_surrogate,
     evaluate,
+    MixedPrecision,
     make_optimizer,
     pick_device,
     save_checkpoint,
@@ -81,11 +83,14 @@ class Training:
             device = torch.device("cuda", dd.local_rank)
         self.device = device
         val_x, val_y = load_heldout(cfg)
-        norm = cfg.problem.normalisation(times=val_x[:, -1].numpy(), fields=val_y.numpy())
+        inputs, targets = SampleSpec.of(cfg).split(val_y)  # autoregressive: both halves hold steps
+        steps = targets if inputs is None else torch.cat([inputs, targets])
+        norm = cfg.problem.normalisation(times=val_x[:, -1].numpy(), fields=steps.numpy())
         self.val_x, self.val_y = val_x.to(device), val_y.to(device)
         self.margs = surrogate_args(cfg, norm)
         self.model = build_surrogate(self.margs).to(device)
         self.optimizer, self.scheduler = make_optimizer(self.model, cfg)
+        self.precision = MixedPrecision(tc.precision, device)
         self.sync = dd.average_gradients if dd.active else None
         self.batch = 0
         self.metrics: MetricsLog | None = None
@@ -139,7 +144,8 @@ class Training:
                 raise Interrupted(stop.signum if stop is not None and stop.signum else signal.SIGTERM, self.batch)
             if can_train:
                 x, y = source.batch()
-                self._loss_sum += train_step(self.model, self.optimizer, x, y, sync_gradients=self.sync)
+                self._loss_sum += train_step(self.model, self.optimizer, x, y, sync_gradients=self.sync,
+                                             precision=self.precision)
                 self._loss_n += 1
                 self.scheduler.step()
                 self.batch += 1

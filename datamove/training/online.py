@@ -24,6 +24,7 @@ from datamove.reservoir import available_bytes, buffer_bytes, make_buffer
 from datamove.streaming.feed import MemberFeed
 from datamove.training.adaptive import Steering, note_draws
 from datamove.training.distributed import Dist, init_from_env
+from datamove.training.inputs import SampleSpec
 from datamove.training.loop import Interrupted, Source, StopSignals, Training
 from datamove.training.records import Ledger, MemberRecord
 
@@ -240,7 +241,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
         capacity=cfg.reservoir.capacity,
         watermark=cfg.reservoir.watermark,
         x_dim=problem.n_inputs,
-        y_shape=problem.sample_shape,
+        y_shape=SampleSpec.of(cfg).stored_shape(problem.sample_shape),  # autoregressive: pairs
         seed=tc.seed + dd.rank,
         device=run.device,
         on_full=cfg.reservoir.on_full,
@@ -437,11 +438,12 @@ def _check_buffer_memory(cfg: StudyConfig, device: torch.device) -> None:
     """Refuse, before allocating it, a reservoir larger than the memory left on its device (rather
     than an allocator's error for terabytes in the middle of a study)."""
     res, problem = cfg.reservoir, cfg.problem
-    need = buffer_bytes(capacity=res.capacity, x_dim=problem.n_inputs, y_shape=problem.sample_shape)
+    shape = SampleSpec.of(cfg).stored_shape(problem.sample_shape)
+    need = buffer_bytes(capacity=res.capacity, x_dim=problem.n_inputs, y_shape=shape)
     free = available_bytes(device)
     if free is not None and need > free:
         raise ConfigError(
-            f"key 'reservoir.capacity': {res.capacity} samples of {list(problem.sample_shape)} float32 need "
+            f"key 'reservoir.capacity': {res.capacity} samples of {list(shape)} float32 need "
             f"{need / 2**30:.2f} GiB, but {device} has {free / 2**30:.2f} GiB available: lower reservoir.capacity "
             f"(at most {free * 9 // 10 // (need // res.capacity)} here)"
         )

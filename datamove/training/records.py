@@ -23,8 +23,12 @@ class MemberRecord:
     ``reservoir.on_full: drop_oldest``), ``steps_evicted`` (replaced by a replacing policy before
     any batch drew them: evicted by ``reservoir``/``balanced``, or turned away by ``balanced``),
     ``steps_unused`` (still in the buffer, never drawn, when training ended). So a member's steps
-    trained on at least once are ``steps_received - steps_dropped - steps_evicted - steps_unused``
-    (`steps_trained`).
+    trained on at least once are ``steps_received - steps_dropped - steps_evicted - steps_unused
+    - steps_unpaired`` (`steps_trained`).
+
+    Autoregressive samples (``trainer.sample``) pair step k with step k + s of one attempt of a
+    member, and a pair counts at its target step: the member's first s steps end no pair and are
+    counted in ``steps_unpaired`` (they are inputs of the pairs that start there, never targets).
 
     Under ``parameters.sampler: adaptive`` the row also says how the member's parameters were drawn
     (``draw``, ``proposal_version``, ``draw_seed``) and its last loss statistic (``loss``,
@@ -41,6 +45,7 @@ class MemberRecord:
     steps_dropped: int = 0  # received, then discarded untrained by reservoir.on_full=drop_oldest
     steps_evicted: int = 0  # received, then replaced untrained by reservoir/balanced
     steps_unused: int = 0  # received, never drawn: still in the buffer when training ended
+    steps_unpaired: int = 0  # autoregressive: received, the target of no pair (a member's first steps)
     # parameters.sampler adaptive (datamove.adaptive): how the member's parameters were drawn ...
     draw: str = ""  # base | proposal | fallback ("": another sampler, or no draw recorded)
     proposal_version: int = 0  # the proposal drawn from (0: none)
@@ -53,7 +58,7 @@ class MemberRecord:
     @property
     def steps_trained(self) -> int:
         """Received steps that at least one batch used."""
-        return self.steps_received - self.steps_dropped - self.steps_evicted - self.steps_unused
+        return self.steps_received - self.steps_dropped - self.steps_evicted - self.steps_unused - self.steps_unpaired
 
 
 UNFINISHED = ("pending", "streaming", "retrying")
@@ -92,6 +97,10 @@ class Ledger:
             rec.steps_evicted += 1
         else:
             raise ValueError(f"unknown reason {reason!r} for an untrained step of member {member}")
+
+    def unpaired(self, member: int) -> None:
+        """Count a received step of ``member`` that ends no autoregressive pair (an input only)."""
+        self.records[member].steps_unpaired += 1
 
     def unused(self, members) -> None:
         """Count the steps still in the buffer, never drawn, at the end of training: one entry of

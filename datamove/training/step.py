@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -12,9 +13,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from datamove.config import StudyConfig
+from datamove.config import ConfigError, StudyConfig
 from datamove.models import Surrogate, build_network
 from datamove.problems import Normalisation
+from datamove.training.inputs import SampleSpec
 
 
 def pick_device(name: str) -> torch.device:
@@ -36,6 +38,8 @@ def surrogate_args(cfg: StudyConfig, norm: Normalisation) -> dict[str, Any]:
         "model_args": dict(cfg.trainer.model_args),
         "in_dim": cfg.problem.n_inputs,
         "out_shape": list(cfg.problem.sample_shape),
+        "sample": cfg.trainer.sample,
+        "sample_stride": SampleSpec.of(cfg).stride,
         "fields": list(cfg.problem.field_names),
         "x_low": list(norm.x_low),
         "x_high": list(norm.x_high),
@@ -45,11 +49,20 @@ def surrogate_args(cfg: StudyConfig, norm: Normalisation) -> dict[str, Any]:
 
 
 def build_surrogate(args: Mapping[str, Any]) -> Surrogate:
-    network = build_network(
-        args["model"], in_dim=args["in_dim"], out_shape=tuple(args["out_shape"]), **args["model_args"]
-    )
+    """The model of :func:`surrogate_args` (a checkpoint written before sample kinds: direct)."""
+    spec = SampleSpec.make(args.get("sample", "direct"), args.get("sample_stride", 0),
+                           n_fields=int(args["out_shape"][0]))
+    model_args = dict(args["model_args"])
+    if "in_fields" in model_args:
+        raise ValueError(
+            "trainer.model_args must not set in_fields: trainer.sample decides it (autoregressive: every field)"
+        )
+    if spec.in_fields:
+        model_args["in_fields"] = spec.in_fields
+    network = build_network(args["model"], in_dim=args["in_dim"], out_shape=tuple(args["out_shape"]), **model_args)
     return Surrogate(
-        network=network, x_low=args["x_low"], x_high=args["x_high"], y_low=args["y_low"], y_high=args["y_high"]
+        network=network, x_low=args["x_low"], x_high=args["x_high"], y_low=args["y_low"], y_high=args["y_high"],
+        in_fields=spec.in_fields, stride=spec.stride,
     )
 
 
@@ -62,6 +75,33 @@ def make_optimizer(model: Surrogate, cfg: StudyConfig) -> tuple[torch.optim.Opti
     return opt, sched
 
 
+class MixedPrecision:
+    """``trainer.precision``: the train step's forward pass under autocast, or not.
+
+    fp32: no autocast. bf16: autocast to bfloat16 (CPU or CUDA; bf16 keeps fp32's exponent range,
+    so no loss scaling). fp16: autocast to float16 with a gradient scaler (CUDA only). The loss is
+    always computed in fp32, and validation and evaluation run in fp32, so that losses compare
+    across precisions. The FNO's Fourier transforms run in fp32 whatever the precision.
+    """
+
+    DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, name: str, device: torch.device):
+        if name not in self.DTYPES:
+            raise ValueError(f"trainer.precision must be one of {sorted(self.DTYPES)}, got {name!r}")
+        if name == "fp16" and device.type != "cuda":
+            raise ConfigError(
+                f"key 'trainer.precision': fp16 needs a CUDA device (the trainer runs on {device}); use bf16 or fp32"
+            )
+        self.name, self.device_type, self.dtype = name, device.type, self.DTYPES[name]
+        self.scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
 def train_step(
     model: Surrogate,
     optimizer: torch.optim.Optimizer,
@@ -69,35 +109,52 @@ def train_step(
     y: torch.Tensor,
     *,
     sync_gradients=None,
+    precision: MixedPrecision | None = None,
 ) -> torch.Tensor:
-    """One optimisation step on a batch; x [B, in_dim], y [B, n_fields, ny, nx] raw (on the model's device).
+    """One optimisation step on a batch; x [B, in_dim], y [B, n_fields, ny, nx] raw (on the model's device);
+    for autoregressive samples y [B, 2 x n_fields, ny, nx], the input fields then the target.
 
     ``sync_gradients(model)``, under data-parallel training, averages the gradients across ranks
-    between backward and the optimizer step.
+    between backward and the optimizer step. ``precision``: autocast and loss scaling
+    (``trainer.precision``, :class:`MixedPrecision`); None is fp32.
 
     Returns the (normalised) MSE as a 0-d tensor, left on the device: calling ``.item()`` here would
     be a CPU-GPU sync point on every batch.
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = F.mse_loss(model.forward_normalised(x), model.normalise_y(y))
-    loss.backward()
-    if sync_gradients is not None:
-        sync_gradients(model)
-    optimizer.step()
+    fields, target = model.split(y)  # autoregressive samples carry their input fields in y
+    with contextlib.nullcontext() if precision is None else precision.autocast():
+        pred = model.forward_normalised(x, fields)
+    loss = F.mse_loss(pred.float(), model.normalise_y(target))
+    scaler = None if precision is None else precision.scaler
+    if scaler is None:
+        loss.backward()
+        if sync_gradients is not None:
+            sync_gradients(model)
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        if sync_gradients is not None:
+            # Scaled gradients are averaged: an overflow on one rank reaches every rank, and all
+            # of them skip that step together (the scaler finds the inf in the averaged grads).
+            sync_gradients(model)
+        scaler.step(optimizer)
+        scaler.update()
     return loss.detach()
 
 
 @torch.no_grad()
 def evaluate(model: Surrogate, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> float:
-    """Normalised MSE over a whole set; x [N, in_dim], y [N, n_fields, ny, nx] raw."""
+    """Normalised MSE over a whole set of stored samples; x [N, in_dim], y [N, n_fields, ny, nx] raw
+    (autoregressive: [N, 2 x n_fields, ny, nx], the MSE of the one-step prediction)."""
     model.eval()
     total, n = 0.0, 0
     for i in range(0, x.shape[0], batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        err = F.mse_loss(model.forward_normalised(xb), model.normalise_y(yb), reduction="sum")
-        total += float(err)
-        n += yb.numel()
+        err = model.sample_error(xb, yb)
+        total += float(err.sum())
+        n += err.numel()
     return total / max(n, 1)
 
 

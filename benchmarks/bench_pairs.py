@@ -1,0 +1,126 @@
+"""Pair building: the trainer's intake rate with autoregressive samples against direct samples, from
+the same streams.
+
+Both cases run the real ingest path of ``datamove.training.online``: ``--members`` contract writer
+processes (pre-computed random fields, flat out), the member feed (ingest processes, shared-memory
+slots, a pipe each) and its intake into preallocated storage of the stored sample's shape (the
+harness's Store, in place of the reservoir); they differ only in ``trainer.sample``:
+
+direct:          each step arriving is one sample [n_fields, ny, nx], gathered from its slot.
+autoregressive:  each step is kept (a copy) as the input of the pair that ends ``--stride`` steps
+                 later, and is itself the target of the pair that starts that much earlier: a sample
+                 [2 n_fields, ny, nx] is built from the copy and the slot (MemberFeed._pair, _pairs).
+
+A rate is samples put into the storage over the time from the first to the last (an autoregressive
+member gives steps - stride of them). The cases are interleaved (AB BA ...), ``--repeats`` runs
+each; the table shows each case's median and spread, and the ratio of the medians.
+Verdict: autoregressive / direct >= RATIO_TARGET at every size.
+
+    python benchmarks/bench_pairs.py [--nx 64 128] [--steps 3000] [--members 4] [--repeats 5] [--stride 1]
+
+Exit code: 0 PASS, 1 FAIL, 2 not conclusive (other processes used more than NOISE_WARN_CORES).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # stream_harness, also in spawned children
+
+import stream_harness as h  # noqa: E402
+
+RATIO_TARGET = 0.9
+RUN_TIMEOUT_S = 300.0
+NOISE_WARN_CORES = 0.25
+CASES = ("direct", "autoregressive")
+
+
+def run(pool: h.Pool, *, kind: str, nx: int, steps: int, members: int, stride: int) -> tuple[float, float, int]:
+    """One run of ``kind``: (samples/s, foreign load, samples)."""
+    from datamove.training.inputs import SampleSpec
+
+    ids = list(range(members))
+    with h.ScratchDir() as root:
+        cfg = h.trainer_config(
+            h.study_config(nx=nx, ny=nx, n_steps=steps, n_members=members,
+                           trainer={"sample": kind, "sample_stride": stride}),
+            root,
+        )
+        shape = SampleSpec.of(cfg).stored_shape(cfg.problem.sample_shape)
+        store = h.Store(min(1024, max((256 << 20) // (4 * int(np.prod(shape))), 64)), cfg.problem.n_inputs, shape)
+        store.x.zero_()
+        store.y.zero_()  # pages faulted in before the timed part, as a warm reservoir's
+        ingest = h.Ingest(cfg, ids).start()
+        stamps: list[float] = []
+        try:
+            h.wait_settled(ingest.pids)
+            for m in ids:
+                pool.submit(m, h.writer_job(cfg, m, cfg.stream_dir))
+            pool.expect({"ready": members})
+            pids = [os.getpid()] + [pool.procs[m].pid for m in ids] + ingest.pids
+            with h.CpuMonitor(pids, period=0.02) as monitor:
+                pool.go(ids)
+                deadline = time.monotonic() + RUN_TIMEOUT_S
+                while not ingest.ended:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{kind}: no end after {RUN_TIMEOUT_S:g} s")
+                    n = ingest.take(store, timeout=0.02)
+                    if n:
+                        stamps.extend([time.perf_counter()] * n)
+                pool.expect({"written": members})
+        finally:
+            ingest.close()
+    expected = members * SampleSpec.of(cfg).samples_per_member(steps)
+    if ingest.lost or len(stamps) != expected:
+        raise RuntimeError(f"{kind}: {len(stamps)}/{expected} samples, ends {ingest.ends}")
+    stamps = np.sort(np.asarray(stamps))
+    return len(stamps) / float(stamps[-1] - stamps[0]), monitor.foreign_load(), len(stamps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nx", type=int, nargs="+", default=[64, 128], help="field sizes nx x nx (default 64 128)")
+    parser.add_argument("--steps", type=int, default=3000, help="steps each member streams (default 3000)")
+    parser.add_argument("--members", type=int, default=4, help="member streams at once (default 4)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each case per size (default 5)")
+    parser.add_argument("--stride", type=int, default=1, help="trainer.sample_stride of the pairs (default 1)")
+    args = parser.parse_args(argv)
+    print(
+        f"{args.members} contract writers flat out, {args.steps} steps each, into the member feed (default ingest "
+        f"workers and slots) and its intake into preallocated storage; {args.repeats} interleaved runs per case; "
+        f"stride {args.stride}; {os.cpu_count()} cores here."
+    )
+    header = f"{'nx':>5} {'case':<15} {'samples/s':>10} {'min..max':>17} {'ratio':>6} {'others':>6}"
+    print(header)
+    print("-" * len(header))
+    ratios, noise = [], 0.0
+    with h.Pool(args.members) as pool:
+        for nx in args.nx:
+            rates: dict[str, list[float]] = {c: [] for c in CASES}
+            for r in range(args.repeats):
+                for kind in CASES if r % 2 == 0 else reversed(CASES):
+                    rate, foreign, _ = run(pool, kind=kind, nx=nx, steps=args.steps, members=args.members,
+                                           stride=args.stride)
+                    rates[kind].append(rate)
+                    noise = max(noise, foreign)
+            med = {c: h.median(v) for c, v in rates.items()}
+            ratio = med["autoregressive"] / med["direct"]
+            ratios.append(ratio)
+            for kind in CASES:
+                v = rates[kind]
+                print(f"{nx:>5} {kind:<15} {med[kind]:>10,.0f} {f'{min(v):,.0f}..{max(v):,.0f}':>17} "
+                      f"{(f'{ratio:.2f}' if kind == 'autoregressive' else ''):>6} {noise:>6.2f}", flush=True)
+    verdict, code = h.verdict(all(r >= RATIO_TARGET for r in ratios), noise, NOISE_WARN_CORES)
+    print(f"target: autoregressive / direct >= {RATIO_TARGET:g} at every size; "
+          f"{' / '.join(f'{r:.2f}' for r in ratios)} -> {verdict}")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
