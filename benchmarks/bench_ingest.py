@@ -99,10 +99,14 @@ def measured(stamps, sample_bytes: int, monitor: h.CpuMonitor) -> Measure:
 
 
 def store_for(cfg) -> h.Store:
-    """Preallocated storage in place of the reservoir, its pages touched now: the first write to a
-    page faults it in, and that must not fall into a measurement (a trainer's reservoir is warm)."""
-    sample_bytes = 4 * int(np.prod(cfg.problem.sample_shape))
-    store = h.Store(min(1024, max(STORE_BYTES // sample_bytes, 64)), cfg.problem.n_inputs, cfg.problem.sample_shape)
+    """Preallocated storage in place of the reservoir (of the stored sample's shape: autoregressive
+    pairs are twice a step), its pages touched now: the first write to a page faults it in, and
+    that must not fall into a measurement (a trainer's reservoir is warm)."""
+    from datamove.training.inputs import SampleSpec
+
+    shape = SampleSpec.of(cfg).stored_shape(cfg.problem.sample_shape)
+    sample_bytes = 4 * int(np.prod(shape))
+    store = h.Store(min(1024, max(STORE_BYTES // sample_bytes, 64)), cfg.problem.n_inputs, shape)
     store.x.zero_()
     store.y.zero_()
     return store
@@ -124,12 +128,19 @@ def consume(ingest: h.Ingest, store: h.Store) -> list[float]:
     return stamps
 
 
-def run_datamove(pool: h.Pool, *, nx: int, steps: int, members: int, ingest_workers: int, slots: int) -> Measure:
-    """Case (a): contract writers -> ingest process(es) -> shared-memory slots -> this process."""
+def run_datamove(
+    pool: h.Pool, *, nx: int, steps: int, members: int, ingest_workers: int | None = None, slots: int | None = None,
+    trainer: dict | None = None,
+) -> Measure:
+    """Case (a): contract writers -> ingest process(es) -> shared-memory slots -> this process.
+    ``trainer``: keys of the study's trainer section (benchmarks/bench_pairs.py: trainer.sample);
+    ingest_workers and slots None: the config's."""
+    from datamove.training.inputs import SampleSpec
+
     ids = list(range(members))
     with h.ScratchDir() as root:
         cfg = h.trainer_config(
-            h.study_config(nx=nx, ny=nx, n_steps=steps, n_members=members), root,
+            h.study_config(nx=nx, ny=nx, n_steps=steps, n_members=members, trainer=trainer or {}), root,
             ingest_workers=ingest_workers, slots=slots,
         )
         store = store_for(cfg)
@@ -146,8 +157,9 @@ def run_datamove(pool: h.Pool, *, nx: int, steps: int, members: int, ingest_work
                 pool.expect({"written": members})
         finally:
             ingest.close()
-    if ingest.lost or len(stamps) != members * steps:
-        raise RuntimeError(f"datamove ingest lost data: {len(stamps)}/{members * steps} samples, ends {ingest.ends}")
+    expected = members * SampleSpec.of(cfg).samples_per_member(steps)  # autoregressive: steps - stride each
+    if ingest.lost or len(stamps) != expected:
+        raise RuntimeError(f"datamove ingest lost data: {len(stamps)}/{expected} samples, ends {ingest.ends}")
     return measured(stamps, nx * nx * 4, monitor)
 
 

@@ -12,7 +12,7 @@ autoregressive:  each step is kept (a copy) as the input of the pair that ends `
                  [2 n_fields, ny, nx] is built from the copy and the slot (MemberFeed._pair, _pairs).
 
 A rate is samples put into the storage over the time from the first to the last (an autoregressive
-member gives steps - stride of them). The cases are interleaved (AB BA ...), ``--repeats`` runs
+member gives steps - stride of them); each run is bench_ingest.py's datamove case with trainer.sample set. The cases are interleaved (AB BA ...), ``--repeats`` runs
 each; the table shows each case's median and spread, and the ratio of the medians.
 Verdict: autoregressive / direct >= RATIO_TARGET at every size.
 
@@ -26,61 +26,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # stream_harness, also in spawned children
 
+import bench_ingest  # noqa: E402
 import stream_harness as h  # noqa: E402
 
 RATIO_TARGET = 0.9
-RUN_TIMEOUT_S = 300.0
 NOISE_WARN_CORES = 0.25
 CASES = ("direct", "autoregressive")
 
 
-def run(pool: h.Pool, *, kind: str, nx: int, steps: int, members: int, stride: int) -> tuple[float, float, int]:
-    """One run of ``kind``: (samples/s, foreign load, samples)."""
-    from datamove.training.inputs import SampleSpec
-
-    ids = list(range(members))
-    with h.ScratchDir() as root:
-        cfg = h.trainer_config(
-            h.study_config(nx=nx, ny=nx, n_steps=steps, n_members=members,
-                           trainer={"sample": kind, "sample_stride": stride}),
-            root,
-        )
-        shape = SampleSpec.of(cfg).stored_shape(cfg.problem.sample_shape)
-        store = h.Store(min(1024, max((256 << 20) // (4 * int(np.prod(shape))), 64)), cfg.problem.n_inputs, shape)
-        store.x.zero_()
-        store.y.zero_()  # pages faulted in before the timed part, as a warm reservoir's
-        ingest = h.Ingest(cfg, ids).start()
-        stamps: list[float] = []
-        try:
-            h.wait_settled(ingest.pids)
-            for m in ids:
-                pool.submit(m, h.writer_job(cfg, m, cfg.stream_dir))
-            pool.expect({"ready": members})
-            pids = [os.getpid()] + [pool.procs[m].pid for m in ids] + ingest.pids
-            with h.CpuMonitor(pids, period=0.02) as monitor:
-                pool.go(ids)
-                deadline = time.monotonic() + RUN_TIMEOUT_S
-                while not ingest.ended:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{kind}: no end after {RUN_TIMEOUT_S:g} s")
-                    n = ingest.take(store, timeout=0.02)
-                    if n:
-                        stamps.extend([time.perf_counter()] * n)
-                pool.expect({"written": members})
-        finally:
-            ingest.close()
-    expected = members * SampleSpec.of(cfg).samples_per_member(steps)
-    if ingest.lost or len(stamps) != expected:
-        raise RuntimeError(f"{kind}: {len(stamps)}/{expected} samples, ends {ingest.ends}")
-    stamps = np.sort(np.asarray(stamps))
-    return len(stamps) / float(stamps[-1] - stamps[0]), monitor.foreign_load(), len(stamps)
+def run(pool: h.Pool, *, kind: str, nx: int, steps: int, members: int, stride: int) -> tuple[float, float]:
+    """One run of ``kind`` through bench_ingest's datamove case: (samples/s, foreign load)."""
+    m = bench_ingest.run_datamove(pool, nx=nx, steps=steps, members=members,
+                                  trainer={"sample": kind, "sample_stride": stride})
+    return m.rate, m.foreign_cores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             rates: dict[str, list[float]] = {c: [] for c in CASES}
             for r in range(args.repeats):
                 for kind in CASES if r % 2 == 0 else reversed(CASES):
-                    rate, foreign, _ = run(pool, kind=kind, nx=nx, steps=args.steps, members=args.members,
+                    rate, foreign = run(pool, kind=kind, nx=nx, steps=args.steps, members=args.members,
                                            stride=args.stride)
                     rates[kind].append(rate)
                     noise = max(noise, foreign)

@@ -32,10 +32,18 @@ def _select(data: pd.DataFrame, figure: str, series: str | None = None, arm: str
     return d
 
 
-def _finish(fig, out: str | Path) -> None:
+def save_figure(fig, path: str | Path, *, dpi: int = 120) -> Path:
+    """Lay out ``fig``, write it to ``path`` (its folder made first) and close it; the path."""
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
+    return path
+
+
+def _finish(fig, out: str | Path) -> None:
+    save_figure(fig, out, dpi=110)
 
 
 def plot_loss_curves(data: pd.DataFrame, out: str | Path) -> None:

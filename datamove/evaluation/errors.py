@@ -95,15 +95,13 @@ def evaluate_members(
                 f"{prefix}sq_err": sq_err.cpu().numpy(),
             }
 
-        one_step = errors(pred)
         frame = pd.DataFrame({
             "arm": arm,
             "member": m.member,
             "step": np.arange(s + 1, len(m.times) + 1),  # 1-based, as the solver numbers its steps
             "time": m.times[s:],
             **{name: value for name, value in zip(sampling.names, m.params)},
-            **{k: v for k, v in one_step.items() if k != "sq_err"},
-            "sq_err": one_step["sq_err"],
+            **errors(pred),  # mse (mse:<field>), rel_l2, sq_err
             "sq_truth": sq_truth.cpu().numpy(),
             "n_points": n_points,
             **(errors(rolled, "rollout_") if rolled is not None else {}),

@@ -376,12 +376,9 @@ def plot(gains: pd.DataFrame, members: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylabel("improvement of online over offline (%)")
         ax.set_title(STATS[stat])
     fig.suptitle("bars: mean over seeds +- std; dots: seeds; grey: 95 % interval over test members", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from datamove.plots import save_figure
+
+    return save_figure(fig, path)
 
 
 def run_targets(cfg_path, outputs, online_ledger, *, figures: bool) -> str:

@@ -236,9 +236,6 @@ def plot(runs: Mapping[tuple[str, int], str | Path], summary: pd.DataFrame, path
     ax_e.set_ylabel("test MSE (normalised)")
     ax_e.set_title("test error per member, each seed a line")
     ax_e.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from datamove.plots import save_figure
+
+    return save_figure(fig, path)

@@ -184,9 +184,6 @@ def plot_policy_study(runs: Mapping[tuple[str, str], str | Path], summary: pd.Da
         ax_rate.set_ylabel("samples / s")
         ax_rate.set_title(f"{setting} producer: throughput")
         ax_rate.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    from datamove.plots import save_figure
+
+    return save_figure(fig, path)

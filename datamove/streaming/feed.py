@@ -263,15 +263,8 @@ class MemberFeed:
     # -- events -----------------------------------------------------------------------------------
 
     def _handle(self, ev: Event) -> None:
-        if isinstance(ev, Step) and self.spec.autoregressive:
-            self._pair(ev)
-        elif isinstance(ev, Step):
-            if self.ledger.received(ev.member, ev.step):
-                if not self.waiting:
-                    self._waiting_since = time.monotonic()
-                self.waiting.append(ev)
-            else:
-                self.pool.release((ev.slot,))  # a rerun resending a step already received: not used twice
+        if isinstance(ev, Step):
+            self._step(ev)
         elif isinstance(ev, Info):
             self.params[ev.member] = np.asarray(ev.params, dtype=np.float32)
         elif isinstance(ev, Opened):
@@ -287,36 +280,43 @@ class MemberFeed:
         elif isinstance(ev, Done) and not self._finished:
             raise IngestFailed(f"ingest worker {ev.worker} exited early")
 
-    def _pair(self, ev: Step) -> None:
-        """An arriving step of autoregressive training: counted once in the ledger (as direct
-        samples are), kept as the input of the pair that ends trainer.sample_stride steps later, and,
-        if new, the target of the pair that starts that much earlier in the same attempt. Steps of
-        a rerun already received are duplicates, but still inputs: a rerun resends from step 1,
-        so its new steps pair with its own earlier ones, never with the lost attempt's."""
-        s = self.spec.stride
-        if ev.member in self._rereading:  # a rerun of a complete member: nothing new will come
-            self.ledger.received(ev.member, ev.step)
-            self.pool.release((ev.slot,))
+    def _step(self, ev: Step) -> None:
+        """An arriving step: counted once in the ledger; waiting for the next intake if new (with
+        autoregressive samples: if it ends a pair), its slot returned at once otherwise (a rerun
+        resending a step already received is not used twice)."""
+        new = self.ledger.received(ev.member, ev.step)
+        source = self._keep(ev) if self.spec.autoregressive else None
+        if new and (source is not None or not self.spec.autoregressive):
+            if not self.waiting:
+                self._waiting_since = time.monotonic()
+            self.waiting.append(ev)
+            if source is not None:
+                self.waiting_inputs.append(source)
             return
+        if source is not None:
+            self._spare.append(source.fields)  # a duplicate's pair: not put, its input is free again
+        if new:  # autoregressive, the target of no pair: a member's first s steps
+            self.ledger.unpaired(ev.member)
+            if ev.step > self.spec.stride:
+                self.say(f"member {ev.member}: step {ev.step} arrived without step {ev.step - self.spec.stride} of "
+                         "its stream; counted unpaired")
+        self.pool.release((ev.slot,))
+
+    def _keep(self, ev: Step) -> _Input | None:
+        """Autoregressive samples: keep a copy of ``ev`` as the input of the pair that ends
+        trainer.sample_stride steps later; the input of the pair that ends at ``ev`` (None: none).
+
+        Kept per attempt (see ``_forget``): a rerun's resent steps are duplicates in the ledger but
+        still inputs, since a rerun resends from step 1, so its new steps pair with its own earlier
+        ones, never with the lost attempt's. A rerun of a complete member brings nothing new."""
+        if ev.member in self._rereading:
+            return None
+        s = self.spec.stride
         history = self._history.setdefault(ev.member, {})
         source = history.pop(ev.step - s, None)
         if ev.step + s <= self.cfg.problem.n_steps:
             history[ev.step] = _Input(time=ev.time, fields=self._copy_of(ev.slot))
-        new = self.ledger.received(ev.member, ev.step)
-        if new and source is not None:
-            if not self.waiting:
-                self._waiting_since = time.monotonic()
-            self.waiting.append(ev)
-            self.waiting_inputs.append(source)
-            return
-        if source is not None:
-            self._spare.append(source.fields)  # a duplicate's pair: not put, its input is free again
-        if new:
-            self.ledger.unpaired(ev.member)  # the target of no pair: a member's first s steps
-            if ev.step > s:
-                self.say(f"member {ev.member}: step {ev.step} arrived without step {ev.step - s} of its stream; "
-                         "counted unpaired")
-        self.pool.release((ev.slot,))
+        return source
 
     def _ended(self, ev: Ended) -> None:
         self._changed = True
