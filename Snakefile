@@ -10,6 +10,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/policies.smk"
 include: "workflow/rules/sampling.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/diversity.smk"
 include: "workflow/rules/offline.smk"
 include: "workflow/rules/evaluate.smk"
 

@@ -267,12 +267,14 @@ class TrainerConfig:
     lr_gamma: float
     extra_batches: int
     batch_budget: int | None  # online: exactly this many batches in all (None: extra_batches after the end)
+    paced: bool  # online, with batch_budget: batch k waits for k / batch_budget of the expected steps
     log_every: int
     checkpoint_every: int
     world_size: int
     device: str
     seed: int
     ingest_workers: int
+    overlap_intake: bool  # online: the intake runs on a second thread during each train step
     ingest_nice: int
     slots: int
     heartbeat_s: float

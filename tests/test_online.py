@@ -90,12 +90,14 @@ def test_members_that_never_connect_are_timed_out(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_ledger_counts_steps_left_in_a_consuming_buffer(tiny_config, tmp_path):
+@pytest.mark.parametrize("overlap", [True, False], ids=["intake-beside-steps", "intake-between-steps"])
+def test_ledger_counts_steps_left_in_a_consuming_buffer(tiny_config, tmp_path, overlap):
     """fifo holds every step (capacity = 3 members x 20 steps = watermark), so almost nothing is
     trained before the streams end, and 2 extra batches of 8 cannot drain it: the steps never drawn
-    are in the ledger's steps_unused, per member, and the trainer says so."""
+    are in the ledger's steps_unused, per member, and the trainer says so; whether the intake runs
+    beside the train steps (trainer.overlap_intake) or between them."""
     path = tiny_config(reservoir={"policy": "fifo", "capacity": 60, "watermark": 60},
-                       trainer={"extra_batches": 2})
+                       trainer={"extra_batches": 2, "overlap_intake": overlap})
     cfg = StudyConfig.load(path)
     returncode, out = train_from_producers(path, tmp_path)
     assert returncode == 0, out
@@ -163,3 +165,26 @@ def test_markers_without_a_checkpoint_are_lost_at_once(tiny_config, tmp_path):
     assert ledger[0]["status"] == "complete"
     assert ledger[1]["status"] == "lost" and "says it was sent, to an earlier trainer run" in ledger[1]["reason"]
     assert "--forcerun simulate_member" in ledger[1]["reason"]
+
+
+@pytest.mark.slow
+def test_a_paced_budget_is_spent_in_step_with_the_streams(tiny_config, tmp_path):
+    """trainer.paced: the producers run one member after another, far slower than this trainer,
+    which unpaced would spend its budget on the first member; paced, batch k waits for k / budget of
+    the 3 x 20 steps, so every member is trained on and the budget is still spent exactly."""
+    budget = 120
+    path = tiny_config(trainer={"batch_budget": budget, "paced": True, "log_every": 5})
+    cfg = StudyConfig.load(path)
+    returncode, out = train_from_producers(path, tmp_path)
+    assert returncode == 0, out
+    expected = 3 * cfg.problem.n_steps
+    rows = read_metrics(cfg.study_dir / "metrics.csv")
+    assert int(rows[-1]["batch"]) == budget
+    for row in rows:  # a row is logged after its batch, with what had been received by then
+        assert int(row["batch"]) <= budget * int(row["samples_received"]) / expected + 1, row
+    assert any(int(r["samples_received"]) < expected for r in rows)  # training did go on while members streamed
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    trained = {m: int(r["steps_received"]) - sum(int(r[k]) for k in ("steps_dropped", "steps_evicted", "steps_unused",
+                                                                        "steps_unpaired"))
+               for m, r in ledger.items()}
+    assert all(n > 0 for n in trained.values()), trained  # the last member's steps too

@@ -65,9 +65,10 @@ def problems_of(cfg: Mapping[str, Any]) -> dict[str, dict]:
     return dict(cfg["model_study"]["problems"]) or {cfg["solver"]["name"]: {}}
 
 
-def models_of(cfg: Mapping[str, Any]) -> dict[str, dict]:
-    """model_study.models, or the config's own model (named after trainer.model) when empty."""
-    return dict(cfg["model_study"]["models"]) or {cfg["trainer"]["model"]: {}}
+def models_of(cfg: Mapping[str, Any], *, section: str = "model_study") -> dict[str, dict]:
+    """model_study.models (or ``section``'s: the diversity study's), or the config's own model
+    (named after trainer.model) when empty."""
+    return dict(cfg[section]["models"]) or {cfg["trainer"]["model"]: {}}
 
 
 def run_name(problem: str, model: str, seed: int) -> str:

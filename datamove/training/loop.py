@@ -14,6 +14,7 @@ import signal
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,6 +53,12 @@ class Source(ABC):
     @abstractmethod
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch, on the training device: x [B, n_inputs], y [B, n_fields, ny, nx]."""
+
+    def meanwhile(self) -> Callable[[], None] | None:
+        """Work to run on a second thread while the batch just drawn trains (started after
+        :meth:`batch`, joined before :meth:`trained`), or None. It must not touch the model, the
+        optimiser or that batch: the online source takes in the steps that arrived."""
+        return None
 
     def trained(self, all_done: bool) -> None:
         """Called after each train step; ``all_done``: every rank's source had finished."""
@@ -99,6 +106,7 @@ class Training:
         self._t0 = time.perf_counter()  # reset when training starts (run)
         self._wall0 = 0.0  # wall_s already spent by the run this one resumes
         self._last = (self._t0, 0)
+        self._beside: ThreadPoolExecutor | None = None  # the thread of source.meanwhile(), made on first use
 
     def say(self, msg: str) -> None:
         print(f"[{self.label}] {msg}", flush=True)
@@ -132,10 +140,18 @@ class Training:
             Interrupted: ``stop`` caught a signal (on any rank: the decision is collective, so that
                 every rank of a data-parallel run leaves at the same batch).
         """
-        tc = self.cfg.trainer
         last_ckpt = self.batch
         self._t0 = time.perf_counter()  # training time starts here, after the set-up
         self._last = (self._t0, self.batch)
+        try:
+            self._run(source, checkpoint=checkpoint, idle=idle, stop=stop, last_ckpt=last_ckpt)
+        finally:
+            if self._beside is not None:
+                self._beside.shutdown(wait=True)
+                self._beside = None
+
+    def _run(self, source: Source, *, checkpoint, idle, stop, last_ckpt: int) -> None:
+        tc = self.cfg.trainer
         while True:
             finished, can_train = source.poll()
             go_on = stop is None or stop.signum is None
@@ -144,8 +160,18 @@ class Training:
                 raise Interrupted(stop.signum if stop is not None and stop.signum else signal.SIGTERM, self.batch)
             if can_train:
                 x, y = source.batch()
-                self._loss_sum += train_step(self.model, self.optimizer, x, y, sync_gradients=self.sync,
-                                             precision=self.precision)
+                work = source.meanwhile()
+                if work is not None and self._beside is None:
+                    self._beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
+                # The train step's torch ops release the GIL, so the work runs beside them on a
+                # free core; joined before anything else reads what it changes (ledger, buffer).
+                job = self._beside.submit(work) if work is not None else None
+                try:
+                    self._loss_sum += train_step(self.model, self.optimizer, x, y, sync_gradients=self.sync,
+                                                 precision=self.precision)
+                finally:
+                    if job is not None:
+                        job.result()  # its exception, if any, is the loop's
                 self._loss_n += 1
                 self.scheduler.step()
                 self.batch += 1

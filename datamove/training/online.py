@@ -144,13 +144,16 @@ class OnlineSource(Source):
         self.extra = 0  # batches trained after every rank's streams had ended
         self.batches = batch  # batches trained in all (a resumed run's included): trainer.batch_budget
         self._announced = False
+        self._took = False  # the last train step's meanwhile() took in what had arrived
 
     def poll(self) -> tuple[bool, bool]:
         finished = self.feed.ended
         spent = self.cfg.trainer.batch_budget is not None and self.batches >= self.cfg.trainer.batch_budget
-        idle = spent or (self.feed.quiet and not self.buffer.ready(final=finished))
-        self.feed.poll(timeout=0.05 if idle else 0.0)
-        self.feed.intake(self.buffer)
+        idle = spent or self._ahead(finished) or (self.feed.quiet and not self.buffer.ready(final=finished))
+        if idle or not self._took:  # else the intake beside the last train step did it
+            self.feed.poll(timeout=0.05 if idle else 0.0)
+            self.feed.intake(self.buffer)
+        self._took = False
         finished = self.feed.ended
         if finished and not self._announced:
             self._announced = True
@@ -173,14 +176,36 @@ class OnlineSource(Source):
         budget = self.cfg.trainer.batch_budget
         if budget is not None:
             # An equal budget for every run: spent, training waits for the streams to end.
-            can_train = self.buffer.ready(final=finished) and self.batches < budget
+            can_train = self.buffer.ready(final=finished) and self.batches < budget and not self._ahead(finished)
         else:
             can_train = self.buffer.ready(final=finished) and not (finished and self.extra >= self.cfg.trainer.extra_batches)
         return finished, can_train
 
+    def _ahead(self, finished: bool) -> bool:
+        """trainer.paced: the budget's next batch must wait for the streams, having been spent
+        as far as this rank's ensemble has arrived (batch k once k / batch_budget of its expected
+        steps are received; no wait once its streams have ended)."""
+        tc = self.cfg.trainer
+        if not tc.paced or tc.batch_budget is None or finished:
+            return False
+        ledger = self.feed.ledger
+        expected = len(ledger.records) * self.cfg.problem.n_steps
+        return self.batches >= tc.batch_budget * ledger.steps_received / max(expected, 1)
+
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.buffer.sample(self.cfg.trainer.batch_size)
         return b.x, b.y
+
+    def meanwhile(self):
+        return self._take if self.cfg.trainer.overlap_intake else None
+
+    def _take(self) -> None:
+        """The feed's poll and intake, beside a train step (trainer.overlap_intake): the batch it
+        trains on was drawn before, and the next is drawn after this returns, so puts and draws
+        keep the order they have between steps."""
+        self.feed.poll(timeout=0.0)
+        self.feed.intake(self.buffer)
+        self._took = True
 
     def trained(self, all_done: bool) -> None:
         self.extra += all_done

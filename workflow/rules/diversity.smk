@@ -1,0 +1,110 @@
+# The data-diversity study (docs/models.md): test error against the number of distinct members,
+# with the same batch budget, for every model of diversity_study: offline (BP5) on each count of
+# stored members, online (SST) on each count of streamed members, every seed. Each run is a
+# complete study of this config with one arm, in a nested snakemake of this workflow; compared in
+# one table and one figure. Not part of the default target:
+#
+#     snakemake --cores 2 diversity --configfile config/diversity.yaml
+#
+# The runs are chained one after another (seed by seed), so that they do not share the cores.
+
+from pathlib import Path
+
+from datamove.evaluation.diversity import check_diversity, run_name, runs_of
+from datamove.evaluation.models import run_targets
+from datamove.evaluation.sampling import chained_inputs
+
+# Only in the top-level workflow, not inside the arms of a comparison study; a run's own config has
+# no points, so its nested workflow plans no study.
+if not config.get("arm") and runs_of(config):
+
+    try:
+        check_diversity(config)  # before any run: valid runs, all tested on the same test members
+    except (ValueError, ConfigError) as exc:
+        raise WorkflowError(str(exc)) from None
+    DIVERSITY_ROOT = study_path("diversity")
+    DIVERSITY_RUNS = runs_of(config)
+    DIVERSITY_RUN_DIR = f"{DIVERSITY_ROOT}/runs"
+    DIVERSITY_DATA = str(STUDY.data_dir / STUDY.study / "diversity")
+    DIVERSITY_NAMES = [run_name(*run) for run in DIVERSITY_RUNS]
+
+
+    # cfg: the run's config; after: the previous run's evaluation (one run at a time).
+    DIVERSITY_RUN_INPUTS = chained_inputs(DIVERSITY_RUN_DIR, DIVERSITY_NAMES)
+
+
+    localrules:
+        write_diversity_config,
+        diversity,
+
+
+    rule write_diversity_config:
+        # This config with the run's model, arm, members and seeds, and its folders
+        # (datamove.evaluation.diversity).
+        output:
+            cfg=f"{DIVERSITY_RUN_DIR}/{{run}}.yaml",
+        wildcard_constraints:
+            run="|".join(DIVERSITY_NAMES),
+        params:
+            runs={run_name(*run): list(run) for run in DIVERSITY_RUNS},
+            root=lambda wildcards, output: str(Path(output.cfg).parent),
+            data=DIVERSITY_DATA,
+            config=config,
+        conda:
+            "../envs/datamove.yaml"
+        log:
+            f"{DIVERSITY_ROOT}/logs/write_diversity_config/{{run}}.log",
+        script:
+            "../scripts/diversity_config.py"
+
+
+    rule run_diversity_study:
+        # --nolock: the outer snakemake holds the lock of this working directory. Each attempt
+        # starts from an empty folder; an online run that lost members has not seen its members,
+        # so it fails and is retried. Targets: the run's outputs and member markers, no figures.
+        input:
+            unpack(DIVERSITY_RUN_INPUTS),
+        output:
+            evaluation=f"{DIVERSITY_RUN_DIR}/{{run}}/evaluation.csv",
+            metrics=f"{DIVERSITY_RUN_DIR}/{{run}}/metrics.csv",
+            ledger=f"{DIVERSITY_RUN_DIR}/{{run}}/ledger.csv",
+        wildcard_constraints:
+            run="|".join(DIVERSITY_NAMES),
+        conda:
+            "../envs/datamove.yaml"
+        log:
+            f"{DIVERSITY_ROOT}/logs/run_diversity_study/{{run}}.log",
+        threads: 2
+        retries: 2
+        params:
+            snakemake=f"{shlex.quote(sys.executable)} -m snakemake",
+            snakefile=workflow.main_snakefile,
+            folder=f"{DIVERSITY_RUN_DIR}/{{run}}",
+            limit=config["diversity_study"]["run_limit_s"],
+            python=shlex.quote(sys.executable),
+            check="import sys; from datamove.reservoir.study import require_complete; require_complete(sys.argv[1])",
+            targets=lambda wildcards, input, output: run_targets(input.cfg, output, output.ledger, figures=False),
+        shell:
+            # The targets after --cores: --configfile takes several values.
+            "rm -rf {params.folder} && timeout --kill-after 30 {params.limit} "
+            "{params.snakemake} -s {params.snakefile} --directory . --configfile {input.cfg} "
+            "--cores {threads} --nolock {params.targets} > {log} 2>&1 "
+            "&& {params.python} -c {params.check:q} {output.ledger} >> {log} 2>&1"
+
+
+    rule diversity:
+        input:
+            evaluation=[f"{DIVERSITY_RUN_DIR}/{name}/evaluation.csv" for name in DIVERSITY_NAMES],
+        output:
+            summary=f"{DIVERSITY_ROOT}/diversity.csv",
+            markdown=f"{DIVERSITY_ROOT}/diversity.md",
+            figure=report(f"{DIVERSITY_ROOT}/diversity.png", caption="../report/diversity.rst", category="Diversity"),
+        params:
+            runs=[[*run, f"{DIVERSITY_RUN_DIR}/{run_name(*run)}"] for run in DIVERSITY_RUNS],
+            resamples=config["diversity_study"]["bootstrap"],
+        conda:
+            "../envs/datamove.yaml"
+        log:
+            f"{DIVERSITY_ROOT}/logs/diversity/diversity.log",
+        script:
+            "../scripts/compare_diversity.py"
