@@ -44,7 +44,8 @@ import pandas as pd
 
 from datamove.config import validate_config
 from datamove.evaluation.models import (
-    STATS, SUMS, _check_model_args, arm_row, identity_of_test_members, merge, models_of, pooled_stats,
+    STATS, SUMS, _check_model_args, arm_row, differing_key, identity_of_test_members, merge, models_of, pooled_stats,
+    seed_clash,
 )
 
 #: The arms, in the order of a seed's runs and of the table.
@@ -151,24 +152,23 @@ def check_diversity(cfg: Mapping[str, Any]) -> None:
             if not counts:
                 continue
             run = run_config(cfg, root="results", data_root="data", model=model, arm=arm, members=counts[0], seed=seed)
-            for other in ("heldout", "test"):  # every seed, where a run's config sees only its own
-                clash = [k for k in st["seeds"] if k == run[other]["seed"]]
-                if clash:
-                    raise ValueError(f"key '{SECTION}.seeds': seed {clash[0]} equals {other}.seed of model {model!r}, "
-                                     f"so {other} members would repeat training members")
+            clash = seed_clash(run, st["seeds"])  # every seed, where a run's config sees only its own
+            if clash:
+                raise ValueError(f"key '{SECTION}.seeds': seed {clash[0]} equals {clash[1]}.seed of model {model!r}, "
+                                 f"so {clash[1]} members would repeat training members")
             _check_model_args(run, f"{SECTION}.models.{model}")
             ident = identity_of_test_members(run)
             where = f"model {model!r} {arm}"
             if reference is None:
                 first, reference = where, ident
                 continue
-            for key in sorted(set(ident) | set(reference)):
-                if ident.get(key) != reference.get(key):
-                    raise ValueError(
-                        f"key '{SECTION}.models.{model}': sets {key} to {ident.get(key)!r} ({where}) where {first} "
-                        f"has {reference.get(key)!r}, so the runs would be tested on different test members; set "
-                        "it in the config, for every model, or not at all"
-                    )
+            key = differing_key(ident, reference)
+            if key is not None:
+                raise ValueError(
+                    f"key '{SECTION}.models.{model}': sets {key} to {ident.get(key)!r} ({where}) where {first} "
+                    f"has {reference.get(key)!r}, so the runs would be tested on different test members; set "
+                    "it in the config, for every model, or not at all"
+                )
 
 
 # --------------------------------------------------------------------------- errors and diversity.csv

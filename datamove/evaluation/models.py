@@ -155,6 +155,21 @@ def _check_model_args(cfg: Mapping[str, Any], where: str) -> None:
                          f"(it takes {', '.join(sorted(takes))})")
 
 
+def seed_clash(run: Mapping[str, Any], seeds: Sequence[int]) -> tuple[int, str] | None:
+    """(seed, "heldout" or "test") where one of a study's ``seeds`` equals that section's seed in
+    ``run`` (its members would then repeat training members), else None."""
+    for other in ("heldout", "test"):
+        clash = [k for k in seeds if k == run[other]["seed"]]
+        if clash:
+            return clash[0], other
+    return None
+
+
+def differing_key(ident: Mapping[str, Any], reference: Mapping[str, Any]) -> str | None:
+    """The first key (sorted) where two :func:`identity_of_test_members` differ, else None."""
+    return next((k for k in sorted(set(ident) | set(reference)) if ident.get(k) != reference.get(k)), None)
+
+
 def check_models(cfg: Mapping[str, Any]) -> None:
     """Every run config must be valid, and the models of a problem must be tested on the same test
     members (seeds change only ensemble.seed and trainer.seed, which do not decide them).
@@ -174,23 +189,22 @@ def check_models(cfg: Mapping[str, Any]) -> None:
         first, reference = None, None
         for model in models_of(cfg):
             run = run_config(cfg, root="results", data_root="data", problem=problem, model=model, seed=seed)
-            for other in ("heldout", "test"):
-                clash = [k for k in st["seeds"] if k == run[other]["seed"]]
-                if clash:
-                    raise ValueError(f"key 'model_study.seeds': seed {clash[0]} equals {other}.seed of problem "
-                                     f"{problem!r}, so {other} members would repeat training members")
+            clash = seed_clash(run, st["seeds"])
+            if clash:
+                raise ValueError(f"key 'model_study.seeds': seed {clash[0]} equals {clash[1]}.seed of problem "
+                                 f"{problem!r}, so {clash[1]} members would repeat training members")
             _check_model_args(run, f"model_study.models.{model}")
             ident = identity_of_test_members(run)
             if reference is None:
                 first, reference = model, ident
                 continue
-            for key in sorted(set(ident) | set(reference)):
-                if ident.get(key) != reference.get(key):
-                    raise ValueError(
-                        f"key 'model_study.models.{model}': sets {key} to {ident.get(key)!r} where model "
-                        f"{first!r} has {reference.get(key)!r}, so problem {problem!r}'s models would be tested on "
-                        f"different test members; set it for every model (model_study.problems.{problem}) or not at all"
-                    )
+            key = differing_key(ident, reference)
+            if key is not None:
+                raise ValueError(
+                    f"key 'model_study.models.{model}': sets {key} to {ident.get(key)!r} where model "
+                    f"{first!r} has {reference.get(key)!r}, so problem {problem!r}'s models would be tested on "
+                    f"different test members; set it for every model (model_study.problems.{problem}) or not at all"
+                )
 
 
 # --------------------------------------------------------------------------- errors and models.csv
