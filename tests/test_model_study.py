@@ -92,6 +92,27 @@ def test_other_refusals_name_the_key():
         load_config_from({**base, "model_study": {"models": {"f.c": {}}}})
 
 
+def test_only_selects_problems_and_models_and_refuses_others():
+    base = load_config(REPO / "config" / "models.yaml")
+    part = load_config_from({**base, "model_study": {**base["model_study"], "only": {
+        "problems": ["navier-stokes"], "models": ["fno", "fc"]}}})
+    # The study's order, seed by seed, whatever the order of the selection.
+    assert runs_of(part) == [("navier-stokes", m, k) for k in (0, 1, 2) for m in ("fc", "fno")]
+    models = load_config_from({**base, "model_study": {**base["model_study"], "only": {"models": ["unet"]}}})
+    assert runs_of(models) == [(p, "unet", k) for k in (0, 1, 2) for p in ("heat", "navier-stokes")]
+    assert runs_of(load_config_from({**base, "model_study": {**base["model_study"], "only": {}}})) == runs_of(base)
+    # A run's config does not depend on the selection (a part's runs are the whole study's).
+    assert run_config(part, root="r", data_root="d", problem="navier-stokes", model="fno", seed=1) == \
+        run_config(base, root="r", data_root="d", problem="navier-stokes", model="fno", seed=1)
+    check_models(part)
+    for key, only in (("problems", {"problems": ["burgers"]}), ("models", {"models": ["fc", "fnx"]})):
+        bad = load_config_from({**base, "model_study": {**base["model_study"], "only": only}})
+        with pytest.raises(ValueError, match=rf"key 'model_study.only.{key}': '(burgers|fnx)' is not one"):
+            check_models(bad)
+    with pytest.raises(ConfigError, match="model_study.only"):
+        load_config_from({**base, "model_study": {"only": {"model": ["fc"]}}})
+
+
 def load_config_from(raw):
     from datamove.config import validate_config
 
@@ -231,3 +252,20 @@ def test_the_tiny_study_runs_end_to_end(tmp_path):
                  for k in study["seeds"] for arm in ("online", "offline")]
         assert all(e[["member", "step", "time"]].equals(evals[0][["member", "step", "time"]]) for e in evals)
         assert sorted(evals[0]["member"].unique()) == list(range(raw["test"]["n_members"]))
+    # A part of the study (model_study.only) reuses the runs done: only its table is made again.
+    done = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/*/evaluation.csv")}
+    part = snakemake(tmp_path, path, "--cores", "2", "compare_models", "--config", "model_study={only: {models: [fno]}}",
+                     timeout=300)
+    assert part.returncode == 0, part.stderr[-4000:]
+    assert set(pd.read_csv(root / "models.csv")["model"]) == {"fno"}
+    assert {p: p.stat().st_mtime_ns for p in done} == done
+    # A run done again (an output deleted) does not make the runs after it run again.
+    first = root / "runs" / f"heat.{next(iter(study['models']))}.seed{study['seeds'][0]}" / "offline" / "evaluation.csv"
+    first.unlink()
+    plan = snakemake(tmp_path, path, "-n", "--cores", "2", "compare_models", timeout=300)
+    assert plan.returncode == 0, plan.stderr[-4000:]
+    out = plan.stdout + plan.stderr
+    jobs = dict(line.split() for line in out.splitlines()
+                if line.split()[:1] in (["write_model_config"], ["run_model_study"], ["compare_models"]) and
+                len(line.split()) == 2)
+    assert jobs == {"run_model_study": "1", "compare_models": "1"}, out[-3000:]

@@ -77,8 +77,12 @@ def run_name(problem: str, model: str, seed: int) -> str:
 
 
 def runs_of(cfg: Mapping[str, Any]) -> list[tuple[str, str, int]]:
-    """(problem, model, seed) of every run, seed by seed: an interrupted study has whole seeds done."""
-    return [(p, m, int(seed)) for seed in cfg["model_study"]["seeds"] for p in problems_of(cfg) for m in models_of(cfg)]
+    """(problem, model, seed) of every run that model_study.only selects (all where it selects none),
+    seed by seed (the order of models.csv)."""
+    only = cfg["model_study"].get("only") or {}
+    problems = [p for p in problems_of(cfg) if p in (only.get("problems") or [p])]
+    models = [m for m in models_of(cfg) if m in (only.get("models") or [m])]
+    return [(p, m, int(seed)) for seed in cfg["model_study"]["seeds"] for p in problems for m in models]
 
 
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -171,13 +175,19 @@ def differing_key(ident: Mapping[str, Any], reference: Mapping[str, Any]) -> str
 
 
 def check_models(cfg: Mapping[str, Any]) -> None:
-    """Every run config must be valid, and the models of a problem must be tested on the same test
-    members (seeds change only ensemble.seed and trainer.seed, which do not decide them).
+    """Every run config must be valid, the models of a problem must be tested on the same test
+    members (seeds change only ensemble.seed and trainer.seed, which do not decide them), and
+    model_study.only must name problems and models of the study.
 
     Raises ValueError (or ConfigError, from validating a run's config) naming the key at fault.
     Nothing to check where model_study names no problem and no model (the default, and every run's
     own config): the one run is the config itself, validated when its config is written."""
     st = cfg["model_study"]
+    for key, names in (("problems", problems_of(cfg)), ("models", models_of(cfg))):
+        unknown = [name for name in (st.get("only") or {}).get(key, []) if name not in names]
+        if unknown:
+            raise ValueError(f"key 'model_study.only.{key}': {unknown[0]!r} is not one of the study's {key} "
+                             f"({', '.join(names)}: model_study.{key})")
     if not st["problems"] and not st["models"]:
         return
     for key, names in (("problems", problems_of(cfg)), ("models", models_of(cfg))):

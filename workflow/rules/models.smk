@@ -5,13 +5,10 @@
 #
 #     snakemake --cores 2 compare_models --configfile config/models.yaml
 #
-# The runs are chained one after another (seed by seed), so that they do not share the cores.
+# The runs go one at a time, so that they do not share the cores: each holds the resource
+# model_study_runs, of which there is one (--resources model_study_runs=N allows N at once).
 
-from pathlib import Path
-
-
-from datamove.evaluation.models import check_models, run_name, run_targets, runs_of
-from datamove.evaluation.sampling import chained_inputs
+from datamove.evaluation.models import check_models, run_config, run_name, run_targets, runs_of
 
 # Only in the top-level workflow, not inside the arms of a comparison study.
 if not config.get("arm"):
@@ -25,11 +22,15 @@ if not config.get("arm"):
     MODELS_RUN_DIR = f"{MODELS_ROOT}/runs"
     MODELS_DATA = str(STUDY.data_dir / STUDY.study / "models")
     MODELS_NAMES = [run_name(*run) for run in MODELS_RUNS]
+    MODELS_BY_NAME = {run_name(*run): dict(zip(("problem", "model", "seed"), run)) for run in MODELS_RUNS}
     MODELS_FIGURES = config["model_study"]["run_figures"]
 
 
-    # cfg: the run's config; after: the previous run's outputs (one run at a time).
-    MODELS_RUN_INPUTS = chained_inputs(MODELS_RUN_DIR, MODELS_NAMES, last="offline/evaluation.csv")
+    # A resource, not a chain of inputs from run to run (as the other studies have): a run's only
+    # input is its config, so that a run done again does not redo the ones after it, and a study
+    # run in parts (model_study.only) reuses them when run whole.
+    if "model_study_runs" not in workflow.global_resources:
+        workflow.register_resource("model_study_runs", 1)
 
 
     localrules:
@@ -39,16 +40,17 @@ if not config.get("arm"):
 
     rule write_model_config:
         # This config with the run's problem, model and seeds, both arms, and its folders
-        # (datamove.evaluation.models).
+        # (datamove.evaluation.models.run_config).
         output:
             cfg=f"{MODELS_RUN_DIR}/{{run}}.yaml",
         wildcard_constraints:
             run="|".join(MODELS_NAMES),
         params:
-            runs={run_name(*run): list(run) for run in MODELS_RUNS},
-            root=lambda wildcards, output: str(Path(output.cfg).parent),
-            data=MODELS_DATA,
-            config=config,
+            # The run's own config, not the study's: a run is rerun when its config changes, not when
+            # another run is added to the study or model_study.only selects others.
+            cfg=lambda wildcards: run_config(
+                config, root=MODELS_RUN_DIR, data_root=MODELS_DATA, **MODELS_BY_NAME[wildcards.run]
+            ),
         conda:
             "../envs/datamove.yaml"
         log:
@@ -62,7 +64,7 @@ if not config.get("arm"):
         # starts from an empty folder; a run whose online arm lost members is not comparable, so it
         # fails and is retried.
         input:
-            unpack(MODELS_RUN_INPUTS),
+            cfg=f"{MODELS_RUN_DIR}/{{run}}.yaml",
         output:
             online_evaluation=f"{MODELS_RUN_DIR}/{{run}}/online/evaluation.csv",
             online_metrics=f"{MODELS_RUN_DIR}/{{run}}/online/metrics.csv",
@@ -76,6 +78,8 @@ if not config.get("arm"):
         log:
             f"{MODELS_ROOT}/logs/run_model_study/{{run}}.log",
         threads: 2
+        resources:
+            model_study_runs=1,
         retries: 2
         params:
             snakemake=f"{shlex.quote(sys.executable)} -m snakemake",
