@@ -27,6 +27,37 @@ class ConfigError(ValueError):
     """A configuration that breaks the schema or is impossible; the message names the key."""
 
 
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def merge_config(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged into ``base``, except where the keys of a section belong to what the
+    override replaces: a ``solver`` that names another problem (solver.name or solver.command)
+    replaces the solver section and parameters.ranges, and a ``trainer.model`` that names another
+    model replaces trainer.model_args. Both configs may be raw or validated: a key ``base`` leaves
+    out has its schema default. Used for config/config.yaml under a --configfile (the workflow)
+    and for a models study's problems and models (datamove.evaluation.models)."""
+    out = copy.deepcopy(dict(base))
+    props = load_schema()["properties"]
+    solver, current = over.get("solver") or {}, out.get("solver") or {}
+    if any(k in solver and solver[k] != current.get(k, props["solver"]["properties"][k].get("default"))
+           for k in ("name", "command")):
+        out["solver"] = {}
+        out.setdefault("parameters", {})["ranges"] = {}
+    trainer = over.get("trainer") or {}
+    model = (out.get("trainer") or {}).get("model", props["trainer"]["properties"]["model"].get("default"))
+    if "model" in trainer and trainer["model"] != model:
+        out.setdefault("trainer", {})["model_args"] = {}
+    return _deep_merge(out, over)
+
+
 def load_schema() -> dict[str, Any]:
     text = resources.files("datamove").joinpath("schemas/config.schema.yaml").read_text()
     return yaml.safe_load(text)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import numpy as np
 import pytest
-from conftest import snakemake, write_study
-from datamove.config import ConfigError, StudyConfig, load_schema, validate_config
+import yaml
+from conftest import REPO, snakemake, write_study
+from datamove.config import ConfigError, StudyConfig, load_schema, merge_config, validate_config
 from datamove.problems import PROBLEMS, HeatProblem, NavierStokesProblem, make_problem
 
 
@@ -87,10 +89,43 @@ def read_csv(path):
         return list(csv.DictReader(fh))
 
 
+def with_default_config(tmp_path):
+    """The repository's layout: the Snakefile's configfile, config/config.yaml (the heat study),
+    under the working directory, so that Snakemake loads it beneath the study's --configfile."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+
+
+def test_a_configfile_of_another_problem_replaces_the_heat_solver_section(tmp_path):
+    heat = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    ns = yaml.safe_load((REPO / "config" / "navier-stokes.yaml").read_text())
+    merged = merge_config(heat, ns)
+    assert merged["solver"] == ns["solver"] and merged["parameters"]["ranges"] == ns["parameters"]["ranges"]
+    assert merged["reservoir"] == {**heat["reservoir"], **ns.get("reservoir", {})}  # the rest merges
+    same = merge_config(heat, {"solver": {"nx": 16}, "trainer": {"model": "fno"}})
+    assert same["solver"] == {**heat["solver"], "nx": 16} and same["trainer"]["model_args"] == {}
+    own = {"solver": {"name": "mine", "command": "./mine {stream}", "fields": {"u": [4, 4]}, "n_steps": 3},
+           "parameters": {"ranges": {"alpha": [0.0, 1.0]}}}
+    assert merge_config({**heat, "parameters": {"ranges": {"t_init": [0, 1]}}}, own)["parameters"]["ranges"] == \
+        {"alpha": [0.0, 1.0]}
+    # Through Snakemake, in the repository's layout: the shipped navier-stokes study and a user's
+    # solver plan (they were refused: heat's solver.nx and solver.ny merged into theirs).
+    # And as a comparison study, whose arms are modules of the same workflow with their own config.
+    with_default_config(tmp_path)
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(own, sort_keys=False))
+    (tmp_path / "ns-comparison.yaml").write_text(yaml.safe_dump({**ns, "comparison": {"enabled": True}}, sort_keys=False))
+    for config in (REPO / "config" / "navier-stokes.yaml", tmp_path / "mine.yaml", tmp_path / "ns-comparison.yaml"):
+        proc = snakemake(tmp_path, config, "-n", "--config", f"results_dir={tmp_path / 'results'}",
+                         f"data_dir={tmp_path / 'data'}", timeout=180)
+        assert proc.returncode == 0, (config, proc.stdout[-3000:] + proc.stderr[-3000:])
+
+
 @pytest.mark.slow
 def test_navier_stokes_study_with_three_fields(tmp_path):
-    """snakemake --cores 2 on a tiny Navier-Stokes study publishing w, ux and uy: every member
-    complete, the model evaluated on the test members, each field's error reported."""
+    """snakemake --cores 2 on a tiny Navier-Stokes study publishing w, ux and uy, in the
+    repository's layout (config/config.yaml, heat, beneath it): every member complete, the model
+    evaluated on the test members, each field's error reported."""
+    with_default_config(tmp_path)
     path = write_study(
         tmp_path, solver={"name": "navier-stokes", "n": 16, "n_steps": 10, "substeps": 4, "outputs": ["w", "ux", "uy"]},
         test={"n_members": 2}, evaluation={"enabled": True, "map_field": "ux"},

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from datamove.config import StudyConfig, validate_config
+from datamove.config import StudyConfig, merge_config as merge, validate_config
 
 #: Columns of models.csv, one row per (problem, model, seed, arm). The rollout columns are empty for
 #: direct models.
@@ -83,32 +83,6 @@ def runs_of(cfg: Mapping[str, Any]) -> list[tuple[str, str, int]]:
     problems = [p for p in problems_of(cfg) if p in (only.get("problems") or [p])]
     models = [m for m in models_of(cfg) if m in (only.get("models") or [m])]
     return [(p, m, int(seed)) for seed in cfg["model_study"]["seeds"] for p in problems for m in models]
-
-
-def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` deep-merged into ``base`` (a validated config, defaults filled), except where the
-    keys of a section belong to what the override replaces: a ``solver`` that names another problem
-    (solver.name or solver.command) replaces the solver section and parameters.ranges, and a
-    ``trainer.model`` that names another model replaces trainer.model_args."""
-    out = copy.deepcopy(dict(base))
-    solver = over.get("solver") or {}
-    if any(k in solver and solver[k] != out.get("solver", {}).get(k) for k in ("name", "command")):
-        out["solver"] = {}
-        out.setdefault("parameters", {})["ranges"] = {}
-    trainer = over.get("trainer") or {}
-    if "model" in trainer and trainer["model"] != out.get("trainer", {}).get("model"):
-        out.setdefault("trainer", {})["model_args"] = {}
-    return _deep_merge(out, over)
 
 
 def run_config(base: Mapping[str, Any], *, root: str | Path, data_root: str | Path, problem: str, model: str,

@@ -3,13 +3,31 @@
 import shlex
 import sys
 
-from datamove.config import ConfigError, StudyConfig, validate_config
+import yaml
+
+from datamove.config import ConfigError, StudyConfig, merge_config, validate_config
 from datamove.guard import StudyBusyError, forward_interrupts, refuse_if_trained
 from datamove.evaluation.arms import arm_config, arm_dirs
 from datamove.plots import FIGURES
 
 # The datamove CLI of the Python that runs Snakemake: no reliance on PATH or an activated venv.
 DATAMOVE = f"{shlex.quote(sys.executable)} -m datamove"
+
+# The Snakefile's configfile (config/config.yaml, the heat study) under a --configfile or --config
+# that names another problem: Snakemake merges them key by key, which would hand heat's solver.nx,
+# solver.ny and parameter ranges to the other solver; merge_config replaces those sections instead
+# (and trainer.model_args where trainer.model changes), as a models study's problems do. Not in a
+# module (a comparison arm): its config is the one evaluate.smk hands it, not the command line's.
+_defaults = workflow.configfiles[len(workflow.overwrite_configfiles or []):]
+_over = workflow.config_settings.overwrite_config
+if (_defaults and _over and not workflow.modifier.skip_configfile
+        and not getattr(workflow.config_settings, "replace_workflow_config", False)):
+    _raw = {}
+    for _path in _defaults:
+        with open(_path) as _fh:
+            _raw = merge_config(_raw, yaml.safe_load(_fh) or {})
+    config.clear()
+    config.update(merge_config(_raw, _over))
 
 # One validator for the CLI and the workflow (it fills every default from
 # ../schemas/config.schema.yaml and names the key at fault); a bad config stops here, before any job.
