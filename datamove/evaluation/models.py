@@ -26,7 +26,6 @@ comparison study (``online/``, ``offline/``; its figures and ``results.md`` with
 
 from __future__ import annotations
 
-import copy
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path

@@ -20,7 +20,7 @@ DATAMOVE = f"{shlex.quote(sys.executable)} -m datamove"
 # module (a comparison arm): its config is the one evaluate.smk hands it, not the command line's.
 _defaults = workflow.configfiles[len(workflow.overwrite_configfiles or []):]
 _over = workflow.config_settings.overwrite_config
-if (_defaults and _over and not workflow.modifier.skip_configfile
+if (_defaults and _over and not config.get("arm") and not getattr(workflow.modifier, "skip_configfile", False)
         and not getattr(workflow.config_settings, "replace_workflow_config", False)):
     _raw = {}
     for _path in _defaults:
