@@ -84,7 +84,7 @@ if not config.get("arm"):
         params:
             snakemake=f"{shlex.quote(sys.executable)} -m snakemake",
             snakefile=workflow.main_snakefile,
-            folder=f"{MODELS_RUN_DIR}/{{run}}",
+            folder=lambda wildcards: f"{MODELS_RUN_DIR}/{wildcards.run}",
             limit=config["model_study"]["run_limit_s"],
             python=shlex.quote(sys.executable),
             check="import sys; from datamove.reservoir.study import require_complete; require_complete(sys.argv[1])",
