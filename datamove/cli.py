@@ -18,7 +18,7 @@ def _config(args) -> StudyConfig:
 
 
 def cmd_simulate(args) -> int:
-    from datamove.gate import wait_for_trainer
+    from datamove.gate import TrainerLostError, held, read_receipt, wait_for_trainer
     from datamove.simulate import simulate, simulate_job
 
     cfg = _config(args)
@@ -32,7 +32,14 @@ def cmd_simulate(args) -> int:
                 expected = int(json.loads(Path(args.gate).read_text())["pid"])
             except (OSError, ValueError, KeyError, TypeError):
                 expected = None  # no gate file (a manual run): wait for whichever trainer comes
-        beat = wait_for_trainer(cfg, cfg.stream.open_timeout_s, expected_pid=expected)
+        try:
+            beat = wait_for_trainer(cfg, cfg.stream.open_timeout_s, expected_pid=expected)
+        except TrainerLostError:
+            # A rerun of a member whose steps the trainer held (its solver died after its last
+            # step, before its marker) and that then finished: nothing is lost, nothing to send.
+            if args.job is not None or expected is None or not held(read_receipt(cfg, args.member)):
+                raise
+            beat = {"pid": expected}
         if beat is None:
             print(
                 f"datamove: member {args.member}: no live trainer (its heartbeat {cfg.heartbeat_path} did not "

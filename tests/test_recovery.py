@@ -240,6 +240,31 @@ def test_member_killed_after_its_last_step_is_answered_at_once(tiny_config, tmp_
     _assert_finished(cfg)
 
 
+def test_rerun_after_the_trainer_finished_holding_the_member_sends_nothing(tiny_config, tmp_path):
+    """The race the test above can lose: member 1's rerun waits for the trainer, which holds its
+    steps (its receipt) and then finishes. Nothing is lost, so the rerun succeeds without sending;
+    a member the trainer does not hold still fails at once, naming the finished trainer."""
+    import json
+
+    path = _study(tiny_config, n_members=3)
+    cfg = StudyConfig.load(path)
+    cfg.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
+    pid = 999_999  # the trainer that opened the gate, finished
+    cfg.heartbeat_path.write_text(json.dumps({"pid": pid, "seq": 9, "time": time.time(), "finished": True}))
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps({"pid": pid}))
+    cfg.member_receipt(1).parent.mkdir(parents=True, exist_ok=True)
+    cfg.member_receipt(1).write_text(json.dumps({"member": 1, "status": "complete", "steps": 30, "trainer_pid": pid}))
+    marker = tmp_path / "member-1.json"
+    ok = datamove("simulate", "--config", path, "--member", 1, "--wait-trainer", "--gate", gate, "--marker", marker,
+                  check=False, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "nothing to send" in ok.stderr and json.loads(marker.read_text())["already_held"]
+    lost = datamove("simulate", "--config", path, "--member", 2, "--wait-trainer", "--gate", gate, check=False,
+                    timeout=60)
+    assert lost.returncode != 0 and f"the trainer (pid {pid}) has finished" in lost.stderr, lost.stderr
+
+
 def _file_size_limit(limit: int):
     def apply():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
