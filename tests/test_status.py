@@ -121,7 +121,7 @@ def test_status_follows_a_running_study_to_its_end(tiny_config, tmp_path):
             if proc is not None and proc.poll() is None:
                 proc.kill()
     running = [st for st in looks if st["state"] == "running"]
-    assert len(running) >= 3, [st["state"] for st in looks]
+    assert len(running) >= 2, [st["state"] for st in looks]
     # It changes as members finish, and the trainer's heartbeat is fresh all along.
     assert len({st["members"]["complete"] for st in running}) >= 2, [st["members"] for st in running]
     assert all(st["heartbeat_age_s"] < 5 and st["trainer_pid"] for st in running)
