@@ -19,7 +19,7 @@ def _config(args) -> StudyConfig:
 
 def cmd_simulate(args) -> int:
     from datamove.gate import TrainerLostError, held, read_receipt, wait_for_trainer
-    from datamove.simulate import simulate, simulate_job
+    from datamove.simulate import job_members, simulate, simulate_job
 
     cfg = _config(args)
     trainer_pid = None
@@ -35,14 +35,16 @@ def cmd_simulate(args) -> int:
         try:
             beat = wait_for_trainer(cfg, cfg.stream.open_timeout_s, expected_pid=expected)
         except TrainerLostError:
-            # A rerun of a member whose steps the trainer held (its solver died after its last
-            # step, before its marker) and that then finished: nothing is lost, nothing to send.
-            if args.job is not None or expected is None or not held(read_receipt(cfg, args.member)):
+            # A rerun of a member (or of a job, all of its members) whose steps the trainer held
+            # (its solver died after its last step, before its marker) and that then finished:
+            # nothing is lost, nothing to send.
+            members = [args.member] if args.job is None else job_members(cfg, args.job)
+            if expected is None or not all(held(read_receipt(cfg, member)) for member in members):
                 raise
             beat = {"pid": expected}
         if beat is None:
             print(
-                f"datamove: member {args.member}: no live trainer (its heartbeat {cfg.heartbeat_path} did not "
+                f"datamove: {'member ' + str(args.member) if args.job is None else 'job ' + str(args.job)}: no live trainer (its heartbeat {cfg.heartbeat_path} did not "
                 f"advance within {cfg.stream.open_timeout_s:g} s, stream.open_timeout_s)",
                 file=sys.stderr,
             )

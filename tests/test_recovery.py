@@ -265,6 +265,36 @@ def test_rerun_after_the_trainer_finished_holding_the_member_sends_nothing(tiny_
     assert lost.returncode != 0 and f"the trainer (pid {pid}) has finished" in lost.stderr, lost.stderr
 
 
+def test_job_rerun_after_the_trainer_finished_holding_all_its_members_sends_nothing(tiny_config, tmp_path):
+    """The same race for a job of several members (ensemble.members_per_job): its rerun succeeds
+    without sending only if the finished trainer holds every one of them."""
+    import json
+
+    path = tiny_config(ensemble={"n_members": 4, "retries": 1, "members_per_job": 2},
+                       stream={"open_timeout_s": OPEN_TIMEOUT_S, "member_timeout_s": OPEN_TIMEOUT_S})
+    cfg = StudyConfig.load(path)
+    cfg.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
+    pid = 999_999
+    cfg.heartbeat_path.write_text(json.dumps({"pid": pid, "seq": 9, "time": time.time(), "finished": True}))
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps({"pid": pid}))
+    cfg.member_receipt(0).parent.mkdir(parents=True, exist_ok=True)
+    for member in (0, 1, 2):  # job 0 (members 0, 1) held whole; job 1 (2, 3) only in part
+        cfg.member_receipt(member).write_text(
+            json.dumps({"member": member, "status": "complete", "steps": cfg.problem.n_steps, "trainer_pid": pid}))
+    marker = tmp_path / "job-0.json"
+    ok = datamove("simulate", "--config", path, "--job", 0, "--wait-trainer", "--gate", gate, "--marker", marker,
+                  check=False, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr.count("nothing to send") == 2
+    assert [m["already_held"] for m in json.loads(marker.read_text())["members"]] == [True, True]
+    assert all(cfg.member_marker(member).exists() for member in (0, 1))
+    part = datamove("simulate", "--config", path, "--job", 1, "--wait-trainer", "--gate", gate, check=False,
+                    timeout=60)
+    assert part.returncode != 0 and f"the trainer (pid {pid}) has finished" in part.stderr, part.stderr
+    assert not cfg.member_marker(2).exists() and not cfg.member_marker(3).exists()
+
+
 def _file_size_limit(limit: int):
     def apply():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

@@ -161,12 +161,11 @@ def check_models(cfg: Mapping[str, Any]) -> None:
         if unknown:
             raise ValueError(f"key 'model_study.only.{key}': {unknown[0]!r} is not one of the study's {key} "
                              f"({', '.join(names)}: model_study.{key})")
-    if not st["problems"] and not st["models"]:
-        return
-    for key, names in (("problems", problems_of(cfg)), ("models", models_of(cfg))):
         for name, over in names.items():
             if "model_study" in over:
                 raise ValueError(f"key 'model_study.{key}.{name}.model_study': a run cannot hold another models study")
+    if not st["problems"] and not st["models"]:
+        return
     seed = int(st["seeds"][0])
     for problem in problems_of(cfg):
         first, reference = None, None
