@@ -89,6 +89,13 @@ def snakemake(workdir: Path, config: Path, *args, timeout=300) -> subprocess.Com
     )
 
 
+def planned_jobs(output: str) -> dict[str, int]:
+    """The job counts of a Snakemake plan (its "Job stats" table): rule -> jobs, and "total"."""
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0] if "Job stats:" in output else ""
+    return {words[0]: int(words[1]) for words in map(str.split, table.splitlines())
+            if len(words) == 2 and words[1].isdigit()}
+
+
 def datamove(*args, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
     """Run the datamove CLI in a fresh process (the way the workflow does)."""
     return subprocess.run(

@@ -16,7 +16,7 @@ from datamove.evaluation.diversity import (
     COLUMNS, check_diversity, collect, crossover, markdown, members_trained, plot, points, run_config, runs_of,
 )
 
-from conftest import REPO, snakemake
+from conftest import REPO, planned_jobs, snakemake
 from test_model_study import evaluation_frame
 
 
@@ -52,6 +52,8 @@ def test_the_full_study_plans_every_model_arm_members_and_seed(tmp_path):
     for run in runs:
         model, arm, n, seed = run
         assert f"run={model}.{arm}{n}.seed{seed}" in out
+    # One run at a time, each holding the one study_runs, its config its only input.
+    assert out.count("study_runs=1") == len(runs)
     # The same test members and batch budget at every point of a model; 6,400 members in 64 jobs.
     cfgs = {run: StudyConfig.from_dict(run_config(base, root=tmp_path, data_root=tmp_path, model=run[0], arm=run[1],
                                                   members=run[2], seed=run[3])) for run in runs}
@@ -86,6 +88,9 @@ def test_runs_differ_only_in_seeds_members_engine_and_budget(tmp_path):
     assert runs_of(on) == [] and on["model_study"]["models"] == {}
     assert on["trainer"]["model_args"] == {"modes": 4, "width": 8, "layers": 2}
     assert cfg("online", 8, 0, model="fc")["trainer"]["batch_budget"] == 300
+    # A run's config (which decides when it reruns) is the same in a study with more points or seeds.
+    more = with_study(base, online_members=[*base["diversity_study"]["online_members"], 32], seeds=[0, 1, 5])
+    assert run_config(more, root=tmp_path, data_root=tmp_path, model="fno", arm="online", members=8, seed=0) == on
 
 
 def test_a_model_that_would_see_other_test_members_is_refused(tmp_path):
@@ -291,3 +296,8 @@ def test_the_tiny_study_runs_end_to_end(tmp_path):
         evals = [pd.read_csv(root / "runs" / f"{m}.{arm}{n}.seed{k}" / "evaluation.csv") for mm, arm, n, k in expected if mm == m]
         assert all(e[["member", "step", "time"]].equals(evals[0][["member", "step", "time"]]) for e in evals)
         assert sorted(evals[0]["member"].unique()) == list(range(raw["test"]["n_members"]))
+    # A run done again (an output deleted) does not make the runs after it run again.
+    (root / "runs" / "{}.{}{}.seed{}".format(*expected[0]) / "evaluation.csv").unlink()
+    plan = snakemake(tmp_path, path, "-n", "--cores", "2", "diversity", timeout=300)
+    assert plan.returncode == 0, plan.stderr[-4000:]
+    assert planned_jobs(plan.stdout + plan.stderr) == {"run_diversity_study": 1, "diversity": 1, "total": 2}

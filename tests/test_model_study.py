@@ -14,7 +14,7 @@ from datamove.evaluation.models import (
     COLUMNS, check_models, collect, improvements, markdown, merge, plot, run_config, runs_of,
 )
 
-from conftest import REPO, snakemake
+from conftest import REPO, planned_jobs, snakemake
 
 
 def study_file(tmp_path, name="models-tiny.yaml", **overrides):
@@ -265,7 +265,4 @@ def test_the_tiny_study_runs_end_to_end(tmp_path):
     plan = snakemake(tmp_path, path, "-n", "--cores", "2", "compare_models", timeout=300)
     assert plan.returncode == 0, plan.stderr[-4000:]
     out = plan.stdout + plan.stderr
-    jobs = dict(line.split() for line in out.splitlines()
-                if line.split()[:1] in (["write_model_config"], ["run_model_study"], ["compare_models"]) and
-                len(line.split()) == 2)
-    assert jobs == {"run_model_study": "1", "compare_models": "1"}, out[-3000:]
+    assert planned_jobs(out) == {"run_model_study": 1, "compare_models": 1, "total": 2}, out[-3000:]

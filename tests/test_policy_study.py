@@ -6,20 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, TINY, _merge
+from conftest import REPO, TINY, _merge, planned_jobs
 from datamove.config import ConfigError, load_config
 from datamove.reservoir import POLICIES
 from datamove.reservoir.study import (
     SUMMARY_COLUMNS,
     plot_policy_study,
     policy_names,
-    run_inputs,
     sub_study_config,
     summarize,
 )
@@ -47,15 +45,6 @@ def test_sub_study_config_changes_only_policy_and_folders(tmp_path):
         assert cfg[key] == base[key]
     with pytest.raises(ConfigError, match="reservoir.policy"):
         sub_study_config(base, root="r", setting="fast", policy="lifo", data_root="d")
-
-
-def test_runs_are_chained_one_after_another():
-    runs = [("fast", "fifo"), ("fast", "firo"), ("slow", "fifo")]
-    inputs = run_inputs("R", runs)
-    assert inputs(SimpleNamespace(setting="fast", policy="fifo")) == {"cfg": "R/fast/fifo.yaml"}
-    assert inputs(SimpleNamespace(setting="slow", policy="fifo")) == {
-        "cfg": "R/slow/fifo.yaml", "after": "R/fast/firo/metrics.csv"
-    }
 
 
 def fake_run(folder, *, val_losses, batch_size=8, steps=20, members=2):
@@ -93,7 +82,8 @@ def test_summary_and_figure(tmp_path):
 
 def test_compare_policies_plans_every_run_one_after_another(tmp_path):
     """A dry run (no training; the study itself was removed from the suite: minutes, and load-
-    sensitive in CI): one run per setting x policy, chained, then the comparison; `all` untouched."""
+    sensitive in CI): one run per setting x policy, one at a time, then the comparison; `all`
+    untouched."""
     (tmp_path / "config").mkdir()
     for setting in ("fast", "slow"):
         (tmp_path / "config" / f"policies-{setting}.yaml").write_text(yaml.safe_dump(TINY))
@@ -105,11 +95,11 @@ def test_compare_policies_plans_every_run_one_after_another(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    jobs = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
-            if line.split()[:1] in (["write_policy_config"], ["run_policy_study"], ["compare_policies"])
-            and len(line.split()) == 2}
     n = 2 * len(POLICIES)
-    assert jobs == {"write_policy_config": n, "run_policy_study": n, "compare_policies": 1}, proc.stdout
+    assert planned_jobs(proc.stdout) == {"write_policy_config": n, "run_policy_study": n, "compare_policies": 1,
+                                         "total": 2 * n + 1}, proc.stdout
+    # One run at a time, each holding the one study_runs (their throughputs are compared).
+    assert proc.stdout.count("study_runs=1") == n
     assert "train_online" not in proc.stdout  # the default study is not part of it
 
 

@@ -10,7 +10,7 @@ import yaml
 from datamove.config import StudyConfig, load_config
 from datamove.evaluation.sampling import COLUMNS, gains, markdown, run_config
 
-from conftest import REPO, snakemake
+from conftest import REPO, planned_jobs, snakemake
 
 
 def tiny_study(tmp_path, **overrides):
@@ -29,6 +29,8 @@ def test_the_full_study_is_six_runs_and_each_changes_only_sampler_and_seeds(tmp_
     for sampler in ("halton", "adaptive"):
         for seed in (0, 1, 2):
             assert f"run={sampler}-seed{seed}" in out
+    # One run at a time, each holding the one study_runs, its config its only input.
+    assert out.count("study_runs=1") == planned_jobs(out)["run_sampling_study"] == 6
     base = load_config(REPO / "config" / "sampling.yaml")
     one = run_config(base, root=tmp_path / "r", data_root=tmp_path / "d", sampler="halton", seed=2)
     two = run_config(base, root=tmp_path / "r", data_root=tmp_path / "d", sampler="adaptive", seed=2)
@@ -38,6 +40,9 @@ def test_the_full_study_is_six_runs_and_each_changes_only_sampler_and_seeds(tmp_
     assert one["ensemble"]["seed"] == one["trainer"]["seed"] == 2 and one["trainer"]["batch_budget"] == 60000
     a, b = StudyConfig.from_dict(one), StudyConfig.from_dict(two)
     assert a.test == b.test and a.heldout == b.heldout  # the same test members for every run
+    # A run's config (which decides when it reruns) is the same in a study with more seeds or samplers.
+    more = {**base, "sampling_study": {**base["sampling_study"], "seeds": [0, 1, 2, 3]}}
+    assert run_config(more, root=tmp_path / "r", data_root=tmp_path / "d", sampler="halton", seed=2) == one
 
 
 def test_samplers_whose_test_members_differ_are_refused(tmp_path):
@@ -46,6 +51,9 @@ def test_samplers_whose_test_members_differ_are_refused(tmp_path):
     assert result.returncode != 0
     out = result.stdout + result.stderr
     assert "sampling_study.samplers" in out and "parameters.adaptive.base" in out
+    # Checked when the sampling study is planned, not in every workflow: the study itself runs.
+    result = snakemake(tmp_path, path, "-n", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -75,3 +83,8 @@ def test_the_tiny_study_runs_end_to_end(tmp_path):
     # Every run's test members are the same ones.
     evals = [pd.read_csv(root / "runs" / f"{s}-seed0" / "evaluation.csv") for s in ("halton", "adaptive")]
     assert evals[0][["member", "step", "time"]].equals(evals[1][["member", "step", "time"]])
+    # A run done again (an output deleted) does not make the run after it run again.
+    (root / "runs" / "halton-seed0" / "evaluation.csv").unlink()
+    plan = snakemake(tmp_path, path, "-n", "--cores", "2", "compare_sampling", timeout=300)
+    assert plan.returncode == 0, plan.stderr[-4000:]
+    assert planned_jobs(plan.stdout + plan.stderr) == {"run_sampling_study": 1, "compare_sampling": 1, "total": 2}

@@ -80,8 +80,8 @@ def points_of(cfg: Mapping[str, Any]) -> list[tuple[str, int]]:
 
 
 def runs_of(cfg: Mapping[str, Any]) -> list[tuple[str, str, int, int]]:
-    """(model, arm, members, seed) of every run, seed by seed: an interrupted study has whole seeds
-    done (every point of a curve at least once)."""
+    """(model, arm, members, seed) of every run, seed by seed (the order of diversity.csv; Snakemake
+    picks the order in which they run)."""
     return [(model, arm, n, int(seed)) for seed in cfg[SECTION]["seeds"] for model in diversity_models(cfg)
             for arm, n in points_of(cfg)]
 

@@ -47,7 +47,8 @@ def run_name(sampler: str, seed: int) -> str:
 
 
 def runs_of(cfg: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """(sampler, seed) of every run, seed by seed: an interrupted study has whole seeds done."""
+    """(sampler, seed) of every run, seed by seed (the order of sampling.csv; Snakemake picks the
+    order in which they run)."""
     st = cfg["sampling_study"]
     return [(sampler, int(seed)) for seed in st["seeds"] for sampler in st["samplers"]]
 
@@ -58,8 +59,10 @@ def run_config(base: Mapping[str, Any], *, root: str | Path, data_root: str | Pa
     folders under ``root``/``data_root``, evaluation on, no comparison arms.
 
     Every run has the same held-out and test members (their sampler is the base sampler and their
-    seeds are the config's), so their errors compare.
+    seeds are the config's), so their errors compare; a study whose samplers would not is refused
+    (:func:`check_samplers`, ValueError naming the keys).
     """
+    check_samplers(base)
     cfg = copy.deepcopy(dict(base))
     name = run_name(sampler, seed)
     cfg["study"] = name
@@ -72,22 +75,10 @@ def run_config(base: Mapping[str, Any], *, root: str | Path, data_root: str | Pa
     cfg["evaluation"]["enabled"] = True
     cfg["comparison"]["enabled"] = False
     cfg["stream"]["engine"] = "SST"
+    # A run is one study: its own sampling_study is the default, so that its config (which decides
+    # when Snakemake reruns it) does not change when a sampler or a seed is added to the study.
+    cfg["sampling_study"] = {}
     return validate_config(cfg, source=f"sampling study run {name}")
-
-
-def chained_inputs(run_dir: str, names: Sequence[str], *, last: str = "evaluation.csv"):
-    """The input function of the rule that runs one run: its config, and the file ``last`` (a run's
-    last output) of the run before it in ``names``, so that the runs go one at a time (they must
-    not share the cores). Also the models study's (datamove.evaluation.models)."""
-
-    def inputs(wildcards) -> dict[str, str]:
-        k = list(names).index(wildcards.run)
-        found = {"cfg": f"{run_dir}/{wildcards.run}.yaml"}
-        if k:
-            found["after"] = f"{run_dir}/{names[k - 1]}/{last}"
-        return found
-
-    return inputs
 
 
 def check_samplers(cfg: Mapping[str, Any]) -> None:

@@ -66,23 +66,6 @@ def sub_study_config(base: Mapping[str, Any], *, root: str | Path, setting: str,
     return validate_config(cfg, source=f"policy study setting '{setting}'")
 
 
-def run_inputs(root: str | Path, runs: list[tuple[str, str]]):
-    """The input function of the rule that runs one (setting, policy): its config, and the metrics
-    of the run before it in ``runs``, so that the runs go one at a time (their throughputs are
-    compared: they must not share the cores)."""
-
-    def inputs(wildcards) -> dict[str, str]:
-        setting, policy = wildcards.setting, wildcards.policy
-        found = {"cfg": f"{root}/{setting}/{policy}.yaml"}
-        k = runs.index((setting, policy))
-        if k:
-            before_setting, before_policy = runs[k - 1]
-            found["after"] = f"{root}/{before_setting}/{before_policy}/metrics.csv"
-        return found
-
-    return inputs
-
-
 def require_complete(ledger_path: str | Path) -> None:
     """Exit with an error naming the lost members unless every member of a run arrived whole: a run
     that lost members (a crashed stream) is not comparable with the others, so it is retried."""

@@ -29,6 +29,14 @@ if (_defaults and _over and not config.get("arm") and not getattr(workflow.modif
     config.clear()
     config.update(merge_config(_raw, _over))
 
+# The runs of the nested studies (models, diversity, sampling and policy studies: each run a whole
+# study in a nested snakemake) go one at a time, so that they do not share the cores: each holds the
+# resource study_runs, of which there is one (--resources study_runs=N allows N at once). A resource,
+# not a chain of inputs from run to run: a run's only input is its config, so that a run done again,
+# or one added to a study, does not redo the others.
+if "study_runs" not in workflow.global_resources:
+    workflow.register_resource("study_runs", 1)
+
 # One validator for the CLI and the workflow (it fills every default from
 # ../schemas/config.schema.yaml and names the key at fault); a bad config stops here, before any job.
 try:

@@ -6,13 +6,13 @@
 #
 #     snakemake --cores 2 diversity --configfile config/diversity.yaml
 #
-# The runs are chained one after another (seed by seed), so that they do not share the cores.
+# The runs go one at a time, so that they do not share the cores: each holds the resource
+# study_runs (common.smk), of which there is one (--resources study_runs=N allows N at once).
 
-from pathlib import Path
-
+# Aliased where a rule's function calls it later: the rule files share one namespace.
 from datamove.evaluation.diversity import check_diversity, run_name, runs_of
+from datamove.evaluation.diversity import run_config as diversity_run_config
 from datamove.evaluation.models import run_targets
-from datamove.evaluation.sampling import chained_inputs
 
 # Only in the top-level workflow, not inside the arms of a comparison study; a run's own config has
 # no points, so its nested workflow plans no study.
@@ -27,10 +27,7 @@ if not config.get("arm") and runs_of(config):
     DIVERSITY_RUN_DIR = f"{DIVERSITY_ROOT}/runs"
     DIVERSITY_DATA = str(STUDY.data_dir / STUDY.study / "diversity")
     DIVERSITY_NAMES = [run_name(*run) for run in DIVERSITY_RUNS]
-
-
-    # cfg: the run's config; after: the previous run's evaluation (one run at a time).
-    DIVERSITY_RUN_INPUTS = chained_inputs(DIVERSITY_RUN_DIR, DIVERSITY_NAMES)
+    DIVERSITY_BY_NAME = {run_name(*run): dict(zip(("model", "arm", "members", "seed"), run)) for run in DIVERSITY_RUNS}
 
 
     localrules:
@@ -46,10 +43,11 @@ if not config.get("arm") and runs_of(config):
         wildcard_constraints:
             run="|".join(DIVERSITY_NAMES),
         params:
-            runs={run_name(*run): list(run) for run in DIVERSITY_RUNS},
-            root=lambda wildcards, output: str(Path(output.cfg).parent),
-            data=DIVERSITY_DATA,
-            config=config,
+            # The run's own config, not the study's: a run is rerun when its config changes, not when
+            # a point, a model or a seed is added to the study.
+            cfg=lambda wildcards: diversity_run_config(
+                config, root=DIVERSITY_RUN_DIR, data_root=DIVERSITY_DATA, **DIVERSITY_BY_NAME[wildcards.run]
+            ),
         conda:
             "../envs/datamove.yaml"
         log:
@@ -63,7 +61,7 @@ if not config.get("arm") and runs_of(config):
         # starts from an empty folder; an online run that lost members has not seen its members,
         # so it fails and is retried. Targets: the run's outputs and member markers, no figures.
         input:
-            unpack(DIVERSITY_RUN_INPUTS),
+            cfg=f"{DIVERSITY_RUN_DIR}/{{run}}.yaml",
         output:
             evaluation=f"{DIVERSITY_RUN_DIR}/{{run}}/evaluation.csv",
             metrics=f"{DIVERSITY_RUN_DIR}/{{run}}/metrics.csv",
@@ -75,11 +73,13 @@ if not config.get("arm") and runs_of(config):
         log:
             f"{DIVERSITY_ROOT}/logs/run_diversity_study/{{run}}.log",
         threads: 2
+        resources:
+            study_runs=1,  # one run at a time; its only input is its config (common.smk)
         retries: 2
         params:
             snakemake=f"{shlex.quote(sys.executable)} -m snakemake",
             snakefile=workflow.main_snakefile,
-            folder=f"{DIVERSITY_RUN_DIR}/{{run}}",
+            folder=lambda wildcards: f"{DIVERSITY_RUN_DIR}/{wildcards.run}",
             limit=config["diversity_study"]["run_limit_s"],
             python=shlex.quote(sys.executable),
             check="import sys; from datamove.reservoir.study import require_complete; require_complete(sys.argv[1])",

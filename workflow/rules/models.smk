@@ -6,9 +6,11 @@
 #     snakemake --cores 2 compare_models --configfile config/models.yaml
 #
 # The runs go one at a time, so that they do not share the cores: each holds the resource
-# model_study_runs, of which there is one (--resources model_study_runs=N allows N at once).
+# study_runs (common.smk), of which there is one (--resources study_runs=N allows N at once).
 
-from datamove.evaluation.models import check_models, run_config, run_name, run_targets, runs_of
+# Aliased where a rule's function calls it later: the rule files share one namespace.
+from datamove.evaluation.models import check_models, run_name, run_targets, runs_of
+from datamove.evaluation.models import run_config as model_run_config
 
 # Only in the top-level workflow, not inside the arms of a comparison study.
 if not config.get("arm"):
@@ -26,13 +28,6 @@ if not config.get("arm"):
     MODELS_FIGURES = config["model_study"]["run_figures"]
 
 
-    # A resource, not a chain of inputs from run to run (as the other studies have): a run's only
-    # input is its config, so that a run done again does not redo the ones after it, and a study
-    # run in parts (model_study.only) reuses them when run whole.
-    if "model_study_runs" not in workflow.global_resources:
-        workflow.register_resource("model_study_runs", 1)
-
-
     localrules:
         write_model_config,
         compare_models,
@@ -48,7 +43,7 @@ if not config.get("arm"):
         params:
             # The run's own config, not the study's: a run is rerun when its config changes, not when
             # another run is added to the study or model_study.only selects others.
-            cfg=lambda wildcards: run_config(
+            cfg=lambda wildcards: model_run_config(
                 config, root=MODELS_RUN_DIR, data_root=MODELS_DATA, **MODELS_BY_NAME[wildcards.run]
             ),
         conda:
@@ -79,7 +74,7 @@ if not config.get("arm"):
             f"{MODELS_ROOT}/logs/run_model_study/{{run}}.log",
         threads: 2
         resources:
-            model_study_runs=1,
+            study_runs=1,  # one run at a time; its only input is its config (common.smk)
         retries: 2
         params:
             snakemake=f"{shlex.quote(sys.executable)} -m snakemake",

@@ -6,10 +6,11 @@
 #
 # Each (setting, policy) run is a complete online study run by this same workflow in a nested
 # snakemake, so it takes exactly the production path (trainer first, gate, solvers in waves,
-# ledger); only reservoir.policy differs within a setting. The runs are chained one after another:
-# their throughputs are compared, so they must not share the cores.
+# ledger); only reservoir.policy differs within a setting. The runs go one at a time, each holding
+# the resource study_runs (common.smk), of which there is one: their throughputs are compared, so
+# they must not share the cores.
 
-from datamove.reservoir.study import policy_names, run_inputs
+from datamove.reservoir.study import policy_names
 
 # Only in the top-level workflow, not inside the arms of a comparison study (evaluate.smk loads this
 # Snakefile as a module per arm).
@@ -22,9 +23,6 @@ if not config.get("arm"):
     POLICY_RUNS = [(s, p) for s in POLICY_SETTINGS for p in POLICY_NAMES]
     SNAKEMAKE = f"{shlex.quote(sys.executable)} -m snakemake"
     POLICY_RUN_LIMIT_S = 1200  # one run takes 1-8 min on 2 busy cores
-
-    # cfg: the run's config; after: the previous run's metrics (one run at a time).
-    POLICY_RUN_INPUTS = run_inputs(POLICY_ROOT, POLICY_RUNS)
 
     POLICY_WILDCARDS = {"setting": "|".join(POLICY_SETTINGS), "policy": "|".join(POLICY_NAMES)}
 
@@ -58,7 +56,7 @@ if not config.get("arm"):
         # stopped after POLICY_RUN_LIMIT_S; a run whose ledger is incomplete (an ingest worker killed
         # by a crash of the ADIOS2 SST reader, SIGSEGV, seen here under load) fails and is retried.
         input:
-            unpack(POLICY_RUN_INPUTS),
+            cfg=f"{POLICY_ROOT}/{{setting}}/{{policy}}.yaml",
         output:
             metrics=f"{POLICY_ROOT}/{{setting}}/{{policy}}/metrics.csv",
             ledger=f"{POLICY_ROOT}/{{setting}}/{{policy}}/ledger.csv",
@@ -69,11 +67,13 @@ if not config.get("arm"):
         log:
             f"{POLICY_ROOT}/logs/run_policy_study/{{setting}}-{{policy}}.log",
         threads: 2
+        resources:
+            study_runs=1,  # one run at a time; its only input is its config (common.smk)
         retries: 2
         params:
             snakemake=SNAKEMAKE,
             snakefile=workflow.main_snakefile,
-            folder=f"{POLICY_ROOT}/{{setting}}/{{policy}}",
+            folder=lambda wildcards: f"{POLICY_ROOT}/{wildcards.setting}/{wildcards.policy}",
             limit=POLICY_RUN_LIMIT_S,
             python=shlex.quote(sys.executable),
             # A run that lost members is not comparable: fail it, so that it is retried.

@@ -5,28 +5,22 @@
 #
 #     snakemake --cores 2 compare_sampling --configfile config/sampling.yaml
 #
-# The runs are chained one after another (seed by seed), so that they do not share the cores.
+# The runs go one at a time, so that they do not share the cores: each holds the resource
+# study_runs (common.smk), of which there is one (--resources study_runs=N allows N at once).
 
-from pathlib import Path
-
-from datamove.evaluation.sampling import chained_inputs, check_samplers, run_name, runs_of
+# Aliased where a rule's function calls it later: the rule files share one namespace.
+from datamove.evaluation.sampling import run_name, runs_of
+from datamove.evaluation.sampling import run_config as sampling_run_config
 
 # Only in the top-level workflow, not inside the arms of a comparison study.
 if not config.get("arm"):
 
-    try:
-        check_samplers(config)  # before any run: their test members must be the same
-    except ValueError as exc:
-        raise WorkflowError(str(exc)) from None
     SAMPLING_ROOT = study_path("sampling")
     SAMPLING_RUNS = runs_of(config)
     SAMPLING_RUN_DIR = f"{SAMPLING_ROOT}/runs"
     SAMPLING_DATA = str(STUDY.data_dir / STUDY.study / "sampling")
     SAMPLING_NAMES = [run_name(s, k) for s, k in SAMPLING_RUNS]
-
-
-    # cfg: the run's config; after: the previous run's evaluation (one run at a time).
-    SAMPLING_RUN_INPUTS = chained_inputs(SAMPLING_RUN_DIR, SAMPLING_NAMES)
+    SAMPLING_BY_NAME = {run_name(s, k): {"sampler": s, "seed": k} for s, k in SAMPLING_RUNS}
 
 
     localrules:
@@ -41,10 +35,14 @@ if not config.get("arm"):
         wildcard_constraints:
             run="|".join(SAMPLING_NAMES),
         params:
-            runs={run_name(s, k): [s, k] for s, k in SAMPLING_RUNS},
-            root=lambda wildcards, output: str(Path(output.cfg).parent),
-            data=SAMPLING_DATA,
-            config=config,
+            # The run's own config, not the study's: a run is rerun when its config changes, not when
+            # a sampler or a seed is added to the study.
+            # The samplers are checked here (run_config), when the study is planned, not when the
+            # workflow is parsed: its defaults are there in every workflow, and a study of another
+            # kind that sets parameters.adaptive.base must not be refused for a study it never runs.
+            cfg=lambda wildcards: sampling_run_config(
+                config, root=SAMPLING_RUN_DIR, data_root=SAMPLING_DATA, **SAMPLING_BY_NAME[wildcards.run]
+            ),
         conda:
             "../envs/datamove.yaml"
         log:
@@ -58,7 +56,7 @@ if not config.get("arm"):
         # starts from an empty folder; a run that lost members is not comparable, so it fails and
         # is retried.
         input:
-            unpack(SAMPLING_RUN_INPUTS),
+            cfg=f"{SAMPLING_RUN_DIR}/{{run}}.yaml",
         output:
             evaluation=f"{SAMPLING_RUN_DIR}/{{run}}/evaluation.csv",
             metrics=f"{SAMPLING_RUN_DIR}/{{run}}/metrics.csv",
@@ -70,11 +68,13 @@ if not config.get("arm"):
         log:
             f"{SAMPLING_ROOT}/logs/run_sampling_study/{{run}}.log",
         threads: 2
+        resources:
+            study_runs=1,  # one run at a time; its only input is its config (common.smk)
         retries: 2
         params:
             snakemake=f"{shlex.quote(sys.executable)} -m snakemake",
             snakefile=workflow.main_snakefile,
-            folder=f"{SAMPLING_RUN_DIR}/{{run}}",
+            folder=lambda wildcards: f"{SAMPLING_RUN_DIR}/{wildcards.run}",
             limit=config["sampling_study"]["run_limit_s"],
             python=shlex.quote(sys.executable),
             check="import sys; from datamove.reservoir.study import require_complete; require_complete(sys.argv[1])",

@@ -3,12 +3,11 @@
 import sys
 
 from datamove.config import write_config
-from datamove.evaluation.diversity import run_config
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with open(sm.log[0], "w") as sys.stderr:
-    model, arm, members, seed = sm.params.runs[sm.wildcards.run]
-    cfg = run_config(sm.params.config, root=sm.params.root, data_root=sm.params.data, model=model, arm=arm,
-                     members=members, seed=seed)
+    cfg = sm.params.cfg  # run_config's, computed by the rule (its params decide when a run reruns)
     write_config(cfg, sm.output.cfg)
-    print(f"{sm.output.cfg}: model {model}, {arm} with {members} members, seed {seed}", file=sys.stderr)
+    print(f"{sm.output.cfg}: run {sm.wildcards.run}, model {cfg['trainer']['model']}, engine "
+          f"{cfg['stream']['engine']}, {cfg['ensemble']['n_members']} members, seed {cfg['ensemble']['seed']}",
+          file=sys.stderr)

@@ -3,11 +3,10 @@
 import sys
 
 from datamove.config import write_config
-from datamove.evaluation.sampling import run_config
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with open(sm.log[0], "w") as sys.stderr:
-    sampler, seed = sm.params.runs[sm.wildcards.run]
-    cfg = run_config(sm.params.config, root=sm.params.root, data_root=sm.params.data, sampler=sampler, seed=seed)
+    cfg = sm.params.cfg  # run_config's, computed by the rule (its params decide when a run reruns)
     write_config(cfg, sm.output.cfg)
-    print(f"{sm.output.cfg}: sampler {sampler}, seed {seed}", file=sys.stderr)
+    print(f"{sm.output.cfg}: run {sm.wildcards.run}, sampler {cfg['parameters']['sampler']}, "
+          f"seed {cfg['ensemble']['seed']}", file=sys.stderr)
