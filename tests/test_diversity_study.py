@@ -296,8 +296,10 @@ def test_the_tiny_study_runs_end_to_end(tmp_path):
         evals = [pd.read_csv(root / "runs" / f"{m}.{arm}{n}.seed{k}" / "evaluation.csv") for mm, arm, n, k in expected if mm == m]
         assert all(e[["member", "step", "time"]].equals(evals[0][["member", "step", "time"]]) for e in evals)
         assert sorted(evals[0]["member"].unique()) == list(range(raw["test"]["n_members"]))
-    # A run done again (an output deleted) does not make the runs after it run again.
+    # A run done again (its output deleted, and the table, which Snakemake would otherwise leave
+    # as it is) does not make the runs after it run again, as a chain of runs did.
     (root / "runs" / "{}.{}{}.seed{}".format(*expected[0]) / "evaluation.csv").unlink()
+    (root / "diversity.csv").unlink()
     plan = snakemake(tmp_path, path, "-n", "--cores", "2", "diversity", timeout=300)
     assert plan.returncode == 0, plan.stderr[-4000:]
     assert planned_jobs(plan.stdout + plan.stderr) == {"run_diversity_study": 1, "diversity": 1, "total": 2}

@@ -83,8 +83,10 @@ def test_the_tiny_study_runs_end_to_end(tmp_path):
     # Every run's test members are the same ones.
     evals = [pd.read_csv(root / "runs" / f"{s}-seed0" / "evaluation.csv") for s in ("halton", "adaptive")]
     assert evals[0][["member", "step", "time"]].equals(evals[1][["member", "step", "time"]])
-    # A run done again (an output deleted) does not make the run after it run again.
+    # A run done again (its output deleted, and the table, which Snakemake would otherwise leave
+    # as it is) does not make the run after it run again, as a chain of runs did.
     (root / "runs" / "halton-seed0" / "evaluation.csv").unlink()
+    (root / "sampling.csv").unlink()
     plan = snakemake(tmp_path, path, "-n", "--cores", "2", "compare_sampling", timeout=300)
     assert plan.returncode == 0, plan.stderr[-4000:]
     assert planned_jobs(plan.stdout + plan.stderr) == {"run_sampling_study": 1, "compare_sampling": 1, "total": 2}
