@@ -22,6 +22,8 @@ def cmd_simulate(args) -> int:
     from datamove.simulate import job_members, simulate, simulate_job
 
     cfg = _config(args)
+    members = [args.member] if args.job is None else job_members(cfg, args.job)
+    label = f"member {args.member}" if args.job is None else f"job {args.job}"
     trainer_pid = None
     if args.wait_trainer and cfg.stream.engine.upper() == "SST":  # nobody reads BP5 files live
         # The workflow's gate names the trainer that opened it: once that one is gone (stopped,
@@ -38,13 +40,12 @@ def cmd_simulate(args) -> int:
             # A rerun of a member (or of a job, all of its members) whose steps the trainer held
             # (its solver died after its last step, before its marker) and that then finished:
             # nothing is lost, nothing to send.
-            members = [args.member] if args.job is None else job_members(cfg, args.job)
             if expected is None or not all(held(read_receipt(cfg, member)) for member in members):
                 raise
             beat = {"pid": expected}
         if beat is None:
             print(
-                f"datamove: {'member ' + str(args.member) if args.job is None else 'job ' + str(args.job)}: no live trainer (its heartbeat {cfg.heartbeat_path} did not "
+                f"datamove: {label}: no live trainer (its heartbeat {cfg.heartbeat_path} did not "
                 f"advance within {cfg.stream.open_timeout_s:g} s, stream.open_timeout_s)",
                 file=sys.stderr,
             )

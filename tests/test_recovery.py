@@ -240,6 +240,20 @@ def test_member_killed_after_its_last_step_is_answered_at_once(tiny_config, tmp_
     _assert_finished(cfg)
 
 
+def _finished_trainer(cfg, tmp_path, pid=999_999):
+    """Stage a trainer that opened the gate and has finished: its final heartbeat and the gate file
+    naming it (a real trainer's, without running one); its pid and the gate's path. The receipts'
+    folder is made too, for the test's own receipts."""
+    import json
+
+    cfg.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.heartbeat_path.write_text(json.dumps({"pid": pid, "seq": 9, "time": time.time(), "finished": True}))
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps({"pid": pid}))
+    cfg.member_receipt(0).parent.mkdir(parents=True, exist_ok=True)
+    return pid, gate
+
+
 def test_rerun_after_the_trainer_finished_holding_the_member_sends_nothing(tiny_config, tmp_path):
     """The race the test above can lose: member 1's rerun waits for the trainer, which holds its
     steps (its receipt) and then finishes. Nothing is lost, so the rerun succeeds without sending;
@@ -248,12 +262,7 @@ def test_rerun_after_the_trainer_finished_holding_the_member_sends_nothing(tiny_
 
     path = _study(tiny_config, n_members=3)
     cfg = StudyConfig.load(path)
-    cfg.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
-    pid = 999_999  # the trainer that opened the gate, finished
-    cfg.heartbeat_path.write_text(json.dumps({"pid": pid, "seq": 9, "time": time.time(), "finished": True}))
-    gate = tmp_path / "gate.json"
-    gate.write_text(json.dumps({"pid": pid}))
-    cfg.member_receipt(1).parent.mkdir(parents=True, exist_ok=True)
+    pid, gate = _finished_trainer(cfg, tmp_path)
     cfg.member_receipt(1).write_text(json.dumps({"member": 1, "status": "complete", "steps": 30, "trainer_pid": pid}))
     marker = tmp_path / "member-1.json"
     ok = datamove("simulate", "--config", path, "--member", 1, "--wait-trainer", "--gate", gate, "--marker", marker,
@@ -273,12 +282,7 @@ def test_job_rerun_after_the_trainer_finished_holding_all_its_members_sends_noth
     path = tiny_config(ensemble={"n_members": 4, "retries": 1, "members_per_job": 2},
                        stream={"open_timeout_s": OPEN_TIMEOUT_S, "member_timeout_s": OPEN_TIMEOUT_S})
     cfg = StudyConfig.load(path)
-    cfg.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
-    pid = 999_999
-    cfg.heartbeat_path.write_text(json.dumps({"pid": pid, "seq": 9, "time": time.time(), "finished": True}))
-    gate = tmp_path / "gate.json"
-    gate.write_text(json.dumps({"pid": pid}))
-    cfg.member_receipt(0).parent.mkdir(parents=True, exist_ok=True)
+    pid, gate = _finished_trainer(cfg, tmp_path)
     for member in (0, 1, 2):  # job 0 (members 0, 1) held whole; job 1 (2, 3) only in part
         cfg.member_receipt(member).write_text(
             json.dumps({"member": member, "status": "complete", "steps": cfg.problem.n_steps, "trainer_pid": pid}))
