@@ -170,6 +170,15 @@ def cmd_results_table(args) -> int:
     return 0
 
 
+def cmd_diversity_table(args) -> int:
+    from datamove.evaluation.diversity import read_parts, write_table
+
+    summary, members = read_parts(args.parts)
+    text = write_table(summary, members, args.out, resamples=args.bootstrap)
+    print(f"[diversity-table] {len(summary)} runs from {len(args.parts)} part(s) -> {args.out}\n\n{text}", flush=True)
+    return 0
+
+
 def cmd_make_heldout(args) -> int:
     from datamove.simulate import make_heldout
 
@@ -288,6 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results.csv")
     p.add_argument("--markdown", help="also write the table as Markdown here")
     p.set_defaults(func=cmd_results_table)
+    help_ = (
+        "One data-diversity table from a study run in parts (diversity_study.only): reads each part's "
+        "diversity.csv and diversity_members.csv, writes the four files of the diversity target."
+    )
+    p = sub.add_parser("diversity-table", help=help_, description=help_)
+    p.add_argument("parts", nargs="+", help="folders holding a part's diversity.csv and diversity_members.csv")
+    p.add_argument("--out", required=True, help="folder for diversity.csv, diversity_members.csv, .md and .png")
+    p.add_argument("--bootstrap", type=int, default=2000,
+                   help="resamples of the test members for the 95 %% intervals (diversity_study.bootstrap)")
+    p.set_defaults(func=cmd_diversity_table)
     p = add("wait-trainer", cmd_wait_trainer, "Wait until the trainer reports ready (readiness gate).")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: the config's gate.timeout_s)")
     p.add_argument("--touch", help="file to write once the trainer is ready (workflow output)")

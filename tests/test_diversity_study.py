@@ -13,10 +13,11 @@ import yaml
 
 from datamove.config import ConfigError, StudyConfig, load_config, validate_config
 from datamove.evaluation.diversity import (
-    COLUMNS, check_diversity, collect, crossover, markdown, members_trained, plot, points, run_config, runs_of,
+    COLUMNS, check_diversity, collect, crossover, markdown, members_trained, plot, points, read_parts, run_config,
+    runs_of, write_table,
 )
 
-from conftest import REPO, planned_jobs, snakemake
+from conftest import REPO, datamove, planned_jobs, snakemake
 from test_model_study import evaluation_frame
 
 
@@ -62,6 +63,33 @@ def test_the_full_study_plans_every_model_arm_members_and_seed(tmp_path):
         assert {c.trainer.batch_budget for r, c in cfgs.items() if r[0] == model} == {budget}
     big = cfgs[("fc", "online", 6400, 0)]
     assert big.ensemble.n_members == 6400 and -(-6400 // big.members_per_job) == 64
+
+
+def test_a_part_of_the_study_plans_its_runs_only_on_the_run_cores(tmp_path):
+    # --config reads nested values as strings: the seeds arrive as '1', '2'.
+    result = snakemake(tmp_path, REPO / "config" / "diversity.yaml", "-n", "-p", "diversity",
+                       "--config", f"results_dir={tmp_path / 'results'}", f"data_dir={tmp_path / 'data'}",
+                       "diversity_study={only: {models: [fno], seeds: [1, 2]}}", timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert planned_jobs(out) == {"write_diversity_config": 14, "run_diversity_study": 14, "diversity": 1, "total": 29}
+    names = set(re.findall(r"run=(\S+)", out))
+    assert names == {f"fno.{arm}{n}.seed{k}" for k in (1, 2) for arm, ns in
+                     (("offline", (25, 50, 100, 200)), ("online", (400, 1600, 6400))) for n in ns}
+    # config/diversity.yaml's run_cores: the trainer and two solver jobs at once in every run.
+    assert out.count("--cores 3 --nolock") == 14
+    base = load_config(REPO / "config" / "diversity.yaml")
+    part = with_study(base, only={"models": ["fc"], "seeds": ["2"]})
+    assert runs_of(part) == [r for r in runs_of(base) if r[0] == "fc" and r[3] == 2]
+    # A part's runs have the configs they have in the whole study: it runs only what is missing.
+    assert (run_config(part, root="r", data_root="d", model="fc", arm="online", members=400, seed=2)
+            == run_config(base, root="r", data_root="d", model="fc", arm="online", members=400, seed=2))
+    with pytest.raises(ValueError, match=r"diversity_study.only.models.*'mlp' is not one of the study's models"):
+        check_diversity(with_study(base, only={"models": ["mlp"]}))
+    with pytest.raises(ValueError, match=r"diversity_study.only.seeds.*'7' is not one of the study's seeds"):
+        check_diversity(with_study(base, only={"seeds": ["7"]}))
+    with pytest.raises(ConfigError, match="diversity_study.run_cores"):
+        validate_config(with_study(base, run_cores=1))
 
 
 def test_runs_differ_only_in_seeds_members_engine_and_budget(tmp_path):
@@ -234,6 +262,37 @@ def test_diversity_csv_and_md_from_synthetic_runs(tmp_path):
     assert figure.stat().st_size > 10_000
 
 
+def test_a_study_in_parts_is_one_table_again(tmp_path):
+    runs = synthetic_study(tmp_path / "runs")
+    summary, members = collect(runs)
+    for seed in (0, 1):
+        write_table(*collect({r: f for r, f in runs.items() if r[3] == seed}), tmp_path / f"part{seed}", resamples=300)
+    assert {p.name for p in (tmp_path / "part0").iterdir()} == {
+        "diversity.csv", "diversity_members.csv", "diversity.md", "diversity.png"}
+    both, both_members = read_parts([tmp_path / "part0", tmp_path / "part1"])
+    assert both[list(COLUMNS[:4])].equals(summary[list(COLUMNS[:4])])
+    pd.testing.assert_frame_equal(both, summary, check_dtype=False, rtol=1e-5)
+    whole = points(members, summary, resamples=300)
+    parts = points(both_members, both, resamples=300)
+    assert whole[["model", "arm", "members", "stat", "seeds"]].equals(parts[["model", "arm", "members", "stat", "seeds"]])
+    for col in ("mean", "std", "ci_low", "ci_high"):
+        assert parts[col].to_numpy() == pytest.approx(whole[col].to_numpy(), rel=1e-8)
+    # The command writes what the diversity target does, from the parts.
+    out = datamove("diversity-table", str(tmp_path / "part0"), str(tmp_path / "part1"), "--out",
+                  str(tmp_path / "table"), "--bootstrap", "300")
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "table" / "diversity.md").read_text()
+    assert text.startswith("Test error against distinct members, 2 seed(s) (0, 1)") and "16 runs from 2 part(s)" in out.stdout
+    assert text == markdown(summary, whole, resamples=300)
+    assert (tmp_path / "table" / "diversity.png").stat().st_size > 10_000
+    # A run in two parts, or a part without its sums, is refused by name.
+    with pytest.raises(ValueError, match=r"run fc.offline2.seed0 is in two parts: .*part0 and .*part0"):
+        read_parts([tmp_path / "part0", tmp_path / "part0"])
+    (tmp_path / "part1" / "diversity_members.csv").unlink()
+    bad = datamove("diversity-table", str(tmp_path / "part0"), str(tmp_path / "part1"), "--out", str(tmp_path / "x"), check=False)
+    assert bad.returncode != 0 and "part1/diversity_members.csv: no such file" in bad.stderr
+
+
 def test_runs_with_different_test_members_are_refused(tmp_path):
     runs = synthetic_study(tmp_path)
     folder = runs[("fno", "online", 16, 1)]
@@ -290,6 +349,10 @@ def test_the_tiny_study_runs_end_to_end(tmp_path):
         assert f"### {m}" in text and f"| online | {max(st['online_members'])} |" in text
     assert "test MSE: online " in text and "the best offline point" in text
     assert (root / "diversity.png").stat().st_size > 10_000
+    # The table's folder is a part that diversity-table reads back (a study run in parts).
+    again, sums = read_parts([root])
+    pd.testing.assert_frame_equal(again, summary)
+    assert len(sums) == len(summary) * raw["test"]["n_members"]
     # Every run was tested on the same test members and steps (an autoregressive model's rows start
     # after its first step).
     for m in st["models"]:

@@ -30,7 +30,10 @@ count draws per member).
 
 Layout under ``<results_dir>/<study>/diversity/``: ``runs/<model>.<arm><members>.seed<k>/`` each
 run's study folder, ``runs/<...>.yaml`` its config, and ``diversity.csv`` (a row per run),
-``diversity.md`` and ``diversity.png``.
+``diversity_members.csv`` (a row per run and test member: the sums the statistics pool),
+``diversity.md`` and ``diversity.png``. A study run in parts (``diversity_study.only``), in other
+folders or on other machines, is one table again from its parts' two CSV files
+(:func:`read_parts`, ``datamove diversity-table``).
 """
 
 from __future__ import annotations
@@ -80,10 +83,14 @@ def points_of(cfg: Mapping[str, Any]) -> list[tuple[str, int]]:
 
 
 def runs_of(cfg: Mapping[str, Any]) -> list[tuple[str, str, int, int]]:
-    """(model, arm, members, seed) of every run, seed by seed (the order of diversity.csv; Snakemake
-    picks the order in which they run)."""
-    return [(model, arm, n, int(seed)) for seed in cfg[SECTION]["seeds"] for model in diversity_models(cfg)
-            for arm, n in points_of(cfg)]
+    """(model, arm, members, seed) of every run that diversity_study.only selects (all where it
+    selects none), seed by seed (the order of diversity.csv; Snakemake picks the order in which they
+    run)."""
+    only = cfg[SECTION].get("only") or {}
+    chosen = {int(s) for s in only.get("seeds") or []}  # digits from the command line (the schema)
+    seeds = [int(s) for s in cfg[SECTION]["seeds"] if not chosen or int(s) in chosen]
+    models = [m for m in diversity_models(cfg) if m in (only.get("models") or [m])]
+    return [(model, arm, n, seed) for seed in seeds for model in models for arm, n in points_of(cfg)]
 
 
 def run_config(base: Mapping[str, Any], *, root: str | Path, data_root: str | Path, model: str, arm: str,
@@ -138,6 +145,12 @@ def check_diversity(cfg: Mapping[str, Any]) -> None:
     and the seeds only in ensemble.seed and trainer.seed, none of which decides the test members.
     """
     st = cfg[SECTION]
+    only = st.get("only") or {}
+    for key, names in (("models", list(diversity_models(cfg))), ("seeds", [int(s) for s in st["seeds"]])):
+        unknown = [name for name in only.get(key, []) if (int(name) if key == "seeds" else name) not in names]
+        if unknown:
+            raise ValueError(f"key '{SECTION}.only.{key}': {unknown[0]!r} is not one of the study's {key} "
+                             f"({', '.join(map(str, names))})")
     if not st["models"] or not points_of(cfg):
         return
     for name, over in diversity_models(cfg).items():
@@ -201,6 +214,58 @@ def collect(runs: Mapping[tuple[str, str, int, int], str | Path]) -> tuple[pd.Da
         rows.append(row)
         sums.append(s)
     return pd.DataFrame(rows, columns=list(COLUMNS)), pd.concat(sums, ignore_index=True)
+
+
+#: The file names of a study's table in its folder (diversity.smk), which read_parts reads back.
+SUMMARY_FILE, MEMBERS_FILE = "diversity.csv", "diversity_members.csv"
+
+
+def read_parts(folders: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """diversity.csv and the per test member sums of a study run in parts: the concatenated
+    ``diversity.csv`` and ``diversity_members.csv`` of each folder (a finished table's folder, or
+    a copy of its two files), in the order given.
+
+    Raises ValueError naming the file where one is missing or lacks columns, and naming both folders
+    where a run (model, arm, members, seed) is in two parts: which to keep would be a guess.
+    """
+    summaries, sums, where = [], [], {}
+    key = ["model", "arm", "members", "seed"]
+    for folder in map(Path, folders):
+        frames = []
+        for name, columns in ((SUMMARY_FILE, COLUMNS), (MEMBERS_FILE, (*key, "member", *SUMS))):
+            path = folder / name
+            if not path.is_file():
+                raise ValueError(f"{path}: no such file (a part's folder holds {SUMMARY_FILE} and {MEMBERS_FILE})")
+            frame = pd.read_csv(path)
+            missing = [c for c in columns if c not in frame.columns]
+            if missing:
+                raise ValueError(f"{path}: no column {missing[0]!r}")
+            frames.append(frame)
+        summary, member_sums = frames
+        for run in summary[key].itertuples(index=False):
+            run = tuple(run)
+            if run in where:
+                raise ValueError(f"run {run_name(*run)} is in two parts: {where[run]} and {folder}; keep one")
+            where[run] = folder
+        summaries.append(summary)
+        sums.append(member_sums)
+    if not summaries:
+        raise ValueError("no parts to read")
+    return pd.concat(summaries, ignore_index=True), pd.concat(sums, ignore_index=True)
+
+
+def write_table(summary: pd.DataFrame, members: pd.DataFrame, folder: str | Path, *, resamples: int) -> str:
+    """diversity.csv, diversity_members.csv, diversity.md and diversity.png into ``folder``, from
+    :func:`collect` or :func:`read_parts`; returns the Markdown."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(folder / SUMMARY_FILE, index=False, float_format="%.6g")
+    members.to_csv(folder / MEMBERS_FILE, index=False, float_format="%.10g")  # sums: keep their digits
+    pts = points(members, summary, resamples=resamples)
+    text = markdown(summary, pts, resamples=resamples)
+    (folder / "diversity.md").write_text(text)
+    plot(pts, folder / "diversity.png")
+    return text
 
 
 def _arrays(part: pd.DataFrame, seeds: Sequence[int], ids: Sequence[int], where: str) -> dict[str, np.ndarray]:

@@ -72,7 +72,7 @@ if not config.get("arm") and runs_of(config):
             "../envs/datamove.yaml"
         log:
             f"{DIVERSITY_ROOT}/logs/run_diversity_study/{{run}}.log",
-        threads: 2
+        threads: 2  # what the outer snakemake reserves; the nested one runs on run_cores (the schema)
         resources:
             study_runs=1,  # one run at a time; its only input is its config (common.smk)
         retries: 2
@@ -81,6 +81,7 @@ if not config.get("arm") and runs_of(config):
             snakefile=workflow.main_snakefile,
             folder=lambda wildcards: f"{DIVERSITY_RUN_DIR}/{wildcards.run}",
             limit=config["diversity_study"]["run_limit_s"],
+            cores=config["diversity_study"]["run_cores"],
             python=shlex.quote(sys.executable),
             check="import sys; from datamove.reservoir.study import require_complete; require_complete(sys.argv[1])",
             targets=lambda wildcards, input, output: run_targets(input.cfg, output, output.ledger, figures=False),
@@ -88,7 +89,7 @@ if not config.get("arm") and runs_of(config):
             # The targets after --cores: --configfile takes several values.
             "rm -rf {params.folder} && timeout --kill-after 30 {params.limit} "
             "{params.snakemake} -s {params.snakefile} --directory . --configfile {input.cfg} "
-            "--cores {threads} --nolock {params.targets} > {log} 2>&1 "
+            "--cores {params.cores} --nolock {params.targets} > {log} 2>&1 "
             "&& {params.python} -c {params.check:q} {output.ledger} >> {log} 2>&1"
 
 
@@ -96,7 +97,9 @@ if not config.get("arm") and runs_of(config):
         input:
             evaluation=[f"{DIVERSITY_RUN_DIR}/{name}/evaluation.csv" for name in DIVERSITY_NAMES],
         output:
+            # The file names of datamove.evaluation.diversity.write_table, in this one folder.
             summary=f"{DIVERSITY_ROOT}/diversity.csv",
+            members=f"{DIVERSITY_ROOT}/diversity_members.csv",
             markdown=f"{DIVERSITY_ROOT}/diversity.md",
             figure=report(f"{DIVERSITY_ROOT}/diversity.png", caption="../report/diversity.rst", category="Diversity"),
         params:
