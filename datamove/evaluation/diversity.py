@@ -47,8 +47,8 @@ import pandas as pd
 
 from datamove.config import validate_config
 from datamove.evaluation.models import (
-    STATS, SUMS, _check_model_args, arm_row, differing_key, identity_of_test_members, merge, models_of, pooled_stats,
-    seed_clash,
+    STATS, SUMS, _check_model_args, arm_row, check_selected, differing_key, identity_of_test_members, merge, models_of,
+    pooled_stats, seed_clash, selected,
 )
 
 #: The arms, in the order of a seed's runs and of the table.
@@ -87,9 +87,8 @@ def runs_of(cfg: Mapping[str, Any]) -> list[tuple[str, str, int, int]]:
     selects none), seed by seed (the order of diversity.csv; Snakemake picks the order in which they
     run)."""
     only = cfg[SECTION].get("only") or {}
-    chosen = {int(s) for s in only.get("seeds") or []}  # digits from the command line (the schema)
-    seeds = [int(s) for s in cfg[SECTION]["seeds"] if not chosen or int(s) in chosen]
-    models = [m for m in diversity_models(cfg) if m in (only.get("models") or [m])]
+    seeds = [int(s) for s in selected(cfg[SECTION]["seeds"], only.get("seeds"))]
+    models = selected(diversity_models(cfg), only.get("models"))
     return [(model, arm, n, seed) for seed in seeds for model in models for arm, n in points_of(cfg)]
 
 
@@ -145,12 +144,7 @@ def check_diversity(cfg: Mapping[str, Any]) -> None:
     and the seeds only in ensemble.seed and trainer.seed, none of which decides the test members.
     """
     st = cfg[SECTION]
-    only = st.get("only") or {}
-    for key, names in (("models", list(diversity_models(cfg))), ("seeds", [int(s) for s in st["seeds"]])):
-        unknown = [name for name in only.get(key, []) if (int(name) if key == "seeds" else name) not in names]
-        if unknown:
-            raise ValueError(f"key '{SECTION}.only.{key}': {unknown[0]!r} is not one of the study's {key} "
-                             f"({', '.join(map(str, names))})")
+    check_selected(SECTION, st.get("only") or {}, {"models": diversity_models(cfg), "seeds": st["seeds"]})
     if not st["models"] or not points_of(cfg):
         return
     for name, over in diversity_models(cfg).items():
@@ -216,8 +210,11 @@ def collect(runs: Mapping[tuple[str, str, int, int], str | Path]) -> tuple[pd.Da
     return pd.DataFrame(rows, columns=list(COLUMNS)), pd.concat(sums, ignore_index=True)
 
 
-#: The file names of a study's table in its folder (diversity.smk), which read_parts reads back.
-SUMMARY_FILE, MEMBERS_FILE = "diversity.csv", "diversity_members.csv"
+#: The files of a study's table in its folder, as write_table writes them (the diversity rule's
+#: outputs) and read_parts reads the first two back.
+TABLE_FILES = {"summary": "diversity.csv", "members": "diversity_members.csv", "markdown": "diversity.md",
+               "figure": "diversity.png"}
+SUMMARY_FILE, MEMBERS_FILE = TABLE_FILES["summary"], TABLE_FILES["members"]
 
 
 def read_parts(folders: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -263,8 +260,8 @@ def write_table(summary: pd.DataFrame, members: pd.DataFrame, folder: str | Path
     members.to_csv(folder / MEMBERS_FILE, index=False, float_format="%.10g")  # sums: keep their digits
     pts = points(members, summary, resamples=resamples)
     text = markdown(summary, pts, resamples=resamples)
-    (folder / "diversity.md").write_text(text)
-    plot(pts, folder / "diversity.png")
+    (folder / TABLE_FILES["markdown"]).write_text(text)
+    plot(pts, folder / TABLE_FILES["figure"])
     return text
 
 

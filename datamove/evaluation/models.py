@@ -27,7 +27,7 @@ comparison study (``online/``, ``offline/``; its figures and ``results.md`` with
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +75,30 @@ def run_name(problem: str, model: str, seed: int) -> str:
     return f"{problem}.{model}.seed{seed}"
 
 
+def selected(names: Iterable[Any], chosen: Sequence[Any] | None) -> list[Any]:
+    """``names`` that a study's ``only.<key>`` list ``chosen`` names, in their order; all where it
+    names none. Compared as text: snakemake --config hands nested values over as strings."""
+    wanted = {str(c) for c in chosen or []}
+    return [n for n in names if not wanted or str(n) in wanted]
+
+
+def check_selected(section: str, only: Mapping[str, Sequence[Any]], choices: Mapping[str, Iterable[Any]]) -> None:
+    """ValueError naming the key where ``only.<key>`` (a study's part) names what is not one of
+    ``choices[key]`` (compared as text, as :func:`selected`)."""
+    for key, names in choices.items():
+        names = list(names)
+        unknown = [name for name in only.get(key, []) if str(name) not in {str(n) for n in names}]
+        if unknown:
+            raise ValueError(f"key '{section}.only.{key}': {unknown[0]!r} is not one of the study's {key} "
+                             f"({', '.join(map(str, names))}: {section}.{key})")
+
+
 def runs_of(cfg: Mapping[str, Any]) -> list[tuple[str, str, int]]:
     """(problem, model, seed) of every run that model_study.only selects (all where it selects none),
     seed by seed (the order of models.csv)."""
     only = cfg["model_study"].get("only") or {}
-    problems = [p for p in problems_of(cfg) if p in (only.get("problems") or [p])]
-    models = [m for m in models_of(cfg) if m in (only.get("models") or [m])]
+    problems = selected(problems_of(cfg), only.get("problems"))
+    models = selected(models_of(cfg), only.get("models"))
     return [(p, m, int(seed)) for seed in cfg["model_study"]["seeds"] for p in problems for m in models]
 
 
@@ -156,11 +174,8 @@ def check_models(cfg: Mapping[str, Any]) -> None:
     Nothing to check where model_study names no problem and no model (the default, and every run's
     own config): the one run is the config itself, validated when its config is written."""
     st = cfg["model_study"]
+    check_selected("model_study", st.get("only") or {}, {"problems": problems_of(cfg), "models": models_of(cfg)})
     for key, names in (("problems", problems_of(cfg)), ("models", models_of(cfg))):
-        unknown = [name for name in (st.get("only") or {}).get(key, []) if name not in names]
-        if unknown:
-            raise ValueError(f"key 'model_study.only.{key}': {unknown[0]!r} is not one of the study's {key} "
-                             f"({', '.join(names)}: model_study.{key})")
         for name, over in names.items():
             if "model_study" in over:
                 raise ValueError(f"key 'model_study.{key}.{name}.model_study': a run cannot hold another models study")

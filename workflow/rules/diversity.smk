@@ -10,7 +10,7 @@
 # study_runs (common.smk), of which there is one (--resources study_runs=N allows N at once).
 
 # Aliased where a rule's function calls it later: the rule files share one namespace.
-from datamove.evaluation.diversity import check_diversity, run_name, runs_of
+from datamove.evaluation.diversity import TABLE_FILES, check_diversity, run_name, runs_of
 from datamove.evaluation.diversity import run_config as diversity_run_config
 from datamove.evaluation.models import run_targets
 
@@ -97,11 +97,11 @@ if not config.get("arm") and runs_of(config):
         input:
             evaluation=[f"{DIVERSITY_RUN_DIR}/{name}/evaluation.csv" for name in DIVERSITY_NAMES],
         output:
-            # The file names of datamove.evaluation.diversity.write_table, in this one folder.
-            summary=f"{DIVERSITY_ROOT}/diversity.csv",
-            members=f"{DIVERSITY_ROOT}/diversity_members.csv",
-            markdown=f"{DIVERSITY_ROOT}/diversity.md",
-            figure=report(f"{DIVERSITY_ROOT}/diversity.png", caption="../report/diversity.rst", category="Diversity"),
+            # The files write_table writes, in this one folder.
+            summary=f"{DIVERSITY_ROOT}/{TABLE_FILES['summary']}",
+            members=f"{DIVERSITY_ROOT}/{TABLE_FILES['members']}",
+            markdown=f"{DIVERSITY_ROOT}/{TABLE_FILES['markdown']}",
+            figure=report(f"{DIVERSITY_ROOT}/{TABLE_FILES['figure']}", caption="../report/diversity.rst", category="Diversity"),
         params:
             runs=[[*run, f"{DIVERSITY_RUN_DIR}/{run_name(*run)}"] for run in DIVERSITY_RUNS],
             resamples=config["diversity_study"]["bootstrap"],
