@@ -254,7 +254,7 @@ def test_diversity_csv_and_md_from_synthetic_runs(tmp_path):
     text = markdown(summary, pts.reset_index(), resamples=500)
     assert "### fc" in text and "### fno" in text and "rollout MSE" in text.split("### fno")[1]
     assert "rollout" not in text.split("### fc")[1].split("### fno")[0].split("\n- ")[0]
-    assert "| online | 16 | 13 |" in text and "| offline | 4 | 4 |" in text
+    assert "| online | 16 | 13 | 2 | " in text and "| offline | 4 | 4 | 2 | " in text and "nan" not in text
     assert "test MSE: online first beats the best offline point (4 stored" in text and "at 16 streamed members" in text
     assert "test MSE: online does not beat the best offline point (4 stored" in text.split("### fno")[1]
     assert "| fc | direct | online | 16 | 300 | 6.0 | 400.0 |" in text
@@ -269,6 +269,9 @@ def test_a_study_in_parts_is_one_table_again(tmp_path):
         write_table(*collect({r: f for r, f in runs.items() if r[3] == seed}), tmp_path / f"part{seed}", resamples=300)
     assert {p.name for p in (tmp_path / "part0").iterdir()} == {
         "diversity.csv", "diversity_members.csv", "diversity.md", "diversity.png"}
+    # One seed has no spread over seeds: the part's table says 1 seed and gives none.
+    one = (tmp_path / "part0" / "diversity.md").read_text()
+    assert "| online | 16 | 13 | 1 | " in one and " +- " not in one.split("### fc")[1] and "nan" not in one
     both, both_members = read_parts([tmp_path / "part0", tmp_path / "part1"])
     assert both[list(COLUMNS[:4])].equals(summary[list(COLUMNS[:4])])
     pd.testing.assert_frame_equal(both, summary, check_dtype=False, rtol=1e-5)

@@ -29,13 +29,16 @@ def study_file(tmp_path, name="models-tiny.yaml", **overrides):
 
 
 def test_the_full_study_plans_every_problem_model_and_seed(tmp_path):
-    result = snakemake(tmp_path, REPO / "config" / "models.yaml", "-n", "compare_models",
+    base = load_config(REPO / "config" / "models.yaml")
+    path = tmp_path / "models.yaml"  # with run_cores 3 (--config would pass it as a string)
+    path.write_text(yaml.safe_dump({**base, "model_study": {**base["model_study"], "run_cores": 3}}, sort_keys=False))
+    result = snakemake(tmp_path, path, "-n", "-p", "compare_models",
                        "--config", f"results_dir={tmp_path / 'results'}", f"data_dir={tmp_path / 'data'}", timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
-    base = load_config(REPO / "config" / "models.yaml")
     runs = runs_of(base)
     assert len(runs) == len(base["model_study"]["problems"]) * len(base["model_study"]["models"]) * 3
+    assert out.count("--cores 3 --nolock") == len(runs)  # model_study.run_cores: each nested run's --cores
     for problem, model, seed in runs:
         assert f"run={problem}.{model}.seed{seed}" in out
     for problem in base["model_study"]["problems"]:

@@ -22,7 +22,10 @@ def tiny_study(tmp_path, **overrides):
 
 
 def test_the_full_study_is_six_runs_and_each_changes_only_sampler_and_seeds(tmp_path):
-    result = snakemake(tmp_path, REPO / "config" / "sampling.yaml", "-n", "compare_sampling",
+    raw = load_config(REPO / "config" / "sampling.yaml")
+    path = tmp_path / "sampling.yaml"  # with run_cores 3 (--config would pass it as a string)
+    path.write_text(yaml.safe_dump({**raw, "sampling_study": {**raw["sampling_study"], "run_cores": 3}}, sort_keys=False))
+    result = snakemake(tmp_path, path, "-n", "-p", "compare_sampling",
                        "--config", f"results_dir={tmp_path / 'results'}", f"data_dir={tmp_path / 'data'}", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
@@ -31,6 +34,7 @@ def test_the_full_study_is_six_runs_and_each_changes_only_sampler_and_seeds(tmp_
             assert f"run={sampler}-seed{seed}" in out
     # One run at a time, each holding the one study_runs, its config its only input.
     assert out.count("study_runs=1") == planned_jobs(out)["run_sampling_study"] == 6
+    assert out.count("--cores 3 --nolock") == 6  # sampling_study.run_cores: each nested run's --cores
     base = load_config(REPO / "config" / "sampling.yaml")
     one = run_config(base, root=tmp_path / "r", data_root=tmp_path / "d", sampler="halton", seed=2)
     two = run_config(base, root=tmp_path / "r", data_root=tmp_path / "d", sampler="adaptive", seed=2)

@@ -334,30 +334,33 @@ def crossover(pts: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(summary: pd.DataFrame, pts: pd.DataFrame, *, resamples: int) -> str:
-    """diversity.md: per model, a row per point with each error's mean +- std over seeds and its
-    95 % interval over test members; where online first beats the best offline point; then the
-    training each point had."""
+    """diversity.md: per model, a row per point with its number of seeds, each error's mean +- std
+    over them (no std with one seed) and its 95 % interval over test members; where online first
+    beats the best offline point; then the training each point had."""
     seeds = sorted(set(summary["seed"]))
     lines = [
         f"Test error against distinct members, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), "
         f"{int(summary['test_members'].iloc[0])} test members (the same for every run). Members: stored (offline) "
-        "or streamed (online); trained: members at least one batch learnt from (online: the ledger's steps_trained). "
-        f"Each error: mean +- standard deviation over seeds, then the 95 % interval over test members (percentile "
+        "or streamed (online); trained: members at least one batch learnt from (online: the ledger's steps_trained); "
+        "seeds: the seeds run at that point (a study run in parts may have fewer at some points). "
+        f"Each error: mean +- standard deviation over seeds (none with one seed), then the 95 % interval over test members (percentile "
         f"bootstrap of the mean over seeds, {resamples} resamples of the test members, the same for every run). "
         "Every point of a model trains the same batches (its trainer.batch_budget).", "",
     ]
     for model, part in pts.groupby("model", sort=False):
         stats = [s for s in STATS if s in set(part["stat"])]
         lines += [f"### {model}", "",
-                  "| arm | members | trained | " + " | ".join(STATS[s] for s in stats) + " |",
-                  "|---|---:|---:|" + "---|" * len(stats)]
+                  "| arm | members | trained | seeds | " + " | ".join(STATS[s] for s in stats) + " |",
+                  "|---|---:|---:|---:|" + "---|" * len(stats)]
         table = part.set_index(["arm", "members", "stat"])
         for (arm, n), p in part.groupby(["arm", "members"], sort=False):
             cells = []
             for s in stats:
                 r = table.loc[(arm, n, s)]
-                cells.append(f"{r['mean']:.3e} +- {r['std']:.1e} [{r['ci_low']:.2e}, {r['ci_high']:.2e}]")
-            lines.append(f"| {arm} | {n:,} | {p['members_trained'].iloc[0]:,.0f} | " + " | ".join(cells) + " |")
+                spread = f" +- {r['std']:.1e}" if r["seeds"] > 1 else ""  # one seed has no spread
+                cells.append(f"{r['mean']:.3e}{spread} [{r['ci_low']:.2e}, {r['ci_high']:.2e}]")
+            lines.append(f"| {arm} | {n:,} | {p['members_trained'].iloc[0]:,.0f} | {p['seeds'].iloc[0]} | "
+                         + " | ".join(cells) + " |")
         lines.append("")
         for c in crossover(part).itertuples():
             best = f"the best offline point ({c.offline_members:,} stored, {c.offline_mean:.3e})"

@@ -57,9 +57,8 @@ if not config.get("arm") and runs_of(config):
 
 
     rule run_diversity_study:
-        # --nolock: the outer snakemake holds the lock of this working directory. Each attempt
-        # starts from an empty folder; an online run that lost members has not seen its members,
-        # so it fails and is retried. Targets: the run's outputs and member markers, no figures.
+        # A nested run (NESTED_RUN, common.smk) on run_cores; an online run that lost members has
+        # not seen its members. Targets: the run's outputs and member markers, no figures.
         input:
             cfg=f"{DIVERSITY_RUN_DIR}/{{run}}.yaml",
         output:
@@ -77,20 +76,13 @@ if not config.get("arm") and runs_of(config):
             study_runs=1,  # one run at a time; its only input is its config (common.smk)
         retries: 2
         params:
-            snakemake=f"{shlex.quote(sys.executable)} -m snakemake",
-            snakefile=workflow.main_snakefile,
             folder=lambda wildcards: f"{DIVERSITY_RUN_DIR}/{wildcards.run}",
             limit=config["diversity_study"]["run_limit_s"],
             cores=config["diversity_study"]["run_cores"],
-            python=shlex.quote(sys.executable),
-            check="import sys; from datamove.reservoir.study import require_complete; require_complete(sys.argv[1])",
             targets=lambda wildcards, input, output: run_targets(input.cfg, output, output.ledger, figures=False),
+            ledger=lambda wildcards, output: output.ledger,
         shell:
-            # The targets after --cores: --configfile takes several values.
-            "rm -rf {params.folder} && timeout --kill-after 30 {params.limit} "
-            "{params.snakemake} -s {params.snakefile} --directory . --configfile {input.cfg} "
-            "--cores {params.cores} --nolock {params.targets} > {log} 2>&1 "
-            "&& {params.python} -c {params.check:q} {output.ledger} >> {log} 2>&1"
+            NESTED_RUN
 
 
     rule diversity:

@@ -55,9 +55,7 @@ if not config.get("arm"):
 
 
     rule run_model_study:
-        # --nolock: the outer snakemake holds the lock of this working directory. Each attempt
-        # starts from an empty folder; a run whose online arm lost members is not comparable, so it
-        # fails and is retried.
+        # A nested run (NESTED_RUN, common.smk); its online arm's ledger must be complete.
         input:
             cfg=f"{MODELS_RUN_DIR}/{{run}}.yaml",
         output:
@@ -72,26 +70,20 @@ if not config.get("arm"):
             "../envs/datamove.yaml"
         log:
             f"{MODELS_ROOT}/logs/run_model_study/{{run}}.log",
-        threads: 2
+        threads: 2  # what the outer snakemake reserves; the nested one runs on run_cores (the schema)
         resources:
             study_runs=1,  # one run at a time; its only input is its config (common.smk)
         retries: 2
         params:
-            snakemake=f"{shlex.quote(sys.executable)} -m snakemake",
-            snakefile=workflow.main_snakefile,
             folder=lambda wildcards: f"{MODELS_RUN_DIR}/{wildcards.run}",
             limit=config["model_study"]["run_limit_s"],
-            python=shlex.quote(sys.executable),
-            check="import sys; from datamove.reservoir.study import require_complete; require_complete(sys.argv[1])",
+            cores=config["model_study"]["run_cores"],
             targets=lambda wildcards, input, output: run_targets(
                 input.cfg, output, output.online_ledger, figures=MODELS_FIGURES
             ),
+            ledger=lambda wildcards, output: output.online_ledger,
         shell:
-            # The targets after --cores: --configfile takes several values.
-            "rm -rf {params.folder} && timeout --kill-after 30 {params.limit} "
-            "{params.snakemake} -s {params.snakefile} --directory . --configfile {input.cfg} "
-            "--cores {threads} --nolock {params.targets} > {log} 2>&1 "
-            "&& {params.python} -c {params.check:q} {output.online_ledger} >> {log} 2>&1"
+            NESTED_RUN
 
 
     rule compare_models:

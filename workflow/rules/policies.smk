@@ -21,7 +21,6 @@ if not config.get("arm"):
     POLICY_SETTINGS = ["fast", "slow"]
     POLICY_NAMES = policy_names()
     POLICY_RUNS = [(s, p) for s in POLICY_SETTINGS for p in POLICY_NAMES]
-    SNAKEMAKE = f"{shlex.quote(sys.executable)} -m snakemake"
     POLICY_RUN_LIMIT_S = 1200  # one run takes 1-8 min on 2 busy cores
 
     POLICY_WILDCARDS = {"setting": "|".join(POLICY_SETTINGS), "policy": "|".join(POLICY_NAMES)}
@@ -51,10 +50,9 @@ if not config.get("arm"):
 
 
     rule run_policy_study:
-        # --nolock: the outer snakemake holds the lock of this working directory and of these outputs.
-        # Each attempt starts from an empty folder (no resume: the runs' timings are compared) and is
-        # stopped after POLICY_RUN_LIMIT_S; a run whose ledger is incomplete (an ingest worker killed
-        # by a crash of the ADIOS2 SST reader, SIGSEGV, seen here under load) fails and is retried.
+        # A nested run (NESTED_RUN, common.smk), on the run's default targets, stopped after
+        # POLICY_RUN_LIMIT_S; an incomplete ledger here was an ingest worker killed by a crash of the
+        # ADIOS2 SST reader (SIGSEGV, seen under load).
         input:
             cfg=f"{POLICY_ROOT}/{{setting}}/{{policy}}.yaml",
         output:
@@ -71,17 +69,13 @@ if not config.get("arm"):
             study_runs=1,  # one run at a time; its only input is its config (common.smk)
         retries: 2
         params:
-            snakemake=SNAKEMAKE,
-            snakefile=workflow.main_snakefile,
             folder=lambda wildcards: f"{POLICY_ROOT}/{wildcards.setting}/{wildcards.policy}",
             limit=POLICY_RUN_LIMIT_S,
-            python=shlex.quote(sys.executable),
-            # A run that lost members is not comparable: fail it, so that it is retried.
-            check="import sys; from datamove.reservoir.study import require_complete; require_complete(sys.argv[1])",
+            cores=lambda wildcards, threads: threads,
+            targets="",
+            ledger=lambda wildcards, output: output.ledger,
         shell:
-            "rm -rf {params.folder} && timeout --kill-after 30 {params.limit} "
-            "{params.snakemake} -s {params.snakefile} --directory . --configfile {input.cfg} "
-            "--cores {threads} --nolock > {log} 2>&1 && {params.python} -c {params.check:q} {output.ledger} >> {log} 2>&1"
+            NESTED_RUN
 
 
     rule compare_policies:

@@ -52,9 +52,7 @@ if not config.get("arm"):
 
 
     rule run_sampling_study:
-        # --nolock: the outer snakemake holds the lock of this working directory. Each attempt
-        # starts from an empty folder; a run that lost members is not comparable, so it fails and
-        # is retried.
+        # A nested run (NESTED_RUN, common.smk), on the run's default targets.
         input:
             cfg=f"{SAMPLING_RUN_DIR}/{{run}}.yaml",
         output:
@@ -67,21 +65,18 @@ if not config.get("arm"):
             "../envs/datamove.yaml"
         log:
             f"{SAMPLING_ROOT}/logs/run_sampling_study/{{run}}.log",
-        threads: 2
+        threads: 2  # what the outer snakemake reserves; the nested one runs on run_cores (the schema)
         resources:
             study_runs=1,  # one run at a time; its only input is its config (common.smk)
         retries: 2
         params:
-            snakemake=f"{shlex.quote(sys.executable)} -m snakemake",
-            snakefile=workflow.main_snakefile,
             folder=lambda wildcards: f"{SAMPLING_RUN_DIR}/{wildcards.run}",
             limit=config["sampling_study"]["run_limit_s"],
-            python=shlex.quote(sys.executable),
-            check="import sys; from datamove.reservoir.study import require_complete; require_complete(sys.argv[1])",
+            cores=config["sampling_study"]["run_cores"],
+            targets="",
+            ledger=lambda wildcards, output: output.ledger,
         shell:
-            "rm -rf {params.folder} && timeout --kill-after 30 {params.limit} "
-            "{params.snakemake} -s {params.snakefile} --directory . --configfile {input.cfg} "
-            "--cores {threads} --nolock > {log} 2>&1 && {params.python} -c {params.check:q} {output.ledger} >> {log} 2>&1"
+            NESTED_RUN
 
 
     rule compare_sampling:
