@@ -344,16 +344,18 @@ class Ingest:
 class Store:
     """Preallocated storage in place of the trainer's buffer, for a consumer that does not train:
     ``put_many`` copies the samples into a ring of ``size`` as ``Buffer.put_many`` copies them
-    into a CPU storage (the fields gathered from the pool ``y`` at ``y_rows``, then one numpy
-    assignment into the ring's slots) and never displaces anything."""
+    into a CPU storage (the same ``RowCopier``: the fields gathered from the pool ``y`` at
+    ``y_rows``, or from each of its parts at theirs, into the ring's slots) and never displaces
+    anything."""
 
     def __init__(self, size: int, x_dim: int, sample_shape):
         import torch
+        from datamove.reservoir.base import RowCopier
 
         self.x = torch.empty((size, x_dim), dtype=torch.float32)
         self.y = torch.empty((size, *sample_shape), dtype=torch.float32)
         self._x, self._y = self.x.numpy(), self.y.numpy()
-        self._staging = np.empty_like(self._y[:0])
+        self._copier = RowCopier()
         self.n = 0
 
     def put_capacity(self) -> int:
@@ -365,16 +367,23 @@ class Store:
     def put_many(self, x, y, *, member, step, y_rows=None):
         from datamove.reservoir.base import Displacements
 
-        x, y = np.asarray(x), np.asarray(y)
-        rows = np.arange(len(x)) if y_rows is None else np.asarray(y_rows, dtype=np.int64)
-        n, size = len(rows), len(self._y)
+        x = np.asarray(x)
+        if isinstance(y, (list, tuple)):  # parts along the field axis, each with its rows
+            parts, start = [], 0
+            for source, rows in zip(y, y_rows):
+                source = np.asarray(source)
+                parts.append((source, np.asarray(rows, dtype=np.int64), slice(start, start + source.shape[1])))
+                start += source.shape[1]
+        else:
+            y = np.asarray(y)
+            parts = [(y, np.arange(len(x)) if y_rows is None else np.asarray(y_rows, dtype=np.int64), slice(None))]
+        n, size = len(x), len(self._y)
         for i in range(0, n, size):  # more than the ring holds: it wraps, as often as it takes
             chunk = min(size, n - i)
-            if len(self._staging) < chunk:
-                self._staging = np.empty((chunk, *self._y.shape[1:]), dtype=np.float32)
             idx = np.arange(self.n, self.n + chunk) % size
             self._x[idx] = x[i : i + chunk]
-            self._y[idx] = np.take(y, rows[i : i + chunk], axis=0, out=self._staging[:chunk], mode="clip")
+            for k, (source, rows, fields) in enumerate(parts):
+                self._copier.copy(self._y[:, fields], idx, source, rows[i : i + chunk], f"y{k}")
             self.n += chunk
         return Displacements.none()
 

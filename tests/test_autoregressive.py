@@ -18,7 +18,7 @@ from datamove.config import ConfigError, StudyConfig
 from datamove.evaluation.errors import evaluate_members, rollout
 from datamove.reservoir import make_buffer
 from datamove.streaming.events import Ended, Info, Opened, Step
-from datamove.streaming.feed import MemberFeed
+from datamove.streaming.feed import KEPT_ROWS, MemberFeed
 from datamove.training.inputs import SampleSpec
 from datamove.training.records import Ledger
 from datamove.training.step import build_surrogate, load_surrogate, surrogate_args, train_step
@@ -174,6 +174,9 @@ def test_feed_pairs_steps_of_one_attempt_and_counts_each_once(tiny_config, strid
         assert rec.steps_received + rec.steps_duplicate == sent[m]
     assert ledger[1].steps_duplicate == 5
     assert sorted(pool.free) == list(range(16))  # every slot back
+    # Every kept copy of an input is free again, after the copies' array had to grow (its first
+    # KEPT_ROWS were too few for the steps waiting at once).
+    assert len(feed._kept) > KEPT_ROWS and sorted(feed._free_rows) == list(range(len(feed._kept)))
     assert not feed._history.get(1) or max(feed._history[1]) <= n_steps
 
 

@@ -22,6 +22,7 @@ from datamove.reservoir import (
     ReservoirBuffer,
     make_buffer,
 )
+from datamove.reservoir.base import RowCopier
 
 X_DIM = 6
 Y_SHAPE = (4, 3)
@@ -751,13 +752,16 @@ def unseen_by_member(displaced: list[Displaced]) -> Counter:
 
 
 def run_chunked(
-    policy: str, on_full: str, seed: int, *, batched: bool, pooled: bool = False
+    policy: str, on_full: str, seed: int, *, batched: bool, source: str = "fields"
 ) -> tuple[list, list[Displaced], int, Buffer]:
     """A random sequence of chunks of puts and draws, the same for a given seed whatever `batched`:
     each chunk is put with one put_many (batched) or one put per sample. Chunk sizes go from 1 to
     past the capacity, or exactly the room left (fills a blocking buffer), never past put_capacity().
-    `pooled` (with `batched`): the chunk's fields are in a larger pool, in another order, and
-    put_many gathers them with y_rows (as the trainer's intake passes its shared-memory slots).
+    `source` (with `batched`): "fields", the chunk's fields as they are; "pool", in a larger pool,
+    in another order, and put_many gathers them with y_rows (as the trainer's intake passes its
+    shared-memory slots); "parts", the first field of each sample in one pool and the others in
+    another, each in an order of its own, gathered with a y_rows each (as an autoregressive intake
+    passes its kept inputs and its slots).
 
     Returns the record of each step (what the chunk displaced, or the batch drawn, with the seen
     counts and state_dict after it), every Displaced in order, how many of them had been put in
@@ -777,9 +781,13 @@ def run_chunked(
             choice = int(torch.randint(4, (1,), generator=gen))
             n = (1, int(torch.randint(1, room + 1, (1,), generator=gen)), room, capacity + 2)[choice]
             x, y, members, steps = samples(next_id, min(n, room), gen)
-            if batched and pooled:
+            if batched and source == "pool":
                 pool, rows = pool_of(y, torch.Generator().manual_seed(next_id))  # gen: as unpooled
                 out = buf.put_many(x, pool, member=members, step=steps, y_rows=rows)
+            elif batched and source == "parts":
+                first, rows_a = pool_of(y[:, :1], torch.Generator().manual_seed(next_id))
+                rest, rows_b = pool_of(y[:, 1:], torch.Generator().manual_seed(next_id + 500))
+                out = buf.put_many(x, (first, rest), member=members, step=steps, y_rows=(rows_a, rows_b))
             elif batched:
                 out = buf.put_many(x, y, member=members, step=steps)
             else:
@@ -811,14 +819,22 @@ MODES = [(p, m) for p in sorted(POLICIES) for m in ON_FULL]
 
 @pytest.mark.parametrize(("policy", "on_full"), MODES)
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
-@pytest.mark.parametrize("pooled", [False, True], ids=["fields", "pool"])
-def test_put_many_is_put_one_by_one(policy, on_full, seed, pooled):
-    """Chunks put with put_many (their fields given, or gathered from a pool with y_rows) and the
-    same chunks put one by one: the same Displaced, the same state (slots, ring, counters, seen
-    counts, generator) after every step, the same batches, the same per-member accounting of
-    unseen samples, and the same draws afterwards."""
+@pytest.mark.parametrize(
+    ("source", "loop_bytes"),
+    [("fields", None), ("pool", None), ("pool", 0), ("parts", None), ("parts", 0)],
+    ids=["fields", "pool", "pool-rowwise", "parts", "parts-rowwise"],
+)
+def test_put_many_is_put_one_by_one(policy, on_full, seed, source, loop_bytes, monkeypatch):
+    """Chunks put with put_many (their fields given, or gathered from a pool with y_rows, or from
+    two pools of parts of the fields) and the same chunks put one by one: the same Displaced, the
+    same state (slots, ring, counters, seen counts, generator) after every step, the same batches,
+    the same per-member accounting of unseen samples, and the same draws afterwards. "-rowwise":
+    the gathered rows are copied one by one (as rows of RowCopier.LOOP_BYTES or more are), not
+    gathered into staging memory first."""
+    if loop_bytes is not None:
+        monkeypatch.setattr(RowCopier, "LOOP_BYTES", loop_bytes)
     one, one_displaced, one_own, one_buf = run_chunked(policy, on_full, seed, batched=False)
-    many, many_displaced, many_own, many_buf = run_chunked(policy, on_full, seed, batched=True, pooled=pooled)
+    many, many_displaced, many_own, many_buf = run_chunked(policy, on_full, seed, batched=True, source=source)
     assert [r[0] for r in one] == [r[0] for r in many]
     for k, (a, b) in enumerate(zip(one, many)):
         if a[0] == "put":
@@ -914,7 +930,7 @@ def test_put_many_copies_each_field_once_and_only_the_ones_kept(policy, on_full,
         if not calls:  # balanced turned every one away: nothing to copy
             continue
         assert len(calls) == 1
-        _, _, slots, rows, _ = calls[0]
+        _, _, slots, rows = calls[0]
         copied = torch.arange(n) if rows is None else torch.from_numpy(rows)
         # What was copied is exactly what this chunk left held.
         held = buf.held()
@@ -963,6 +979,22 @@ def test_put_many_from_pinned_memory_into_a_gpu_buffer_is_put_on_a_cpu_buffer(po
         a, b = gpu.sample(3), cpu.sample(3)
         assert torch.equal(a.x.cpu(), b.x) and torch.equal(a.y.cpu(), b.y)
         assert torch.equal(a.member, b.member) and torch.equal(a.step, b.step)
+
+
+@pytest.mark.gpu
+def test_put_many_of_parts_into_a_gpu_buffer_is_put_on_a_cpu_buffer():
+    """Parts gathered from pinned pools into a GPU storage (one index_copy_ into each part's share
+    of the field axis): the same samples as on the CPU."""
+    gen = torch.Generator().manual_seed(5)
+    gpu = make_buffer("fifo", capacity=6, watermark=1, x_dim=X_DIM, y_shape=Y_SHAPE, device="cuda")
+    cpu = make("fifo", capacity=6, watermark=1)
+    x, y, members, steps = samples(0, 5, gen)
+    a, rows_a = pool_of(y[:, :1], torch.Generator().manual_seed(1))
+    b, rows_b = pool_of(y[:, 1:], torch.Generator().manual_seed(2))
+    gpu.put_many(x.pin_memory(), (a.pin_memory(), b.pin_memory()), member=members, step=steps, y_rows=(rows_a, rows_b))
+    cpu.put_many(x, y, member=members, step=steps)
+    got, expected = gpu.held(), cpu.held()
+    assert torch.equal(got.x.cpu(), expected.x) and torch.equal(got.y.cpu(), expected.y)
 
 
 @pytest.mark.parametrize("policy", CONSUMING)
@@ -1053,6 +1085,36 @@ def test_put_many_gathers_from_a_pool_and_checks_its_rows():
     assert buf.put_many(x, pool, member=members, step=steps, y_rows=rows.tolist()) == []
     check_rows(buf.held())
     assert buf.held().step.tolist() == steps + steps
+
+
+def test_put_many_gathers_parts_from_pools_and_checks_them():
+    """y as parts along the field axis, each with its y_rows: a sample is its parts' rows
+    concatenated, as a copy of large fields (rows of 16 KiB and more, copied one by one) and of
+    small ones; parts that do not add up to a sample, rows of a part out of its pool or of the
+    wrong length, and y_rows that are not one vector a part are refused before anything is
+    stored."""
+    for shape in ((3, 64, 64), (3, 2)):
+        buf = make_buffer("fifo", capacity=6, watermark=1, x_dim=X_DIM, y_shape=shape)
+        gen = torch.Generator().manual_seed(0)
+        x, members, steps = torch.rand(4, X_DIM, generator=gen), [0, 1, 1, 2], [1, 2, 3, 4]
+        y = torch.rand(4, *shape, generator=gen)
+        a, rows_a = pool_of(y[:, :2], torch.Generator().manual_seed(1))
+        b, rows_b = pool_of(y[:, 2:], torch.Generator().manual_seed(2))
+        with pytest.raises(ValueError, match="add up"):
+            buf.put_many(x, (a, b, b), member=members, step=steps, y_rows=(rows_a, rows_b, rows_b))
+        with pytest.raises(ValueError, match=r"y\[1\]"):
+            buf.put_many(x, (a, b[..., :1]), member=members, step=steps, y_rows=(rows_a, rows_b))
+        with pytest.raises(ValueError, match=r"y_rows\[1\]"):
+            buf.put_many(x, (a, b), member=members, step=steps, y_rows=(rows_a, rows_b[:3]))
+        with pytest.raises(ValueError, match=r"y_rows\[0\] must be in"):
+            buf.put_many(x, (a, b), member=members, step=steps, y_rows=(rows_a + len(a), rows_b))
+        with pytest.raises(ValueError, match="y_rows must be a list or tuple"):
+            buf.put_many(x, (a, b), member=members, step=steps, y_rows=rows_a)
+        assert len(buf) == 0 and buf.stats()["n_put"] == 0
+        assert buf.put_many(x, [a.numpy(), b], member=members, step=steps, y_rows=[rows_a.numpy(), rows_b]) == []
+        held = buf.held()
+        assert torch.equal(held.y, y) and torch.equal(held.x, x)
+        assert held.step.tolist() == steps
 
 
 def test_displacements_are_a_sequence_of_displaced():

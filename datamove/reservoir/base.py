@@ -20,8 +20,9 @@ positions, never in slots, which keeps the ring arithmetic (and the checkpoint l
 
 `put` is `put_many` of one sample. `put_many` decides where each of its samples goes and what each
 displaces with numpy on the CPU metadata (a loop over small integers only where a policy's choice
-depends on the previous one), then copies the fields in one `index_copy_` for x and one for y: a
-torch op costs microseconds of dispatch (and a launch on a GPU), a 16 KB field copy less.
+depends on the previous one), then copies the fields in one `index_copy_` for x and one for y (one
+per part, where the fields come in parts): a torch op costs microseconds of dispatch (and a launch on
+a GPU), a 16 KB field copy less.
 """
 
 from __future__ import annotations
@@ -36,6 +37,19 @@ import torch
 
 #: What a full buffer whose policy does not replace samples does with a new one.
 ON_FULL = ("block", "drop_oldest")
+class _Part(NamedTuple):
+    """Fields of a `put_many`: ``source[rows[i]]`` (``source[i]`` where rows is None) fills the
+    field axis ``fields`` of sample i's stored y (None: all of it)."""
+
+    source: torch.Tensor  # [m, k, *y_shape[1:]]
+    rows: np.ndarray | None  # [n]
+    fields: slice | None
+
+    def rows_of(self, kept: np.ndarray | None) -> np.ndarray | None:
+        """The source rows of the samples `kept` [k] (None: all n); None: all of the source, in order."""
+        if self.rows is None:
+            return kept
+        return self.rows if kept is None else self.rows[kept]
 
 
 class Batch(NamedTuple):
@@ -199,7 +213,7 @@ class Buffer(ABC):
         on_cpu = self.device.type == "cpu"
         self._x_np = self._x.numpy() if on_cpu else None
         self._y_np = self._y.numpy() if on_cpu else None
-        self._staging: dict[str, np.ndarray] = {}
+        self._copier = RowCopier()
 
         self._head = 0
         self._size = 0
@@ -291,7 +305,7 @@ class Buffer(ABC):
         *,
         member: torch.Tensor | Sequence[int],
         step: torch.Tensor | Sequence[int],
-        y_rows: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+        y_rows: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None = None,
     ) -> Displacements:
         """Store n samples as if `put` had been called on each in order: the same samples held in
         the same slots and positions, the same counters and seen counts, the same generator state.
@@ -300,11 +314,16 @@ class Buffer(ABC):
             x: [n, x_dim] input vectors (any device and float dtype; CPU tensors may be pinned).
             y: [n, *y_shape] output fields (likewise), or, with `y_rows`, a pool [m, *y_shape] of
                 fields that holds them (e.g. the shared-memory hand-off slots of the ingest).
+                Or a list or tuple of parts [m_k, c_k, *y_shape[1:]] (sum of c_k = y_shape[0]), each
+                with its own `y_rows`: sample i's field is the parts' rows concatenated along the
+                field axis (an autoregressive pair: the input step's fields from one pool, the
+                target's from another), gathered from each part straight into the storage.
             member: [n] int, the ensemble member of each sample.
             step: [n] int, the time-step index of each sample.
             y_rows: [n] int (a tensor on any device, an array or a sequence): sample i's field is
                 ``y[y_rows[i]]``. The fields are gathered from the pool straight into the storage
                 (through pinned staging memory on a GPU), without a copy of the caller's first.
+                With parts: a list or tuple of such vectors, one a part.
 
         Returns:
             Every `Displaced` sample of those puts, in order (`Displacements`, a sequence of them);
@@ -319,22 +338,12 @@ class Buffer(ABC):
                 nothing is stored then.
             ValueError: if x, y, member, step or y_rows has the wrong shape.
         """
-        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        x = torch.as_tensor(x)
         members, steps = _int_vector(member, "member"), _int_vector(step, "step")
-        if y_rows is not None:
-            y_rows = _int_vector(y_rows, "y_rows")
-            if len(y_rows) and not (0 <= y_rows.min() and y_rows.max() < len(y)):
-                raise ValueError(f"y_rows must be in 0..{len(y) - 1}, got {y_rows.min()}..{y_rows.max()}")
         n = len(members)
         if tuple(x.shape) != (n, self.x_dim):
             raise ValueError(f"x must have shape (n, {self.x_dim}), n = len(member) = {n}; got {tuple(x.shape)}")
-        if y_rows is None and tuple(y.shape) != (n, *self.y_shape):
-            raise ValueError(f"y must have shape (n, *{self.y_shape}), n = len(member) = {n}; got {tuple(y.shape)}")
-        if y_rows is not None and (tuple(y.shape[1:]) != self.y_shape or tuple(y_rows.shape) != (n,)):
-            raise ValueError(
-                f"with y_rows, y must have shape (m, *{self.y_shape}) and y_rows (n,), n = len(member) = {n}; "
-                f"got {tuple(y.shape)} and {tuple(y_rows.shape)}"
-            )
+        parts = self._parts(y, y_rows, n)
         if len(steps) != n:
             raise ValueError(f"step must have length n = len(member) = {n}, got {len(steps)}")
         room = self.put_capacity()
@@ -381,7 +390,7 @@ class Buffer(ABC):
             if len(kept) < n:
                 rows = kept
         if len(slots):
-            self._copy_fields(x, y, slots, rows, y_rows)
+            self._copy_fields(x, parts, slots, rows)
 
         self._n_put += n
         if self.replaces:
@@ -641,46 +650,76 @@ class Buffer(ABC):
         why = np.where(turned_away, "rejected", reason)
         return Displacements(member, step, seen, why), kept
 
-    def _copy_fields(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        slots: np.ndarray,
-        rows: np.ndarray | None,
-        y_rows: np.ndarray | None = None,
-    ) -> None:
-        """Copy the samples `rows` [k] (None: all n) into the k distinct storage `slots`: x[rows]
-        from x [n, x_dim], and their fields from y [n, *y_shape] (y[y_rows[rows]] from a pool y
-        with `y_rows` [n]). One copy into the storage for x and one for y, after one gather of the
-        rows where they are not all of them or not in order.
+    def _parts(self, y, y_rows, n: int) -> list[_Part]:
+        """put_many's y and y_rows as checked parts (see put_many); ValueError naming what is wrong."""
+        if not isinstance(y, (list, tuple)):
+            y = torch.as_tensor(y)
+            if y_rows is None:
+                if tuple(y.shape) != (n, *self.y_shape):
+                    raise ValueError(
+                        f"y must have shape (n, *{self.y_shape}), n = len(member) = {n}; got {tuple(y.shape)}"
+                    )
+                return [_Part(y, None, None)]
+            rows = self._checked_rows(y_rows, "y_rows", len(y))
+            if tuple(y.shape[1:]) != self.y_shape or tuple(rows.shape) != (n,):
+                raise ValueError(
+                    f"with y_rows, y must have shape (m, *{self.y_shape}) and y_rows (n,), n = len(member) = {n}; "
+                    f"got {tuple(y.shape)} and {tuple(rows.shape)}"
+                )
+            return [_Part(y, rows, None)]
+        if not isinstance(y_rows, (list, tuple)) or len(y_rows) != len(y):
+            raise ValueError(
+                f"with y a sequence of {len(y)} parts, y_rows must be a list or tuple of as many row vectors"
+            )
+        parts, start = [], 0
+        for k, (source, part_rows) in enumerate(zip(y, y_rows)):
+            source = torch.as_tensor(source)
+            rows = self._checked_rows(part_rows, f"y_rows[{k}]", len(source))
+            if source.dim() != len(self.y_shape) + 1 or tuple(source.shape[2:]) != self.y_shape[1:] \
+                    or tuple(rows.shape) != (n,):
+                raise ValueError(
+                    f"part y[{k}] must have shape (m, k, *{self.y_shape[1:]}) and y_rows[{k}] (n,), n = len(member) "
+                    f"= {n}; got {tuple(source.shape)} and {tuple(rows.shape)}"
+                )
+            stop = start + source.shape[1]
+            parts.append(_Part(source, rows, slice(start, stop)))
+            start = stop
+        if start != self.y_shape[0]:
+            raise ValueError(
+                f"the parts of y must add up to the {self.y_shape[0]} fields of a sample, got "
+                f"{' + '.join(str(p.source.shape[1]) for p in parts)}"
+            )
+        return parts
 
-        On the CPU, numpy's fancy assignment: it copies a row with memcpy, where torch's
-        index_copy_ took 2-3x as long for 16 KiB rows (measured: 48 rows, 30 against 69 us).
+    @staticmethod
+    def _checked_rows(values, name: str, m: int) -> np.ndarray:
+        """An index vector into m rows (a pool's), range-checked; ValueError naming it."""
+        rows = _int_vector(values, name)
+        if len(rows) and not (0 <= rows.min() and rows.max() < m):
+            raise ValueError(f"{name} must be in 0..{m - 1}, got {rows.min()}..{rows.max()}")
+        return rows
+
+    def _copy_fields(self, x: torch.Tensor, parts: list[_Part], slots: np.ndarray, rows: np.ndarray | None) -> None:
+        """Copy the samples `rows` [k] (None: all n) into the k distinct storage `slots`: x[rows]
+        from x [n, x_dim], and their fields from each part (its source's rows ``part.rows[rows]``,
+        or ``rows`` where it has none) into its share of the field axis. One copy into the storage
+        for x and one for each part, after one gather of the rows where they are not all of them
+        or not in order.
+
+        On the CPU, numpy (`RowCopier`): it copies a row with memcpy, where torch's index_copy_
+        took 2-3x as long for 16 KiB rows (measured: 48 rows, 30 against 69 us).
         """
-        y_index = rows if y_rows is None else (y_rows if rows is None else y_rows[rows])
         if self.device.type == "cpu":
-            self._x_np[slots] = self._host_rows(x, rows, "x")
-            self._y_np[slots] = self._host_rows(y, y_index, "y")
+            self._copier.copy(self._x_np, slots, x, rows, "x")
+            for k, part in enumerate(parts):
+                dest = self._y_np if part.fields is None else self._y_np[:, part.fields]
+                self._copier.copy(dest, slots, part.source, part.rows_of(rows), f"y{k}")
             return
         index = self._on_device(torch.from_numpy(slots))
         self._x.index_copy_(0, index, self._to_device(x, rows))
-        self._y.index_copy_(0, index, self._to_device(y, y_index))
-
-    def _host_rows(self, t: torch.Tensor, rows: np.ndarray | None, name: str) -> np.ndarray:
-        """t[rows] (None: all of t) as a float32 numpy array, for a CPU storage. Gathered into
-        staging memory kept from call to call: a fresh array of hundreds of KiB on every call can
-        be a fresh mmap for malloc, page faults included."""
-        a = t.detach().cpu().numpy()
-        if a.dtype != np.float32:
-            a = a.astype(np.float32)
-        if rows is None:
-            return a
-        staging = self._staging.get(name)
-        if staging is None or len(staging) < len(rows):
-            staging = self._staging[name] = np.empty((len(rows), *a.shape[1:]), dtype=np.float32)
-        # mode="clip": "raise" (the default) gathers through a temporary buffer, 5x slower; the
-        # rows are in range (the caller's y_rows are checked by put_many).
-        return np.take(a, rows, axis=0, out=staging[: len(rows)], mode="clip")
+        for part in parts:
+            dest = self._y if part.fields is None else self._y[:, part.fields]  # index_copy_ writes through the view
+            dest.index_copy_(0, index, self._to_device(part.source, part.rows_of(rows)))
 
     def _to_device(self, t: torch.Tensor, rows: np.ndarray | None) -> torch.Tensor:
         """t[rows] (None: all of t) as float32 on the storage's device (a GPU), safe to overwrite
@@ -739,6 +778,48 @@ class Buffer(ABC):
             self._ring[a], self._ring[b] = self._ring[b], self._ring[a]
         self._head = (self._head + k) % self.capacity
         self._size -= k
+
+
+class RowCopier:
+    """``dest[slots] = source[rows]`` into a CPU storage (a numpy array or view [capacity, ...]),
+    with the staging memory of its gathers kept from call to call (a fresh array of hundreds of KiB
+    on every call can be a fresh mmap for malloc, page faults included). The buffers' puts use it,
+    and so does the benchmarks' stand-in storage.
+    """
+
+    #: Gathered rows of at least this many bytes are copied one by one, straight from their
+    #: source; smaller ones are gathered into staging memory, then assigned in one call. The loop
+    #: costs ~0.5 us of Python a row, the gather a second copy of every row. Measured here (32 rows
+    #: of a pool into random slots, us a row, gather then assign / loop): 4 KiB 0.29 / 0.57,
+    #: 16 KiB 1.48 / 0.86, 64 KiB 12.6 / 6.8.
+    LOOP_BYTES = 16 * 1024
+
+    def __init__(self) -> None:
+        self._staging: dict[str, np.ndarray] = {}
+
+    def copy(self, dest: np.ndarray, slots: np.ndarray, source: torch.Tensor | np.ndarray,
+             rows: np.ndarray | None, name: str) -> None:
+        """``dest[slots] = source[rows]`` (all of source where rows is None), cast to dest's dtype;
+        `name` keys the staging memory. The rows must be in range (mode="clip")."""
+        a = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else np.asarray(source)
+        if rows is not None and dest[0].nbytes >= self.LOOP_BYTES:
+            for slot, row in zip(slots.tolist(), rows.tolist()):
+                dest[slot] = a[row]
+            return
+        dest[slots] = self.gather(a, rows, name)
+
+    def gather(self, a: np.ndarray, rows: np.ndarray | None, name: str) -> np.ndarray:
+        """a[rows] (None: all of a) as float32, in staging memory kept under `name`."""
+        if a.dtype != np.float32:
+            a = a.astype(np.float32)
+        if rows is None:
+            return a
+        staging = self._staging.get(name)
+        if staging is None or len(staging) < len(rows) or staging.shape[1:] != a.shape[1:]:
+            staging = self._staging[name] = np.empty((len(rows), *a.shape[1:]), dtype=np.float32)
+        # mode="clip": "raise" (the default) gathers through a temporary buffer, 5x slower; the
+        # rows are in range (checked by the caller: put_many checks its y_rows).
+        return np.take(a, rows, axis=0, out=staging[: len(rows)], mode="clip")
 
 
 def _int_vector(values: torch.Tensor | Sequence[int], name: str) -> np.ndarray:

@@ -42,13 +42,14 @@ SCAN_S = 0.02  # between two scans of the stream folder for new contact files
 INTAKE_WAIT_S = 0.05
 NOTES_S = 0.5  # between two scans of the launcher's failure notes
 TIMEOUT_CHECK_S = 0.1  # between two checks for silent streams (a timeout is seconds or more)
+KEPT_ROWS = 8  # first size of the autoregressive inputs' copies (MemberFeed._kept), doubled on demand
 
 
 class _Input(NamedTuple):
-    """The input half of an autoregressive pair: a step's time and a copy of its fields."""
+    """The input half of an autoregressive pair: a step's time and where the copy of its fields is."""
 
     time: float
-    fields: np.ndarray  # [n_fields, ny, nx]
+    row: int  # of MemberFeed._kept [rows, n_fields, ny, nx]
 
 
 class IngestFailed(RuntimeError):
@@ -87,12 +88,15 @@ class MemberFeed:
         # Autoregressive samples (trainer.sample): a waiting step is the target of a pair whose
         # input fields, a copy of the step trainer.sample_stride earlier of the same attempt, wait
         # beside it; the copies of each streaming member's last steps wait in _history until the
-        # step they pair with arrives (its slot is back with its worker by then).
+        # step they pair with arrives (its slot is back with its worker by then). The copies are
+        # rows of one array, grown on demand and reused (fresh arrays of large fields cost page
+        # faults on every step), so that an intake's put gathers the input halves from it as it
+        # gathers the target halves from the slots: no pair is assembled first.
         self.spec = SampleSpec.of(cfg)
         self.waiting_inputs: list[_Input] = []
-        self._history: dict[int, dict[int, np.ndarray]] = {}  # member -> step -> fields [n_fields, ny, nx]
-        self._pair_stage: np.ndarray | None = None  # the pairs of an intake [n, 2 n_fields, ny, nx]
-        self._spare: list[np.ndarray] = []  # copies of steps no longer needed, to be reused
+        self._history: dict[int, dict[int, _Input]] = {}  # member -> step -> its kept copy
+        self._kept: np.ndarray | None = None  # [rows, n_fields, ny, nx]
+        self._free_rows: list[int] = []  # rows of _kept no longer needed
         self._waiting_since = 0.0  # monotonic time the oldest of them arrived
         self.n_workers = max(1, min(cfg.trainer.ingest_workers, len(self.unassigned)))
         self.pool: IngestPool | None = None
@@ -186,7 +190,8 @@ class MemberFeed:
 
         A fixed number of numpy calls whatever the number of steps: the fields go from their
         shared-memory slots straight into the buffer's storage (``put_many(y_rows=...)``: one
-        gather, no copy of ours first), and the slots go back once it returns.
+        gather, no copy of ours first; an autoregressive pair's input half from its kept copy in
+        the same put), and the slots go back once it returns.
         """
         if not self.waiting or not self._due(buffer):
             return 0
@@ -205,10 +210,13 @@ class MemberFeed:
             inputs = self.waiting_inputs[:n]
             del self.waiting_inputs[:n]
             x[:, -1] = [a.time for a in inputs]  # the input step's time: (params, t_k, fields_k) -> fields_k+s
+            kept = np.fromiter((a.row for a in inputs), dtype=np.int64, count=n)
+            # The pair [2 n_fields, ny, nx]: the input's fields from their copy, the target's from its slot.
             displaced = buffer.put_many(
-                torch.from_numpy(x), torch.from_numpy(self._pairs(inputs, slots)), member=members,
-                step=step.astype(np.int64),
+                torch.from_numpy(x), (torch.from_numpy(self._kept), torch.from_numpy(self.pool.slots)),
+                member=members, step=step.astype(np.int64), y_rows=(kept, slots),
             )
+            self._free_rows.extend(kept.tolist())
         else:
             x[:, -1] = time_
             displaced = buffer.put_many(
@@ -220,32 +228,24 @@ class MemberFeed:
             self.ledger.untrained(m, reason)
         return n
 
-    def _pairs(self, inputs: list, slots: np.ndarray) -> np.ndarray:
-        """The stored y of autoregressive pairs [n, 2 n_fields, ny, nx]: each input's fields, then its
-        target's from the slots (staging kept between intakes: the buffer copies out of it)."""
-        n, f = len(slots), self.spec.n_fields
-        stage = self._pair_stage
-        if stage is None or len(stage) < n:
-            stage = self._pair_stage = np.empty((max(n, self.pool.n_slots), 2 * f, *self.pool.slots.shape[2:]),
-                                                dtype=np.float32)
-        pool = self.pool.slots
-        for i, (a, slot) in enumerate(zip(inputs, slots.tolist())):  # one copy each, no temporaries
-            stage[i, :f] = a.fields
-            stage[i, f:] = pool[slot]
-            self._spare.append(a.fields)  # its copy is free again
-        return stage[:n]
-
-    def _copy_of(self, slot: int) -> np.ndarray:
-        """A copy of a slot's fields, in an array of an earlier copy that is free again (fresh arrays
-        of large fields cost page faults on every step)."""
-        out = self._spare.pop() if self._spare else np.empty(self.pool.slots.shape[1:], dtype=np.float32)
-        np.copyto(out, self.pool.slots[slot])
-        return out
+    def _copy_of(self, slot: int) -> int:
+        """Copy a slot's fields into a free row of _kept (grown, twice as large, when none is); its row.
+        A member keeps trainer.sample_stride rows while it streams, and each step waiting for an
+        intake one more: a few doublings from KEPT_ROWS cover that."""
+        if not self._free_rows:
+            old = self._kept
+            used = 0 if old is None else len(old)
+            self._kept = np.empty((max(KEPT_ROWS, 2 * used), *self.pool.slots.shape[1:]), dtype=np.float32)
+            if old is not None:
+                self._kept[:used] = old  # the rows still kept
+            self._free_rows.extend(range(len(self._kept) - 1, used - 1, -1))
+        row = self._free_rows.pop()
+        np.copyto(self._kept[row], self.pool.slots[slot])
+        return row
 
     def _forget(self, member: int) -> None:
         """Drop a member's kept steps (a new attempt, or its end): their copies are free again."""
-        for kept in self._history.pop(member, {}).values():
-            self._spare.append(kept.fields)
+        self._free_rows.extend(kept.row for kept in self._history.pop(member, {}).values())
 
     def _due(self, buffer) -> bool:
         """Whether the waiting steps go into the buffer now: always once the streams have ended or
@@ -294,7 +294,7 @@ class MemberFeed:
                 self.waiting_inputs.append(source)
             return
         if source is not None:
-            self._spare.append(source.fields)  # a duplicate's pair: not put, its input is free again
+            self._free_rows.append(source.row)  # a duplicate's pair: not put, its input is free again
         if new:  # autoregressive, the target of no pair: a member's first s steps
             self.ledger.unpaired(ev.member)
             if ev.step > self.spec.stride:
@@ -315,7 +315,7 @@ class MemberFeed:
         history = self._history.setdefault(ev.member, {})
         source = history.pop(ev.step - s, None)
         if ev.step + s <= self.cfg.problem.n_steps:
-            history[ev.step] = _Input(time=ev.time, fields=self._copy_of(ev.slot))
+            history[ev.step] = _Input(time=ev.time, row=self._copy_of(ev.slot))
         return source
 
     def _ended(self, ev: Ended) -> None:
