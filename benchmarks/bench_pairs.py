@@ -7,9 +7,10 @@ slots, a pipe each) and its intake into preallocated storage of the stored sampl
 harness's Store, in place of the reservoir); they differ only in ``trainer.sample``:
 
 direct:          each step arriving is one sample [n_fields, ny, nx], gathered from its slot.
-autoregressive:  each step is kept (a copy) as the input of the pair that ends ``--stride`` steps
-                 later, and is itself the target of the pair that starts that much earlier: a sample
-                 [2 n_fields, ny, nx] is built from the copy and the slot (MemberFeed._pair, _pairs).
+autoregressive:  each step is kept (in its slot) as the input of the pair that ends ``--stride``
+                 steps later, and is itself the target of the pair that starts that much earlier: a
+                 sample [2 n_fields, ny, nx] is gathered from the two slots, half each, by the put
+                 (MemberFeed._keep, intake; Buffer.put_many with the fields in parts).
 
 A rate is samples put into the storage over the time from the first to the last (an autoregressive
 member gives steps - stride of them); each run is bench_ingest.py's datamove case with trainer.sample set. The cases are interleaved (AB BA ...), ``--repeats`` runs

@@ -173,6 +173,15 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
             f"key 'trainer.slots': {tr['slots']} is fewer than trainer.ingest_workers {tr['ingest_workers']} "
             "(each ingest worker owns at least one slot)"
         )
+    elif tr["sample"] == "autoregressive" and tr["slots"] // tr["ingest_workers"] <= tr["sample_stride"]:
+        # A worker's member keeps its last sample_stride steps in their slots until their pairs
+        # arrive: with no slot beyond those, the next step could never be read.
+        problems.append(
+            f"key 'trainer.slots': {tr['slots']} gives each of the {tr['ingest_workers']} ingest workers "
+            f"{tr['slots'] // tr['ingest_workers']} slots; autoregressive samples keep a member's last "
+            f"{tr['sample_stride']} steps (trainer.sample_stride) in their slots, so each worker needs at least "
+            f"{tr['sample_stride'] + 1}: set trainer.slots to {tr['ingest_workers'] * (tr['sample_stride'] + 1)} or more"
+        )
     if cfg["heldout"]["seed"] == cfg["ensemble"]["seed"]:
         problems.append(
             "key 'heldout.seed': equals ensemble.seed, so held-out members would repeat training members"

@@ -18,7 +18,7 @@ from datamove.config import ConfigError, StudyConfig
 from datamove.evaluation.errors import evaluate_members, rollout
 from datamove.reservoir import make_buffer
 from datamove.streaming.events import Ended, Info, Opened, Step
-from datamove.streaming.feed import KEPT_ROWS, MemberFeed
+from datamove.streaming.feed import MemberFeed
 from datamove.training.inputs import SampleSpec
 from datamove.training.records import Ledger
 from datamove.training.step import build_surrogate, load_surrogate, surrogate_args, train_step
@@ -82,6 +82,13 @@ def test_config_keys_and_their_checks(tiny_config):
         StudyConfig.load(tiny_config(trainer={"sample": "autoregressive", "sample_stride": 20}))
     with pytest.raises(ConfigError, match="trainer.sample"):
         StudyConfig.load(tiny_config(trainer={"sample": "pairs"}))
+    # A worker keeps a member's last s steps in its slots: it needs one more to read the next step.
+    with pytest.raises(ConfigError, match=r"trainer.slots.*each worker needs at least 3: set trainer.slots to 6"):
+        StudyConfig.load(tiny_config(trainer={"sample": "autoregressive", "sample_stride": 2, "ingest_workers": 2,
+                                              "slots": 5}))
+    assert StudyConfig.load(tiny_config(trainer={"sample": "autoregressive", "sample_stride": 2,
+                                                 "ingest_workers": 2, "slots": 6})).trainer.slots == 6
+    assert StudyConfig.load(tiny_config(trainer={"ingest_workers": 2, "slots": 2})).trainer.slots == 2  # direct
     cfg = StudyConfig.load(tiny_config(trainer={"sample": "autoregressive", "model_args": {"in_fields": 1}}))
     norm = cfg.problem.normalisation(times=np.linspace(0, 1, 3), fields=np.zeros((3, *cfg.problem.sample_shape)))
     with pytest.raises(ValueError, match="in_fields"):
@@ -108,6 +115,8 @@ class _Slots:
 
     def release(self, slots) -> None:
         slots = np.asarray(slots).tolist()
+        assert not set(slots) & set(self.free), "a slot released twice"
+        self.slots[slots] = np.nan  # a pair read from a slot after its release would show it
         self.released += slots
         self.free += slots
 
@@ -174,9 +183,7 @@ def test_feed_pairs_steps_of_one_attempt_and_counts_each_once(tiny_config, strid
         assert rec.steps_received + rec.steps_duplicate == sent[m]
     assert ledger[1].steps_duplicate == 5
     assert sorted(pool.free) == list(range(16))  # every slot back
-    # Every kept copy of an input is free again, after the copies' array had to grow (its first
-    # KEPT_ROWS were too few for the steps waiting at once).
-    assert len(feed._kept) > KEPT_ROWS and sorted(feed._free_rows) == list(range(len(feed._kept)))
+    assert not feed._uses  # no slot is still counted as kept
     assert not feed._history.get(1) or max(feed._history[1]) <= n_steps
 
 

@@ -42,14 +42,13 @@ SCAN_S = 0.02  # between two scans of the stream folder for new contact files
 INTAKE_WAIT_S = 0.05
 NOTES_S = 0.5  # between two scans of the launcher's failure notes
 TIMEOUT_CHECK_S = 0.1  # between two checks for silent streams (a timeout is seconds or more)
-KEPT_ROWS = 8  # first size of the autoregressive inputs' copies (MemberFeed._kept), doubled on demand
 
 
 class _Input(NamedTuple):
-    """The input half of an autoregressive pair: a step's time and where the copy of its fields is."""
+    """The input half of an autoregressive pair: a step's time and the slot that still holds its fields."""
 
     time: float
-    row: int  # of MemberFeed._kept [rows, n_fields, ny, nx]
+    slot: int
 
 
 class IngestFailed(RuntimeError):
@@ -86,17 +85,15 @@ class MemberFeed:
         self.unassigned: list[int] = ledger.unfinished()  # members not handed to an ingest worker
         self.waiting: list[Step] = []  # steps received, not yet in the buffer, in order
         # Autoregressive samples (trainer.sample): a waiting step is the target of a pair whose
-        # input fields, a copy of the step trainer.sample_stride earlier of the same attempt, wait
-        # beside it; the copies of each streaming member's last steps wait in _history until the
-        # step they pair with arrives (its slot is back with its worker by then). The copies are
-        # rows of one array, grown on demand and reused (fresh arrays of large fields cost page
-        # faults on every step), so that an intake's put gathers the input halves from it as it
-        # gathers the target halves from the slots: no pair is assembled first.
+        # input, the step trainer.sample_stride earlier of the same attempt, waits beside it. Each
+        # streaming member's last steps wait in _history until the step they pair with arrives,
+        # in their own slots: a slot goes back to its worker once no pair needs it (_uses), so an
+        # intake's put gathers both halves of each pair straight from the slots, and no step is
+        # copied before it (the config checks that each worker has a slot more than it keeps).
         self.spec = SampleSpec.of(cfg)
         self.waiting_inputs: list[_Input] = []
-        self._history: dict[int, dict[int, _Input]] = {}  # member -> step -> its kept copy
-        self._kept: np.ndarray | None = None  # [rows, n_fields, ny, nx]
-        self._free_rows: list[int] = []  # rows of _kept no longer needed
+        self._history: dict[int, dict[int, _Input]] = {}  # member -> step -> its input half
+        self._uses: dict[int, int] = {}  # slot -> uses left: its step waiting for an intake, kept as an input
         self._waiting_since = 0.0  # monotonic time the oldest of them arrived
         self.n_workers = max(1, min(cfg.trainer.ingest_workers, len(self.unassigned)))
         self.pool: IngestPool | None = None
@@ -190,8 +187,8 @@ class MemberFeed:
 
         A fixed number of numpy calls whatever the number of steps: the fields go from their
         shared-memory slots straight into the buffer's storage (``put_many(y_rows=...)``: one
-        gather, no copy of ours first; an autoregressive pair's input half from its kept copy in
-        the same put), and the slots go back once it returns.
+        gather, no copy of ours first; an autoregressive pair's two halves from their two slots),
+        and the slots go back once it returns (a step kept as a later pair's input keeps its slot).
         """
         if not self.waiting or not self._due(buffer):
             return 0
@@ -210,42 +207,43 @@ class MemberFeed:
             inputs = self.waiting_inputs[:n]
             del self.waiting_inputs[:n]
             x[:, -1] = [a.time for a in inputs]  # the input step's time: (params, t_k, fields_k) -> fields_k+s
-            kept = np.fromiter((a.row for a in inputs), dtype=np.int64, count=n)
-            # The pair [2 n_fields, ny, nx]: the input's fields from their copy, the target's from its slot.
+            kept = np.fromiter((a.slot for a in inputs), dtype=np.int64, count=n)
+            # The pair [2 n_fields, ny, nx]: the input's fields, then the target's, each from its slot.
+            pool = torch.from_numpy(self.pool.slots)
             displaced = buffer.put_many(
-                torch.from_numpy(x), (torch.from_numpy(self._kept), torch.from_numpy(self.pool.slots)),
-                member=members, step=step.astype(np.int64), y_rows=(kept, slots),
+                torch.from_numpy(x), (pool, pool), member=members, step=step.astype(np.int64), y_rows=(kept, slots),
             )
-            self._free_rows.extend(kept.tolist())
+            self._let_go(slots.tolist() + kept.tolist())
         else:
             x[:, -1] = time_
             displaced = buffer.put_many(
                 torch.from_numpy(x), torch.from_numpy(self.pool.slots), member=members,
                 step=step.astype(np.int64), y_rows=slots,
             )
-        self.pool.release(slots)
+            self.pool.release(slots)
         for m, reason in displaced.unseen():  # left untrained (a lossy drop, an eviction, a turn-away)
             self.ledger.untrained(m, reason)
         return n
 
-    def _copy_of(self, slot: int) -> int:
-        """Copy a slot's fields into a free row of _kept (grown, twice as large, when none is); its row.
-        A member keeps trainer.sample_stride rows while it streams, and each step waiting for an
-        intake one more: a few doublings from KEPT_ROWS cover that."""
-        if not self._free_rows:
-            old = self._kept
-            used = 0 if old is None else len(old)
-            self._kept = np.empty((max(KEPT_ROWS, 2 * used), *self.pool.slots.shape[1:]), dtype=np.float32)
-            if old is not None:
-                self._kept[:used] = old  # the rows still kept
-            self._free_rows.extend(range(len(self._kept) - 1, used - 1, -1))
-        row = self._free_rows.pop()
-        np.copyto(self._kept[row], self.pool.slots[slot])
-        return row
+    def _let_go(self, slots: list[int]) -> None:
+        """Autoregressive samples: one use of each of `slots` (a slot may come twice) is over; those
+        that no pair needs any more go back to their workers, in one release."""
+        uses, free = self._uses, []
+        for slot in slots:
+            left = uses[slot] - 1
+            if left:
+                uses[slot] = left
+            else:
+                del uses[slot]
+                free.append(slot)
+        if free:
+            self.pool.release(free)
 
     def _forget(self, member: int) -> None:
-        """Drop a member's kept steps (a new attempt, or its end): their copies are free again."""
-        self._free_rows.extend(kept.row for kept in self._history.pop(member, {}).values())
+        """Drop a member's kept steps (a new attempt, or its end): their slots go back."""
+        kept = self._history.pop(member, None)
+        if kept:
+            self._let_go([a.slot for a in kept.values()])
 
     def _due(self, buffer) -> bool:
         """Whether the waiting steps go into the buffer now: always once the streams have ended or
@@ -283,27 +281,37 @@ class MemberFeed:
     def _step(self, ev: Step) -> None:
         """An arriving step: counted once in the ledger; waiting for the next intake if new (with
         autoregressive samples: if it ends a pair), its slot returned at once otherwise (a rerun
-        resending a step already received is not used twice)."""
+        resending a step already received is not used twice; an autoregressive step may still be
+        kept in its slot as a later pair's input)."""
         new = self.ledger.received(ev.member, ev.step)
-        source = self._keep(ev) if self.spec.autoregressive else None
-        if new and (source is not None or not self.spec.autoregressive):
-            if not self.waiting:
-                self._waiting_since = time.monotonic()
-            self.waiting.append(ev)
-            if source is not None:
-                self.waiting_inputs.append(source)
+        if not self.spec.autoregressive:
+            if new:
+                self._wait(ev)
+            else:
+                self.pool.release((ev.slot,))
             return
-        if source is not None:
-            self._free_rows.append(source.row)  # a duplicate's pair: not put, its input is free again
-        if new:  # autoregressive, the target of no pair: a member's first s steps
+        self._uses[ev.slot] = 1  # this arrival's; _keep adds one if a later pair takes it as its input
+        source = self._keep(ev)
+        if new and source is not None:
+            self._wait(ev)
+            self.waiting_inputs.append(source)
+            return
+        if new:  # the target of no pair: a member's first s steps
             self.ledger.unpaired(ev.member)
             if ev.step > self.spec.stride:
                 self.say(f"member {ev.member}: step {ev.step} arrived without step {ev.step - self.spec.stride} of "
                          "its stream; counted unpaired")
-        self.pool.release((ev.slot,))
+        # Not put: this arrival's use of its slot is over, and so is a duplicate's pair's input's.
+        self._let_go([ev.slot] if source is None else [ev.slot, source.slot])
+
+    def _wait(self, ev: Step) -> None:
+        """A new step goes into the next intake."""
+        if not self.waiting:
+            self._waiting_since = time.monotonic()
+        self.waiting.append(ev)
 
     def _keep(self, ev: Step) -> _Input | None:
-        """Autoregressive samples: keep a copy of ``ev`` as the input of the pair that ends
+        """Autoregressive samples: keep ``ev`` (in its slot) as the input of the pair that ends
         trainer.sample_stride steps later; the input of the pair that ends at ``ev`` (None: none).
 
         Kept per attempt (see ``_forget``): a rerun's resent steps are duplicates in the ledger but
@@ -315,7 +323,10 @@ class MemberFeed:
         history = self._history.setdefault(ev.member, {})
         source = history.pop(ev.step - s, None)
         if ev.step + s <= self.cfg.problem.n_steps:
-            history[ev.step] = _Input(time=ev.time, row=self._copy_of(ev.slot))
+            if ev.step in history:  # the same step twice in one attempt: the later one is kept
+                self._let_go([history[ev.step].slot])
+            history[ev.step] = _Input(time=ev.time, slot=ev.slot)
+            self._uses[ev.slot] += 1
         return source
 
     def _ended(self, ev: Ended) -> None:
