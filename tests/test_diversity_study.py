@@ -287,6 +287,9 @@ def test_a_study_in_parts_is_one_table_again(tmp_path):
     text = (tmp_path / "table" / "diversity.md").read_text()
     assert text.startswith("Test error against distinct members, 2 seed(s) (0, 1)") and "16 runs from 2 part(s)" in out.stdout
     assert text == markdown(summary, whole, resamples=300)
+    # The target's own table (write_table of the whole study) is the one rebuilt from the parts.
+    write_table(summary, members, tmp_path / "whole", resamples=300)
+    assert (tmp_path / "whole" / "diversity.md").read_text() == text
     assert (tmp_path / "table" / "diversity.png").stat().st_size > 10_000
     # A run in two parts, or a part without its sums, is refused by name.
     with pytest.raises(ValueError, match=r"run fc.offline2.seed0 is in two parts: .*part0 and .*part0"):

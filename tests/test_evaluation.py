@@ -13,6 +13,7 @@ from datamove.config import ConfigError, StudyConfig, load_config, validate_conf
 from datamove.evaluation.arms import arm_config, arm_dirs, arm_name
 from datamove.evaluation.errors import evaluate_members, map_steps, pooled
 from datamove.evaluation.report import COLUMNS, collect_figure_data, format_table, results_table, write_table
+from datamove.evaluation.tables import write_csv
 from datamove.plots import FIGURES, plot
 from datamove.simulate import make_testset
 from datamove.training.records import METRIC_COLUMNS
@@ -196,3 +197,14 @@ def test_every_figure_draws_from_the_figure_data(comparison_study, tmp_path, fig
 def test_unknown_figure_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown figure 'pie'"):
         plot("pie", tmp_path / "x.csv", tmp_path / "x.png")
+
+
+def test_a_summary_csv_is_read_back_as_written(tmp_path):
+    """write_csv returns the frame its CSV holds: floats at the format given (a Markdown table built
+    from it then agrees with the CSV to the digit), other columns as they were."""
+    frame = pd.DataFrame({"model": ["fc", "fno"], "seed": [0, 1], "gain": [-1.0505000001, 0.1234567891]})
+    back = write_csv(frame, tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().splitlines()[1:] == ["fc,0,-1.0505", "fno,1,0.123457"]
+    assert back["gain"].tolist() == [-1.0505, 0.123457] and back["model"].tolist() == ["fc", "fno"]
+    assert back["seed"].tolist() == [0, 1]
+    assert write_csv(frame, tmp_path / "u.csv", float_format="%.10g")["gain"].tolist() == [-1.0505, 0.1234567891]

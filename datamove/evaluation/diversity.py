@@ -50,6 +50,7 @@ from datamove.evaluation.models import (
     STATS, SUMS, _check_model_args, arm_row, check_selected, differing_key, identity_of_test_members, merge, models_of,
     pooled_stats, seed_clash, selected,
 )
+from datamove.evaluation.tables import write_csv
 
 #: The arms, in the order of a seed's runs and of the table.
 ARMS = ("offline", "online")
@@ -256,8 +257,9 @@ def write_table(summary: pd.DataFrame, members: pd.DataFrame, folder: str | Path
     :func:`collect` or :func:`read_parts`; returns the Markdown."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(folder / SUMMARY_FILE, index=False, float_format="%.6g")
-    members.to_csv(folder / MEMBERS_FILE, index=False, float_format="%.10g")  # sums: keep their digits
+    # The table and figure from the CSVs as written: what diversity-table rebuilds from them.
+    summary = write_csv(summary, folder / SUMMARY_FILE)
+    members = write_csv(members, folder / MEMBERS_FILE, float_format="%.10g")  # sums: keep their digits
     pts = points(members, summary, resamples=resamples)
     text = markdown(summary, pts, resamples=resamples)
     (folder / TABLE_FILES["markdown"]).write_text(text)

@@ -2,12 +2,12 @@
 
 import sys
 
+from datamove.evaluation.tables import write_csv
 from datamove.reservoir.study import plot_policy_study, summarize
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with open(sm.log[0], "w") as sys.stderr:
     runs = {(setting, policy): path for setting, policy, path in sm.params.runs}
-    summary = summarize(runs)
-    summary.to_csv(sm.output.summary, index=False, float_format="%.6g")
+    summary = write_csv(summarize(runs), sm.output.summary)  # the figure from the CSV as written
     plot_policy_study(runs, summary, sm.output.figure)
     print(summary.to_string(index=False), file=sys.stderr)
