@@ -170,12 +170,18 @@ def cmd_results_table(args) -> int:
     return 0
 
 
-def cmd_diversity_table(args) -> int:
-    from datamove.evaluation.diversity import read_parts, write_table
+def cmd_study_table(args) -> int:
+    from datamove.studies import KINDS
+    from datamove.studies.tables import read_parts, write_table
 
-    summary, members = read_parts(args.parts)
-    text = write_table(summary, members, args.out, resamples=args.bootstrap)
-    print(f"[diversity-table] {len(summary)} runs from {len(args.parts)} part(s) -> {args.out}\n\n{text}", flush=True)
+    if args.kind not in KINDS:
+        raise ValueError(f"no study kind {args.kind!r} (one of {', '.join(KINDS)})")
+    kind = KINDS[args.kind]
+    frames = read_parts(kind, args.parts)
+    options = {"resamples": args.bootstrap} if kind.name in ("models", "diversity") else {}
+    text = write_table(kind, frames, args.out, **options)
+    print(f"[{args.command}] {len(frames['summary'])} runs from {len(args.parts)} part(s) -> {args.out}\n\n{text}",
+          flush=True)
     return 0
 
 
@@ -298,15 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", help="also write the table as Markdown here")
     p.set_defaults(func=cmd_results_table)
     help_ = (
-        "One data-diversity table from a study run in parts (diversity_study.only): reads each part's "
-        "diversity.csv and diversity_members.csv, writes the four files of the diversity target."
+        "One table of a study of studies run in parts (<section>.only, other folders or machines): reads "
+        "each part's CSV files and writes every file of the kind's target (compare_models, diversity, "
+        "compare_sampling, compare_policies) from them."
     )
+    p = sub.add_parser("study-table", help=help_, description=help_)
+    p.add_argument("kind", help="the kind of study: models, diversity, sampling or policies (datamove.studies.KINDS)")
+    p.add_argument("parts", nargs="+", help="folders holding a part's CSV files (its target's folder, or a copy of them)")
+    p.add_argument("--out", required=True, help="folder for the table's files")
+    p.add_argument("--bootstrap", type=int, default=2000,
+                   help="models and diversity: resamples of the test members for the 95 %% intervals (<section>.bootstrap)")
+    p.set_defaults(func=cmd_study_table)
+    help_ = "The data-diversity table from a study run in parts: `study-table diversity`."
     p = sub.add_parser("diversity-table", help=help_, description=help_)
     p.add_argument("parts", nargs="+", help="folders holding a part's diversity.csv and diversity_members.csv")
     p.add_argument("--out", required=True, help="folder for diversity.csv, diversity_members.csv, .md and .png")
     p.add_argument("--bootstrap", type=int, default=2000,
                    help="resamples of the test members for the 95 %% intervals (diversity_study.bootstrap)")
-    p.set_defaults(func=cmd_diversity_table)
+    p.set_defaults(func=cmd_study_table, kind="diversity")
     p = add("wait-trainer", cmd_wait_trainer, "Wait until the trainer reports ready (readiness gate).")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: the config's gate.timeout_s)")
     p.add_argument("--touch", help="file to write once the trainer is ready (workflow output)")

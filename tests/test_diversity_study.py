@@ -12,13 +12,34 @@ import pytest
 import yaml
 
 from datamove.config import ConfigError, StudyConfig, load_config, validate_config
-from datamove.evaluation.diversity import (
-    COLUMNS, check_diversity, collect, crossover, markdown, members_trained, plot, points, read_parts, run_config,
-    runs_of, write_table,
-)
+from datamove.studies import tables
+from datamove.studies.diversity import COLUMNS, KIND, crossover, markdown, members_trained, plot, points
 
 from conftest import REPO, datamove, planned_jobs, snakemake
 from test_model_study import evaluation_frame
+
+
+check_diversity = KIND.check
+run_config = KIND.run_config
+
+
+def runs_of(cfg):
+    """(model, arm, members, seed) of every run the study selects, in its order."""
+    return [run.key(KIND.key) for run in KIND.runs(cfg)]
+
+
+def collect(runs):
+    frames = KIND.collect(runs)
+    return frames["summary"], frames["members"]
+
+
+def write_table(summary, members, folder, *, resamples):
+    return tables.write_table(KIND, {"summary": summary, "members": members}, folder, resamples=resamples)
+
+
+def read_parts(folders):
+    frames = tables.read_parts(KIND, folders)
+    return frames["summary"], frames["members"]
 
 
 def study_file(tmp_path, name="diversity-tiny.yaml", **overrides):

@@ -10,11 +10,24 @@ import pytest
 import yaml
 
 from datamove.config import ConfigError, StudyConfig, load_config
-from datamove.evaluation.models import (
-    COLUMNS, check_models, collect, improvements, markdown, merge, plot, run_config, runs_of,
-)
+from datamove.config import merge_config as merge
+from datamove.studies.models import COLUMNS, KIND, improvements, markdown, plot
 
 from conftest import REPO, planned_jobs, snakemake
+
+
+check_models = KIND.check
+run_config = KIND.run_config
+
+
+def runs_of(cfg):
+    """(problem, model, seed) of every run the study selects, in its order."""
+    return [run.key(KIND.key) for run in KIND.runs(cfg)]
+
+
+def collect(runs):
+    frames = KIND.collect(runs)
+    return frames["summary"], frames["members"]
 
 
 def study_file(tmp_path, name="models-tiny.yaml", **overrides):

@@ -1,5 +1,5 @@
-"""The policy study (workflow/rules/policies.smk, datamove.reservoir.study): sub-study configs,
-the chaining of runs, the summary table and the figure, and a dry run of the rules."""
+"""The policy study (datamove.studies.policies, run by workflow/rules/studies.smk): its runs'
+configs, the summary table and the figure, and a dry run of the rules."""
 
 from __future__ import annotations
 
@@ -12,19 +12,27 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY, _merge, planned_jobs
-from datamove.config import ConfigError, load_config
+from datamove.config import ConfigError, load_config, validate_config
 from datamove.reservoir import POLICIES
-from datamove.reservoir.study import (
-    SUMMARY_COLUMNS,
-    plot_policy_study,
-    policy_names,
-    sub_study_config,
-    summarize,
-)
+from datamove.studies.policies import KIND, SUMMARY_COLUMNS, plot_policy_study
+from datamove.studies.sweep import require_complete
 
 
-def test_every_registered_policy_is_in_the_study():
-    assert sorted(policy_names()) == sorted(POLICIES)
+def study(**section):
+    """The default study with policy_study's settings at the repository's files (and ``section``)."""
+    settings = {s: str(REPO / "config" / f"policies-{s}.yaml") for s in ("fast", "slow")}
+    return validate_config({**load_config(REPO / "config" / "config.yaml"),
+                            "policy_study": {"settings": settings, **section}})
+
+
+def test_every_registered_policy_is_in_the_study_under_every_setting():
+    runs = [run.key(KIND.key) for run in KIND.runs(study())]
+    assert runs == [(s, p) for s in ("fast", "slow") for p in POLICIES]
+    assert [r.name for r in KIND.runs(study(only={"policies": ["fifo"]}))] == ["fast.fifo", "slow.fifo"]
+    assert [r.name for r in KIND.runs(study(policies=["firo", "fifo"], only={"settings": ["slow"]}))] == [
+        "slow.firo", "slow.fifo"]
+    with pytest.raises(ValueError, match=r"key 'policy_study.only.settings': 'medium' is not one of the study's settings"):
+        KIND.check(study(only={"settings": ["medium"]}))
 
 
 @pytest.mark.parametrize("setting", ["fast", "slow"])
@@ -36,15 +44,19 @@ def test_setting_files_are_valid_and_differ_only_in_producer_speed(setting):
     assert {k for k in cfg["solver"] if cfg["solver"][k] != other["solver"][k]} == {"step_delay_s"}
 
 
-def test_sub_study_config_changes_only_policy_and_folders(tmp_path):
+def test_a_run_is_its_setting_with_one_policy_and_its_folders(tmp_path):
     base = load_config(REPO / "config" / "policies-fast.yaml")
-    cfg = sub_study_config(base, root=tmp_path / "res", setting="fast", policy="firo", data_root=tmp_path / "d")
-    assert cfg["reservoir"]["policy"] == "firo" and cfg["study"] == "firo"
-    assert cfg["results_dir"] == str(tmp_path / "res" / "fast") and cfg["data_dir"] == str(tmp_path / "d" / "fast")
+    cfg = KIND.run_config(study(), root=tmp_path / "res", data_root=tmp_path / "d", setting="fast", policy="firo")
+    assert cfg["reservoir"]["policy"] == "firo" and cfg["study"] == "fast.firo"
+    assert cfg["results_dir"] == str(tmp_path / "res") and cfg["data_dir"] == str(tmp_path / "d")
     for key in ("solver", "trainer", "ensemble", "heldout", "stream"):
         assert cfg[key] == base[key]
+    assert cfg["policy_study"]["settings"] == {}  # a run plans no study of its own
     with pytest.raises(ConfigError, match="reservoir.policy"):
-        sub_study_config(base, root="r", setting="fast", policy="lifo", data_root="d")
+        KIND.run_config(study(), root="r", data_root="d", setting="fast", policy="lifo")
+    missing = study(settings={"fast": str(tmp_path / "nowhere.yaml")})
+    with pytest.raises(ValueError, match=r"key 'policy_study.settings.fast': .*nowhere.yaml: no such file"):
+        KIND.run_config(missing, root="r", data_root="d", setting="fast", policy="fifo")
 
 
 def fake_run(folder, *, val_losses, batch_size=8, steps=20, members=2):
@@ -68,7 +80,8 @@ def test_summary_and_figure(tmp_path):
         for k, policy in enumerate(("fifo", "reservoir")):
             runs[(setting, policy)] = tmp_path / setting / policy
             fake_run(runs[(setting, policy)], val_losses=[0.5, 0.1 + k, 0.2])
-    summary = summarize(runs)
+    frames = KIND.collect(runs)
+    summary = frames["summary"]
     assert list(summary.columns) == list(SUMMARY_COLUMNS) and len(summary) == 4
     row = summary[(summary.setting == "fast") & (summary.policy == "fifo")].iloc[0]
     assert row.val_loss_final == 0.2 and row.val_loss_best == 0.1
@@ -77,7 +90,9 @@ def test_summary_and_figure(tmp_path):
     assert row.samples_received == row.steps_expected == 40 and row.members_complete == 2
     assert row.solver_steps_per_s == pytest.approx(40 / 4.0) and row.solver_wait_s == pytest.approx(3.0)
     assert pd.isna(row.n_dropped) and row.evicted_unseen == 1
-    png = plot_policy_study(runs, summary, tmp_path / "out" / "policies.png")
+    curves = frames["curves"]
+    assert len(curves) == 4 * 3 and curves.loc[curves["policy"] == "reservoir", "val_loss"].max() == 1.1
+    png = plot_policy_study(curves, summary, tmp_path / "out" / "policies.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 def test_compare_policies_plans_every_run_one_after_another(tmp_path):
@@ -104,8 +119,6 @@ def test_compare_policies_plans_every_run_one_after_another(tmp_path):
 
 
 def test_an_incomplete_run_is_refused(tmp_path):
-    from datamove.reservoir.study import require_complete
-
     fake_run(tmp_path / "ok", val_losses=[0.1])
     require_complete(tmp_path / "ok" / "ledger.csv")
     pd.DataFrame([{"member": 0, "steps_expected": 20, "steps_received": 7, "status": "lost",

@@ -8,9 +8,12 @@ import pytest
 import yaml
 
 from datamove.config import StudyConfig, load_config
-from datamove.evaluation.sampling import COLUMNS, gains, markdown, run_config
+from datamove.studies.sampling import COLUMNS, KIND, gains, markdown
 
 from conftest import REPO, planned_jobs, snakemake
+
+
+run_config = KIND.run_config
 
 
 def tiny_study(tmp_path, **overrides):

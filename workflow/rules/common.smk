@@ -29,8 +29,8 @@ if (_defaults and _over and not config.get("arm") and not getattr(workflow.modif
     config.clear()
     config.update(merge_config(_raw, _over))
 
-# One run of a nested study (models, diversity, sampling and policy studies), the shell command of
-# each study's run rule: a whole study in its own snakemake on the run's config, in this working
+# One run of a study of studies (studies.smk: models, diversity, sampling and policy studies), the
+# shell command of its run rule: a whole study in its own snakemake on the run's config, in this working
 # directory. --nolock: the outer snakemake holds the lock of this working directory. Each attempt
 # starts from an empty folder (no resume: the runs' timings are compared) and is stopped after the
 # study's run limit; a run whose ledger (params.ledger) is incomplete lost members, so it is not
@@ -38,7 +38,7 @@ if (_defaults and _over and not config.get("arm") and not getattr(workflow.modif
 # --configfile takes several values; params.targets may be empty (the run's default targets).
 # The Python, Snakefile and check are written into the command here (no global in a rule's shell).
 _PYTHON = shlex.quote(sys.executable)
-_CHECK = shlex.quote("import sys; from datamove.reservoir.study import require_complete; require_complete(sys.argv[1])")
+_CHECK = shlex.quote("import sys; from datamove.studies.sweep import require_complete; require_complete(sys.argv[1])")
 NESTED_RUN = (
     "rm -rf {params.folder} && timeout --kill-after 30 {params.limit} "
     f"{_PYTHON} -m snakemake -s {shlex.quote(workflow.main_snakefile)} --directory . --configfile {{input.cfg}} "

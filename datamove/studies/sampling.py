@@ -1,4 +1,4 @@
-"""The sampling study: uniform against adaptive parameter sampling, over seeds (sampling.smk).
+"""The sampling study: uniform against adaptive parameter sampling, over seeds.
 
 A run is the study's config with ``parameters.sampler``, ``ensemble.seed`` and ``trainer.seed`` set,
 trained online and evaluated on the test members (the same for every run: their sampler is the base
@@ -8,12 +8,13 @@ the test members, since adaptive sampling aims at the tail of the error, not onl
 
 Layout under ``<results_dir>/<study>/sampling/``: ``runs/<sampler>-seed<seed>/`` each run's study
 folder, ``runs/<sampler>-seed<seed>.yaml`` its config, and ``sampling.csv`` (a row per run),
-``sampling.md`` (means and spreads over seeds, gains over the first sampler) and ``sampling.png``.
+``sampling_members.csv`` (a row per run and test member: its errors and parameters),
+``sampling_training.csv`` (a row per run and training member: its parameters), ``sampling.md``
+(means and spreads over seeds, gains over the first sampler) and ``sampling.png``.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,9 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from datamove.config import validate_config
+from datamove.config import StudyConfig, load_config
 from datamove.evaluation.errors import pooled
+from datamove.studies.sweep import StudyKind, listed, seed_axis
 
+SECTION = "sampling_study"
 #: Columns of sampling.csv, one row per (sampler, seed).
 COLUMNS = (
     "sampler", "seed", "test_members",
@@ -42,68 +45,42 @@ STATS = {
 }
 
 
-def run_name(sampler: str, seed: int) -> str:
-    return f"{sampler}-seed{seed}"
-
-
-def runs_of(cfg: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """(sampler, seed) of every run, seed by seed (the order of sampling.csv; Snakemake picks the
-    order in which they run)."""
-    st = cfg["sampling_study"]
-    return [(sampler, int(seed)) for seed in st["seeds"] for sampler in st["samplers"]]
-
-
-def run_config(base: Mapping[str, Any], *, root: str | Path, data_root: str | Path, sampler: str,
-               seed: int) -> dict[str, Any]:
-    """The validated config of one run: ``base`` (the study's, validated) with its sampler and seeds,
-    folders under ``root``/``data_root``, evaluation on, no comparison arms.
-
-    Every run has the same held-out and test members (their sampler is the base sampler and their
-    seeds are the config's), so their errors compare; a study whose samplers would not is refused
-    (:func:`check_samplers`, ValueError naming the keys).
-    """
-    check_samplers(base)
-    cfg = copy.deepcopy(dict(base))
-    name = run_name(sampler, seed)
-    cfg["study"] = name
-    cfg["arm"] = None
-    cfg["results_dir"] = str(root)
-    cfg["data_dir"] = str(data_root)
-    cfg["parameters"]["sampler"] = sampler
-    cfg["ensemble"]["seed"] = seed
-    cfg["trainer"]["seed"] = seed
-    cfg["evaluation"]["enabled"] = True
-    cfg["comparison"]["enabled"] = False
-    cfg["stream"]["engine"] = "SST"
-    # A run is one study: its own sampling_study is the default, so that its config (which decides
-    # when Snakemake reruns it) does not change when a sampler or a seed is added to the study.
-    cfg["sampling_study"] = {}
-    return validate_config(cfg, source=f"sampling study run {name}")
-
-
 def check_samplers(cfg: Mapping[str, Any]) -> None:
     """Held-out and test members follow the base sampler of adaptive (and a fixed sampler is its own
     base): a study comparing adaptive with another fixed sampler than its base would test the two
     on different test members. Raises ValueError naming the keys."""
-    st = cfg["sampling_study"]
+    st = cfg[SECTION]
     fixed = [s for s in st["samplers"] if s != "adaptive"]
     base = cfg["parameters"]["adaptive"]["base"]
     if "adaptive" in st["samplers"] and any(s != base for s in fixed):
         raise ValueError(
-            f"key 'sampling_study.samplers': {fixed} would be tested on other test members than adaptive, whose "
+            f"key '{SECTION}.samplers': {fixed} would be tested on other test members than adaptive, whose "
             f"base sampler is {base!r} (parameters.adaptive.base): compare adaptive with {base!r}"
         )
 
 
-def member_errors(evaluation: pd.DataFrame) -> pd.DataFrame:
-    """Per test member: mse and rel_l2 pooled over its steps, and its parameters' first row."""
-    return pooled(evaluation, by=["member"])
+def _settle(cfg: dict[str, Any], values: Mapping[str, Any]) -> None:
+    cfg["evaluation"]["enabled"] = True
+    cfg["comparison"]["enabled"] = False
+    cfg["stream"]["engine"] = "SST"
 
 
-def summarize_run(folder: str | Path, *, sampler: str, seed: int) -> dict[str, Any]:
-    """One row of sampling.csv from a finished run's evaluation.csv, metrics.csv and ledger.csv."""
+def member_errors(evaluation: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """Per test member: mse and rel_l2 pooled over its steps, and its parameters (``names``, the
+    columns of evaluation.csv that hold them)."""
+    errors = pooled(evaluation, by=["member"])[["member", "mse", "rel_l2"]]
+    params = evaluation.groupby("member", sort=True)[list(names)].first().reset_index()
+    return errors.merge(params, on="member")
+
+
+def _param_names(folder: Path) -> list[str]:
+    return list(StudyConfig.from_dict(load_config(folder / "config.yaml")).problem.param_names)
+
+
+def summarize_run(folder: str | Path, per_member: pd.DataFrame, *, sampler: str, seed: int) -> dict[str, Any]:
+    """One row of sampling.csv from a finished run's errors per test member (:func:`member_errors`),
+    and its metrics.csv and ledger.csv."""
     folder = Path(folder)
-    per_member = member_errors(pd.read_csv(folder / "evaluation.csv"))
     metrics = pd.read_csv(folder / "metrics.csv")
     ledger = pd.read_csv(folder / "ledger.csv")
     last = metrics.iloc[-1]
@@ -123,10 +100,26 @@ def summarize_run(folder: str | Path, *, sampler: str, seed: int) -> dict[str, A
     return row
 
 
-def summarize(runs: Mapping[tuple[str, int], str | Path]) -> pd.DataFrame:
-    """sampling.csv: ``runs`` maps (sampler, seed) to the run's folder."""
-    rows = [summarize_run(path, sampler=s, seed=k) for (s, k), path in runs.items()]
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+def collect(runs: Mapping[tuple[str, int], str | Path]) -> dict[str, pd.DataFrame]:
+    """sampling.csv (``summary``), the errors and parameters of every run's test members
+    (``members``) and the parameters of its training members (``training``): ``runs`` maps
+    (sampler, seed) to the run's folder."""
+    rows, members, training = [], [], []
+    for (sampler, seed), folder in runs.items():
+        folder = Path(folder)
+        names = _param_names(folder)
+        per_member = member_errors(pd.read_csv(folder / "evaluation.csv"), names)
+        rows.append(summarize_run(folder, per_member, sampler=sampler, seed=seed))
+        members.append(per_member.assign(sampler=sampler, seed=seed))
+        training.append(training_params(folder, names).assign(sampler=sampler, seed=seed))
+    first = ["sampler", "seed", "member"]
+    return {"summary": pd.DataFrame(rows, columns=list(COLUMNS)),
+            "members": _first(pd.concat(members, ignore_index=True), first),
+            "training": _first(pd.concat(training, ignore_index=True), first)}
+
+
+def _first(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return frame[columns + [c for c in frame.columns if c not in columns]]
 
 
 def gains(summary: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -172,61 +165,86 @@ def markdown(summary: pd.DataFrame, reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def training_params(folder: str | Path) -> pd.DataFrame:
-    """The training members' parameters of a run (from their markers): member, p0, p1, ..."""
+def training_params(folder: str | Path, names: Sequence[str]) -> pd.DataFrame:
+    """The training members' parameters of a run (from their markers): member, then ``names``."""
     rows = []
     for path in sorted((Path(folder) / "members").glob("member-*.json")):
         if not path.stem.removeprefix("member-").isdigit():
             continue  # .failed, .received, .draw
         obj = json.loads(path.read_text())
         if "params" in obj:
-            rows.append({"member": int(obj["member"]), **{f"p{i}": v for i, v in enumerate(obj["params"])}})
-    return pd.DataFrame(rows)
+            rows.append({"member": int(obj["member"]), **dict(zip(names, obj["params"]))})
+    return pd.DataFrame(rows, columns=["member", *names])
 
 
-def plot(runs: Mapping[tuple[str, int], str | Path], summary: pd.DataFrame, path: str | Path, *,
-         names: Sequence[str], ranges: Sequence[Sequence[float]]) -> Path:
+def report(frames: Mapping[str, pd.DataFrame], paths: Mapping[str, Path], **options: Any) -> str:
+    """sampling.md and sampling.png from the three CSVs; the first sampler is the reference the
+    others' gains are measured against. Returns the Markdown."""
+    summary = frames["summary"]
+    text = markdown(summary, summary["sampler"].iloc[0])
+    paths["markdown"].write_text(text)
+    plot(frames["members"], frames["training"], paths["figure"])
+    return text
+
+
+def plot(members: pd.DataFrame, training: pd.DataFrame, path: str | Path) -> Path:
     """Left: where the training members of each sampler went in the plane of the first two varying
-    parameters (every seed), over the test members coloured by the reference sampler's error.
-    Right: each sampler's test error per test member, sorted (the tail is on the right)."""
+    parameters (every seed), over the test members coloured by the reference sampler's error (its
+    first seed). Right: each sampler's test error per test member, sorted (the tail is on the
+    right). ``members`` and ``training`` are the frames of :func:`collect`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samplers = list(dict.fromkeys(s for s, _ in runs))
-    varying = [i for i, (lo, hi) in enumerate(ranges) if hi > lo][:2] or [0, 0]
-    i, j = (varying + varying)[:2]
-    fig, (ax_p, ax_e) = plt.subplots(1, 2, figsize=(12, 5))
+    from datamove.plots import save_figure  # matplotlib only where a figure is drawn
+
+    names = [c for c in training.columns if c not in ("sampler", "seed", "member")]
+    samplers = list(dict.fromkeys(members["sampler"]))
     ref_sampler = samplers[0]
-    ref_folder = next(p for (s, _), p in runs.items() if s == ref_sampler)
-    ev = pd.read_csv(Path(ref_folder) / "evaluation.csv")
-    per = ev.groupby("member").agg(x=(names[i], "first"), y=(names[j], "first"))
-    per["mse"] = member_errors(ev).set_index("member")["mse"]
-    sc = ax_p.scatter(per["x"], per["y"], c=per["mse"], cmap="Greys", marker="s", s=40, norm=matplotlib.colors.LogNorm(),
+    ref = members[(members["sampler"] == ref_sampler) & (members["seed"] == members["seed"].iloc[0])]
+    # The parameters the test members vary (the others have one value: a degenerate range).
+    varying = [n for n in names if ref[n].nunique() > 1][:2] or names[:1]
+    x, y = (varying + varying)[:2]
+    fig, (ax_p, ax_e) = plt.subplots(1, 2, figsize=(12, 5))
+    sc = ax_p.scatter(ref[x], ref[y], c=ref["mse"], cmap="Greys", marker="s", s=40, norm=matplotlib.colors.LogNorm(),
                       label=f"test members ({ref_sampler} error)")
     fig.colorbar(sc, ax=ax_p, label=f"test MSE, {ref_sampler}")
     markers = ["o", "x", "^", "+"]
     for k, sampler in enumerate(samplers):
-        parts = [training_params(p) for (s, _), p in runs.items() if s == sampler]
-        pts = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        pts = training[training["sampler"] == sampler]
         if len(pts):
-            ax_p.scatter(pts[f"p{i}"], pts[f"p{j}"], s=14, marker=markers[k % len(markers)], color=f"C{k}",
+            ax_p.scatter(pts[x], pts[y], s=14, marker=markers[k % len(markers)], color=f"C{k}",
                          alpha=0.7, label=f"{sampler} training members")
-    ax_p.set_xlabel(names[i])
-    ax_p.set_ylabel(names[j])
+    ax_p.set_xlabel(x)
+    ax_p.set_ylabel(y)
     ax_p.set_title("where the training members went (all seeds)")
     ax_p.legend(fontsize=8, loc="best")
     for k, sampler in enumerate(samplers):
-        for n, ((s, seed), folder) in enumerate(x for x in runs.items() if x[0][0] == sampler):
-            err = np.sort(member_errors(pd.read_csv(Path(folder) / "evaluation.csv"))["mse"].to_numpy())
-            ax_e.plot(np.arange(1, len(err) + 1), err, color=f"C{k}", alpha=0.8,
-                      label=sampler if n == 0 else None)
+        runs = members[members["sampler"] == sampler]
+        for n, (_, run) in enumerate(runs.groupby("seed", sort=False)):
+            err = np.sort(run["mse"].to_numpy())
+            ax_e.plot(np.arange(1, len(err) + 1), err, color=f"C{k}", alpha=0.8, label=sampler if n == 0 else None)
     ax_e.set_yscale("log")
     ax_e.set_xlabel("test members, sorted by error")
     ax_e.set_ylabel("test MSE (normalised)")
     ax_e.set_title("test error per member, each seed a line")
     ax_e.legend()
-    from datamove.plots import save_figure
-
     return save_figure(fig, path)
+
+
+KIND = StudyKind(
+    name="sampling", section=SECTION, rule="sampling", target="compare_sampling",
+    axes=(listed(SECTION, "samplers", "sampler", "parameters.sampler"), seed_axis(SECTION)),
+    loop=("seed", "sampler"), run_name="{sampler}-seed{seed}", key=("sampler", "seed"),
+    # A run is one study: its own sampling_study is the default, so that its config (which decides
+    # when Snakemake reruns it) does not change when a sampler or a seed is added to the study.
+    resets={SECTION: {}}, settle=_settle,
+    run_outputs={"evaluation": "evaluation.csv", "metrics": "metrics.csv", "ledger": "ledger.csv"},
+    ledger="ledger.csv", run_figures=lambda st: True,
+    # Its own message, naming parameters.adaptive.base, before the sweep's test-member check.
+    check_first=check_samplers,
+    tables={"summary": "sampling.csv", "members": "sampling_members.csv", "training": "sampling_training.csv",
+            "markdown": "sampling.md", "figure": "sampling.png"},
+    collect=collect, report=report, caption="sampling.rst",
+)

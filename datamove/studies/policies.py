@@ -1,19 +1,18 @@
-"""The policy study: every buffer policy under a fast- and a slow-producer setting, compared.
+"""The policy study: every reservoir policy under a fast- and a slow-producer setting, compared.
 
-A *setting* is a complete study configuration (``config/policies-<setting>.yaml``); the study runs
-it once per policy, each run a complete online study of the main workflow with only
-``reservoir.policy`` changed (``workflow/rules/policies.smk``). This module holds what the rules
-need and is tested without running them: the sub-study configurations, the summary table and the
-figure.
+A *setting* is a complete study configuration (``policy_study.settings``: name -> its file,
+``config/policies-fast.yaml`` and ``config/policies-slow.yaml`` by default); a run is a setting with
+one ``reservoir.policy`` (``policy_study.policies``; empty: every policy of the registry), a complete
+online study of the main workflow, so only the policy differs within a setting.
 
-Layout: ``<root>/<setting>/<policy>/`` is the sub-study's folder (``metrics.csv``, ``ledger.csv``,
-``members/``, ...), ``<root>/<setting>/<policy>.yaml`` its configuration, and ``<root>/summary.csv``
-and ``<root>/policies.png`` the comparison.
+Layout under ``<results_dir>/<study>/policies/``: ``runs/<setting>.<policy>/`` each run's study
+folder (``metrics.csv``, ``ledger.csv``, ``members/``, ...), ``runs/<setting>.<policy>.yaml`` its
+configuration, and ``policies.csv`` (a row per run), ``policies_curves.csv`` (every run's
+validation loss against wall time) and ``policies.png``.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,9 +20,11 @@ from typing import Any
 
 import pandas as pd
 
-from datamove.config import load_config, load_schema, validate_config
+from datamove.config import load_config
+from datamove.studies.sweep import Axis, StudyKind, listed
 
-#: Columns of summary.csv, one row per (setting, policy).
+SECTION = "policy_study"
+#: Columns of policies.csv, one row per (setting, policy).
 SUMMARY_COLUMNS = (
     "setting",
     "policy",
@@ -43,42 +44,27 @@ SUMMARY_COLUMNS = (
     "n_dropped",
     "seen_mean_final",
 )
+#: Columns of policies_curves.csv: a run's validation loss over its trainer's wall time.
+CURVE_COLUMNS = ("setting", "policy", "batch", "wall_s", "val_loss")
 
 
 def policy_names() -> list[str]:
-    """Every policy the configuration accepts (the schema's enum, in its order)."""
-    return list(load_schema()["properties"]["reservoir"]["properties"]["policy"]["enum"])
+    """Every policy of the registry, in its order: the study's policies where it names none."""
+    from datamove.reservoir import POLICIES  # torch: only when the study's runs are listed
+
+    return list(POLICIES)
 
 
-def sub_study_config(base: Mapping[str, Any], *, root: str | Path, setting: str, policy: str,
-                     data_root: str | Path) -> dict[str, Any]:
-    """The configuration of one run of the study: the setting's, with only the policy, the study
-    name and the folders changed. Validated, every default filled in.
-
-    The held-out members go to ``<data_root>/<setting>/<policy>/heldout``: every policy of a setting
-    has the same held-out seed and solver, hence the same validation set.
-    """
-    cfg = copy.deepcopy(dict(base))
-    cfg["study"] = policy
-    cfg["results_dir"] = str(Path(root) / setting)
-    cfg["data_dir"] = str(Path(data_root) / setting)
-    cfg.setdefault("reservoir", {})["policy"] = policy
-    return validate_config(cfg, source=f"policy study setting '{setting}'")
-
-
-def require_complete(ledger_path: str | Path) -> None:
-    """Exit with an error naming the lost members unless every member of a run arrived whole: a run
-    that lost members (a crashed stream) is not comparable with the others, so it is retried."""
-    ledger = pd.read_csv(ledger_path)
-    lost = ledger[(ledger["status"] != "complete") | (ledger["steps_received"] < ledger["steps_expected"])]
-    if len(lost):
-        rows = "; ".join(f"member {r.member}: {r.status}, {r.steps_received}/{r.steps_expected} steps, {r.reason}"
-                         for r in lost.itertuples())
-        raise SystemExit(f"{ledger_path}: {len(lost)} member(s) incomplete, the run is not comparable: {rows}")
-
-
-def load_setting(path: str | Path) -> dict[str, Any]:
-    """A setting file, validated (a typo fails here, before any sub-study starts)."""
+def setting_config(cfg: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The setting's file (policy_study.settings), validated: a run's base in place of the study's
+    config. ValueError naming the key where the setting is not in the study or its file is missing."""
+    settings = cfg[SECTION]["settings"]
+    name = values["setting"]
+    if name not in settings:
+        raise ValueError(f"key '{SECTION}.settings': no setting {name!r} (the study has {', '.join(settings)})")
+    path = Path(settings[name])
+    if not path.is_file():
+        raise ValueError(f"key '{SECTION}.settings.{name}': {path}: no such file")
     return load_config(path)
 
 
@@ -124,14 +110,23 @@ def summarize_run(study_dir: str | Path, *, setting: str, policy: str) -> dict[s
     }
 
 
-def summarize(runs: Mapping[tuple[str, str], str | Path]) -> pd.DataFrame:
-    """summary.csv: ``runs`` maps (setting, policy) to the sub-study's folder."""
+def collect(runs: Mapping[tuple[str, str], str | Path]) -> dict[str, pd.DataFrame]:
+    """policies.csv (``summary``) and every run's validation loss over wall time (``curves``):
+    ``runs`` maps (setting, policy) to the run's folder."""
     rows = [summarize_run(path, setting=s, policy=p) for (s, p), path in runs.items()]
-    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    curves = [pd.read_csv(Path(path) / "metrics.csv")[["batch", "wall_s", "val_loss"]].assign(setting=s, policy=p)
+              for (s, p), path in runs.items()]
+    return {"summary": pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)),
+            "curves": pd.concat(curves, ignore_index=True)[list(CURVE_COLUMNS)]}
 
 
-def plot_policy_study(runs: Mapping[tuple[str, str], str | Path], summary: pd.DataFrame,
-                      path: str | Path) -> Path:
+def report(frames: Mapping[str, pd.DataFrame], paths: Mapping[str, Path], **options: Any) -> str:
+    """policies.png from policies.csv and policies_curves.csv; returns the summary as text."""
+    plot_policy_study(frames["curves"], frames["summary"], paths["figure"])
+    return frames["summary"].to_string(index=False)
+
+
+def plot_policy_study(curves: pd.DataFrame, summary: pd.DataFrame, path: str | Path) -> Path:
     """One row of panels per setting: validation loss against wall time for every policy (left),
     throughput per policy (right: samples trained per second, and steps the solvers sent per
     second)."""
@@ -140,16 +135,16 @@ def plot_policy_study(runs: Mapping[tuple[str, str], str | Path], summary: pd.Da
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = list(dict.fromkeys(s for s, _ in runs))
-    policies = list(dict.fromkeys(p for _, p in runs))
+    settings = list(dict.fromkeys(summary["setting"]))
+    policies = list(dict.fromkeys(summary["policy"]))
     colors = {p: f"C{i}" for i, p in enumerate(policies)}
     fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.6 * len(settings)), squeeze=False)
     for row, setting in zip(axes, settings):
         ax_loss, ax_rate = row
         for policy in policies:
-            if (setting, policy) not in runs:
+            m = curves[(curves["setting"] == setting) & (curves["policy"] == policy)]
+            if m.empty:
                 continue
-            m = pd.read_csv(Path(runs[(setting, policy)]) / "metrics.csv")
             ax_loss.plot(m["wall_s"], m["val_loss"], marker=".", color=colors[policy], label=policy)
         ax_loss.set_yscale("log")
         ax_loss.set_xlabel("trainer wall time [s]")
@@ -167,6 +162,24 @@ def plot_policy_study(runs: Mapping[tuple[str, str], str | Path], summary: pd.Da
         ax_rate.set_ylabel("samples / s")
         ax_rate.set_title(f"{setting} producer: throughput")
         ax_rate.legend()
-    from datamove.plots import save_figure
+    from datamove.plots import save_figure  # matplotlib only where a figure is drawn
 
     return save_figure(fig, path)
+
+
+KIND = StudyKind(
+    name="policies", section=SECTION, rule="policy", target="compare_policies",
+    axes=(Axis(key="settings", fields=("setting",), values=lambda cfg: [{"setting": s} for s in cfg[SECTION]["settings"]],
+               override=lambda cfg, values: {}),
+          listed(SECTION, "policies", "policy", "reservoir.policy", every=policy_names)),
+    loop=("setting", "policy"), run_name="{setting}.{policy}", key=("setting", "policy"),
+    resets={SECTION: {"settings": {}}}, settle=lambda cfg, values: None, base_of=setting_config,
+    run_outputs={"metrics": "metrics.csv", "ledger": "ledger.csv"},
+    # An incomplete ledger here was an ingest worker killed by a crash of the ADIOS2 SST reader
+    # (SIGSEGV, seen under load): the run is retried.
+    ledger="ledger.csv", run_figures=lambda st: True,
+    # The settings are complete configs of their own: nothing to check across them before the runs.
+    declared=lambda st: False,
+    tables={"summary": "policies.csv", "curves": "policies_curves.csv", "figure": "policies.png"},
+    collect=collect, report=report, caption="policies.rst",
+)

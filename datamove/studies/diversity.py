@@ -1,7 +1,7 @@
 """The data-diversity study: test error against the number of distinct members (diversity.smk).
 
 A run is one (model, arm, members, seed): the study's config with the model's overrides deep-merged
-in (:func:`datamove.evaluation.models.merge`, as the models study does), ``ensemble.seed`` and
+in (datamove.config.merge_config, as the models study does), ``ensemble.seed`` and
 ``trainer.seed`` set to the seed, ``ensemble.n_members`` to the members, and one arm, not a
 comparison pair:
 
@@ -13,10 +13,10 @@ comparison pair:
 
 So every point of a model's curve trains the same number of batches; only the number of distinct
 members it could learn from differs. Every run is tested on the same test members (their seed,
-sampler and count are the config's, which no run changes: :func:`check_diversity`), each run
+sampler and count are the config's, which no run changes: the sweep's checks), each run
 writing them afresh from the same seed into its own data folder.
 
-Errors are those of the models study (datamove.evaluation.models): pooled over a run's test samples
+Errors are those of the models study (datamove.studies.stats): pooled over a run's test samples
 (``test_mse``, ``test_rel_l2``; for an autoregressive model one-step errors, and ``rollout_mse``,
 ``rollout_rel_l2`` of rollouts from the members' first steps). A point (model, arm, members) is
 summed up by the mean and standard deviation over seeds, and a 95 % interval over test members: a
@@ -33,7 +33,7 @@ run's study folder, ``runs/<...>.yaml`` its config, and ``diversity.csv`` (a row
 ``diversity_members.csv`` (a row per run and test member: the sums the statistics pool),
 ``diversity.md`` and ``diversity.png``. A study run in parts (``diversity_study.only``), in other
 folders or on other machines, is one table again from its parts' two CSV files
-(:func:`read_parts`, ``datamove diversity-table``).
+(datamove.studies.tables.read_parts, ``datamove study-table diversity``).
 """
 
 from __future__ import annotations
@@ -45,15 +45,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from datamove.config import validate_config
-from datamove.evaluation.models import (
-    STATS, SUMS, _check_model_args, arm_row, check_selected, differing_key, identity_of_test_members, merge, models_of,
-    pooled_stats, seed_clash, selected,
-)
-from datamove.evaluation.tables import write_csv
+from datamove.evaluation.arms import ARMS
+from datamove.studies.stats import STATS, SUMS, arm_row, bootstrap_weights, pooled_stats, std
+from datamove.studies.sweep import Axis, StudyKind, named, seed_axis
 
-#: The arms, in the order of a seed's runs and of the table.
-ARMS = ("offline", "online")
 #: Columns of diversity.csv, one row per run. The rollout columns are empty for direct models.
 COLUMNS = (
     "model", "arm", "members", "members_trained", "seed", "sample", "test_members", "test_samples",
@@ -66,62 +61,25 @@ SECTION = "diversity_study"
 # --------------------------------------------------------------------------- runs and their configs
 
 
-def diversity_models(cfg: Mapping[str, Any]) -> dict[str, dict]:
-    """diversity_study.models, or the config's own model (named after trainer.model) when empty."""
-    return models_of(cfg, section=SECTION)
-
-
-def run_name(model: str, arm: str, members: int, seed: int) -> str:
-    """Unambiguous: model names have no dot (the schema's propertyNames)."""
-    return f"{model}.{arm}{members}.seed{seed}"
-
-
-def points_of(cfg: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """(arm, members) of every point of a model's curve: offline, then online, by members."""
+def _points(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """(arm, members) of every point of a model's curve: offline, then online, by members. A point
+    sets ensemble.n_members (and the arm's engine and budget: :func:`_settle`)."""
     st = cfg[SECTION]
-    return [("offline", int(n)) for n in sorted(st["offline_members"])] + [
-        ("online", int(n)) for n in sorted(st["online_members"])]
+    return [{"arm": arm, "members": int(n)} for arm in ("offline", "online") for n in sorted(st[f"{arm}_members"])]
 
 
-def runs_of(cfg: Mapping[str, Any]) -> list[tuple[str, str, int, int]]:
-    """(model, arm, members, seed) of every run that diversity_study.only selects (all where it
-    selects none), seed by seed (the order of diversity.csv; Snakemake picks the order in which they
-    run)."""
-    only = cfg[SECTION].get("only") or {}
-    seeds = [int(s) for s in selected(cfg[SECTION]["seeds"], only.get("seeds"))]
-    models = selected(diversity_models(cfg), only.get("models"))
-    return [(model, arm, n, seed) for seed in seeds for model in models for arm, n in points_of(cfg)]
-
-
-def run_config(base: Mapping[str, Any], *, root: str | Path, data_root: str | Path, model: str, arm: str,
-               members: int, seed: int) -> dict[str, Any]:
-    """The validated config of one run: ``base`` (the study's, validated) with the model's
-    overrides, the seeds, ``members`` members and the arm's engine and budget (the module's
-    docstring), folders under ``root``/``data_root``, evaluation on.
-
-    Its own diversity_study has no points and its model_study no models (a run is one study; its
-    nested workflow must not plan or check a study again). Raises ValueError naming the key where
-    the model has no trainer.batch_budget or the seed is that of the held-out or test members.
-    """
+def _settle(cfg: dict[str, Any], values: Mapping[str, Any]) -> None:
+    """The arm's engine and budget (the module's docstring); ValueError naming the key where the
+    model has no trainer.batch_budget."""
+    model, arm = values["model"], values["arm"]
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
-    name = run_name(model, arm, members, seed)
-    cfg = merge(base, diversity_models(base)[model])
     budget = cfg["trainer"]["batch_budget"]
     if budget is None:
         raise ValueError(
             f"key '{SECTION}.models.{model}.trainer.batch_budget': model {model!r} has no batch budget (nor has "
             "trainer.batch_budget): every point of its curve must train the same number of batches"
         )
-    for other in ("heldout", "test"):
-        if seed == cfg[other]["seed"]:
-            raise ValueError(f"key '{SECTION}.seeds': seed {seed} equals {other}.seed, so {other} members would "
-                             "repeat training members")
-    cfg.update(study=name, arm=None, results_dir=str(root), data_dir=str(data_root), model_study={},
-               **{SECTION: {"offline_members": [], "online_members": []}})
-    cfg["ensemble"]["seed"] = seed
-    cfg["trainer"]["seed"] = seed
-    cfg["ensemble"]["n_members"] = int(members)
     cfg["comparison"]["enabled"] = False
     cfg["evaluation"]["enabled"] = True
     if arm == "online":
@@ -130,53 +88,6 @@ def run_config(base: Mapping[str, Any], *, root: str | Path, data_root: str | Pa
         cfg["stream"]["engine"] = "BP5"
         cfg["stream"]["xml_config"] = None  # an XML file configures SST streams
         cfg["offline"].update(epochs=int(budget), max_batches=int(budget), max_seconds=None)
-    return validate_config(cfg, source=f"diversity study run {name}")
-
-
-def check_diversity(cfg: Mapping[str, Any]) -> None:
-    """Every run config must be valid and every run tested on the same test members; seeds must not
-    be those of the held-out or test members.
-
-    Raises ValueError (or ConfigError, from validating a run's config) naming the key at fault.
-    Nothing to check where diversity_study names no model (the default, whose config needs no batch
-    budget unless the study runs, and every run's own config): :func:`run_config` refuses a run,
-    naming the key, when its config is written. Else one config per (model, arm) is built, with the
-    arm's fewest members and the first seed: the points of an arm differ only in ensemble.n_members
-    and the seeds only in ensemble.seed and trainer.seed, none of which decides the test members.
-    """
-    st = cfg[SECTION]
-    check_selected(SECTION, st.get("only") or {}, {"models": diversity_models(cfg), "seeds": st["seeds"]})
-    if not st["models"] or not points_of(cfg):
-        return
-    for name, over in diversity_models(cfg).items():
-        for section in (SECTION, "model_study"):
-            if section in over:
-                raise ValueError(f"key '{SECTION}.models.{name}.{section}': a run cannot hold another study")
-    seed = int(st["seeds"][0])
-    first, reference = None, None
-    for model in diversity_models(cfg):
-        for arm in ARMS:
-            counts = [n for a, n in points_of(cfg) if a == arm]
-            if not counts:
-                continue
-            run = run_config(cfg, root="results", data_root="data", model=model, arm=arm, members=counts[0], seed=seed)
-            clash = seed_clash(run, st["seeds"])  # every seed, where a run's config sees only its own
-            if clash:
-                raise ValueError(f"key '{SECTION}.seeds': seed {clash[0]} equals {clash[1]}.seed of model {model!r}, "
-                                 f"so {clash[1]} members would repeat training members")
-            _check_model_args(run, f"{SECTION}.models.{model}")
-            ident = identity_of_test_members(run)
-            where = f"model {model!r} {arm}"
-            if reference is None:
-                first, reference = where, ident
-                continue
-            key = differing_key(ident, reference)
-            if key is not None:
-                raise ValueError(
-                    f"key '{SECTION}.models.{model}': sets {key} to {ident.get(key)!r} ({where}) where {first} "
-                    f"has {reference.get(key)!r}, so the runs would be tested on different test members; set "
-                    "it in the config, for every model, or not at all"
-                )
 
 
 # --------------------------------------------------------------------------- errors and diversity.csv
@@ -191,79 +102,34 @@ def members_trained(ledger: pd.DataFrame) -> int:
 
 def run_row(folder: str | Path, *, model: str, arm: str, members: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
     """One row of diversity.csv from a run's evaluation.csv, metrics.csv, config.yaml and (online)
-    ledger.csv, and the run's per test member sums (datamove.evaluation.models.member_sums)."""
+    ledger.csv, and the run's per test member sums (datamove.studies.stats.arm_row)."""
     folder = Path(folder)
-    row, sums = arm_row(folder, problem="", model=model, seed=seed, arm=arm)
+    row, sums = arm_row(folder, model=model, arm=arm, seed=seed)
     ledger = folder / "ledger.csv"
     trained = members_trained(pd.read_csv(ledger)) if arm == "online" and ledger.exists() else int(members)
-    out = {**{k: row[k] for k in COLUMNS if k in row}, "members": int(members), "members_trained": trained}
-    return {k: out.get(k, np.nan) for k in COLUMNS}, sums.drop(columns="problem").assign(members=int(members))
+    out = {**row, "members": int(members), "members_trained": trained}
+    return {k: out.get(k, np.nan) for k in COLUMNS}, sums.assign(members=int(members))
 
 
-def collect(runs: Mapping[tuple[str, str, int, int], str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """diversity.csv, and the per test member sums of every run: ``runs`` maps (model, arm,
-    members, seed) to the run's study folder."""
+def collect(runs: Mapping[tuple[str, str, int, int], str | Path]) -> dict[str, pd.DataFrame]:
+    """diversity.csv (``summary``) and the per test member sums of every run (``members``):
+    ``runs`` maps (model, arm, members, seed) to the run's study folder."""
     rows, sums = [], []
     for (model, arm, members, seed), folder in runs.items():
         row, s = run_row(folder, model=model, arm=arm, members=members, seed=seed)
         rows.append(row)
         sums.append(s)
-    return pd.DataFrame(rows, columns=list(COLUMNS)), pd.concat(sums, ignore_index=True)
+    return {"summary": pd.DataFrame(rows, columns=list(COLUMNS)),
+            "members": pd.concat(sums, ignore_index=True)[["model", "arm", "members", "seed", "member", *SUMS]]}
 
 
-#: The files of a study's table in its folder, as write_table writes them (the diversity rule's
-#: outputs) and read_parts reads the first two back.
-TABLE_FILES = {"summary": "diversity.csv", "members": "diversity_members.csv", "markdown": "diversity.md",
-               "figure": "diversity.png"}
-SUMMARY_FILE, MEMBERS_FILE = TABLE_FILES["summary"], TABLE_FILES["members"]
-
-
-def read_parts(folders: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """diversity.csv and the per test member sums of a study run in parts: the concatenated
-    ``diversity.csv`` and ``diversity_members.csv`` of each folder (a finished table's folder, or
-    a copy of its two files), in the order given.
-
-    Raises ValueError naming the file where one is missing or lacks columns, and naming both folders
-    where a run (model, arm, members, seed) is in two parts: which to keep would be a guess.
-    """
-    summaries, sums, where = [], [], {}
-    key = ["model", "arm", "members", "seed"]
-    for folder in map(Path, folders):
-        frames = []
-        for name, columns in ((SUMMARY_FILE, COLUMNS), (MEMBERS_FILE, (*key, "member", *SUMS))):
-            path = folder / name
-            if not path.is_file():
-                raise ValueError(f"{path}: no such file (a part's folder holds {SUMMARY_FILE} and {MEMBERS_FILE})")
-            frame = pd.read_csv(path)
-            missing = [c for c in columns if c not in frame.columns]
-            if missing:
-                raise ValueError(f"{path}: no column {missing[0]!r}")
-            frames.append(frame)
-        summary, member_sums = frames
-        for run in summary[key].itertuples(index=False):
-            run = tuple(run)
-            if run in where:
-                raise ValueError(f"run {run_name(*run)} is in two parts: {where[run]} and {folder}; keep one")
-            where[run] = folder
-        summaries.append(summary)
-        sums.append(member_sums)
-    if not summaries:
-        raise ValueError("no parts to read")
-    return pd.concat(summaries, ignore_index=True), pd.concat(sums, ignore_index=True)
-
-
-def write_table(summary: pd.DataFrame, members: pd.DataFrame, folder: str | Path, *, resamples: int) -> str:
-    """diversity.csv, diversity_members.csv, diversity.md and diversity.png into ``folder``, from
-    :func:`collect` or :func:`read_parts`; returns the Markdown."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    # The table and figure from the CSVs as written: what diversity-table rebuilds from them.
-    summary = write_csv(summary, folder / SUMMARY_FILE)
-    members = write_csv(members, folder / MEMBERS_FILE, float_format="%.10g")  # sums: keep their digits
-    pts = points(members, summary, resamples=resamples)
-    text = markdown(summary, pts, resamples=resamples)
-    (folder / TABLE_FILES["markdown"]).write_text(text)
-    plot(pts, folder / TABLE_FILES["figure"])
+def report(frames: Mapping[str, pd.DataFrame], paths: Mapping[str, Path], *, resamples: int = 2000) -> str:
+    """diversity.md and diversity.png from diversity.csv and diversity_members.csv; returns the
+    Markdown."""
+    pts = points(frames["members"], frames["summary"], resamples=resamples)
+    text = markdown(frames["summary"], pts, resamples=resamples)
+    paths["markdown"].write_text(text)
+    plot(pts, paths["figure"])
     return text
 
 
@@ -280,19 +146,15 @@ def _arrays(part: pd.DataFrame, seeds: Sequence[int], ids: Sequence[int], where:
     return out
 
 
-def _std(x: np.ndarray) -> float:
-    return float(x.std(ddof=1)) if len(x) > 1 else float("nan")
-
-
 def points(members: pd.DataFrame, summary: pd.DataFrame, *, resamples: int = 2000, rng_seed: int = 0) -> pd.DataFrame:
-    """Per (model, arm, members) and statistic of :data:`datamove.evaluation.models.STATS` the model
+    """Per (model, arm, members) and statistic of :data:`datamove.studies.stats.STATS` the model
     has (rollouts only for an autoregressive one): seeds, members trained (mean over seeds), the
     mean and standard deviation over seeds, and the 2.5 and 97.5 percentiles of the mean over seeds
     over ``resamples`` bootstrap resamples of the test members (``ci_low``, ``ci_high``; the same
     resamples for every point, since every run has the same test members, or ValueError)."""
     ids = sorted(set(members["member"]))
     rng = np.random.default_rng(rng_seed)
-    weights = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=resamples).astype(float)
+    weights = bootstrap_weights(rng, len(ids), resamples)
     trained = summary.groupby(["model", "arm", "members"])["members_trained"].mean()
     rows = []
     for (model, arm, n), part in members.groupby(["model", "arm", "members"], sort=False):
@@ -307,10 +169,11 @@ def points(members: pd.DataFrame, summary: pd.DataFrame, *, resamples: int = 200
             lo, hi = np.percentile(boot[stat].mean(0), [2.5, 97.5])
             rows.append({"model": model, "arm": arm, "members": int(n), "members_trained": float(trained[(model, arm, n)]),
                          "stat": stat, "seeds": len(seeds), "test_members": len(ids), "mean": float(values.mean()),
-                         "std": _std(values), "ci_low": float(lo), "ci_high": float(hi)})
-    # Models as they came, errors as STATS lists them, offline then online, by members.
+                         "std": std(values), "ci_low": float(lo), "ci_high": float(hi)})
+    # Models and arms as the runs came (offline then online: the points' order), errors as STATS
+    # lists them, by members.
     rank = {"model": {m: i for i, m in enumerate(dict.fromkeys(members["model"]))},
-            "stat": {s: i for i, s in enumerate(STATS)}, "arm": {a: i for i, a in enumerate(ARMS)}}
+            "stat": {s: i for i, s in enumerate(STATS)}, "arm": {a: i for i, a in enumerate(dict.fromkeys(members["arm"]))}}
     return pd.DataFrame(rows).sort_values(["model", "stat", "arm", "members"], key=lambda c: c.map(rank.get(c.name, {}))
                                           if c.name in rank else c, kind="stable", ignore_index=True)
 
@@ -391,7 +254,7 @@ def plot(pts: pd.DataFrame, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from datamove.plots import save_figure
+    from datamove.plots import save_figure  # matplotlib only where a figure is drawn
 
     stats = [s for s in STATS if s in set(pts["stat"])]
     models = list(dict.fromkeys(pts["model"]))
@@ -399,7 +262,7 @@ def plot(pts: pd.DataFrame, path: str | Path) -> Path:
     style = {"offline": {"ls": "--", "marker": "s", "mfc": "white"}, "online": {"ls": "-", "marker": "o"}}
     for ax, stat in zip(axes[0], stats):
         for k, model in enumerate(models):
-            for arm in ARMS:
+            for arm in dict.fromkeys(pts["arm"]):
                 p = pts[(pts["stat"] == stat) & (pts["model"] == model) & (pts["arm"] == arm)].sort_values("members")
                 if p.empty:
                     continue
@@ -414,3 +277,24 @@ def plot(pts: pd.DataFrame, path: str | Path) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle("mean over seeds +- std; the same batches at every point of a model", fontsize=9)
     return save_figure(fig, path)
+
+
+KIND = StudyKind(
+    name="diversity", section=SECTION, rule="diversity", target="diversity",
+    axes=(named(SECTION, "models", "model", default=lambda cfg: cfg["trainer"]["model"]),
+          Axis(key="points", fields=("arm", "members"), values=_points, selectable=False,
+               override=lambda cfg, point: {"ensemble": {"n_members": int(point["members"])}}),
+          seed_axis(SECTION)),
+    loop=("seed", "model", "arm"), run_name="{model}.{arm}{members}.seed{seed}", key=("model", "arm", "members", "seed"),
+    # A run is one study: its own diversity_study has no points and its model_study no models.
+    resets={"model_study": {}, SECTION: {"offline_members": [], "online_members": []}}, settle=_settle,
+    run_outputs={"evaluation": "evaluation.csv", "metrics": "metrics.csv", "ledger": "ledger.csv"},
+    ledger="ledger.csv", run_figures=lambda st: False,
+    # Nothing to check where diversity_study names no model (the default, whose config needs no
+    # batch budget unless the study runs, and every run's own config): a run is refused, naming
+    # the key, when its config is written.
+    declared=lambda st: bool(st["models"]),
+    tables={"summary": "diversity.csv", "members": "diversity_members.csv", "markdown": "diversity.md",
+            "figure": "diversity.png"},
+    collect=collect, report=report, caption="diversity.rst",
+)
