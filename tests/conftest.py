@@ -96,6 +96,18 @@ def planned_jobs(output: str) -> dict[str, int]:
             if len(words) == 2 and words[1].isdigit()}
 
 
+def run_keys(kind, cfg) -> list[tuple]:
+    """The fields of every run that a study of studies (a datamove.studies kind) selects, in the
+    order of its key, run by run."""
+    return [run.key(kind.key) for run in kind.runs(cfg)]
+
+
+def summary_and_members(kind, runs) -> tuple:
+    """The summary and per test member frames that ``kind`` collects from ``runs``' folders."""
+    frames = kind.collect(runs)
+    return frames["summary"], frames["members"]
+
+
 def datamove(*args, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
     """Run the datamove CLI in a fresh process (the way the workflow does)."""
     return subprocess.run(

@@ -15,31 +15,8 @@ from datamove.config import ConfigError, StudyConfig, load_config, validate_conf
 from datamove.studies import tables
 from datamove.studies.diversity import COLUMNS, KIND, crossover, markdown, members_trained, plot, points
 
-from conftest import REPO, datamove, planned_jobs, snakemake
+from conftest import REPO, datamove, planned_jobs, run_keys, snakemake, summary_and_members
 from test_model_study import evaluation_frame
-
-
-check_diversity = KIND.check
-run_config = KIND.run_config
-
-
-def runs_of(cfg):
-    """(model, arm, members, seed) of every run the study selects, in its order."""
-    return [run.key(KIND.key) for run in KIND.runs(cfg)]
-
-
-def collect(runs):
-    frames = KIND.collect(runs)
-    return frames["summary"], frames["members"]
-
-
-def write_table(summary, members, folder, *, resamples):
-    return tables.write_table(KIND, {"summary": summary, "members": members}, folder, resamples=resamples)
-
-
-def read_parts(folders):
-    frames = tables.read_parts(KIND, folders)
-    return frames["summary"], frames["members"]
 
 
 def study_file(tmp_path, name="diversity-tiny.yaml", **overrides):
@@ -66,7 +43,7 @@ def test_the_full_study_plans_every_model_arm_members_and_seed(tmp_path):
     st = base["diversity_study"]
     assert (st["offline_members"], st["online_members"]) == ([25, 50, 100, 200], [400, 1600, 6400])
     assert set(st["models"]) == {"fc", "fno"} and st["seeds"] == [0, 1, 2]
-    runs = runs_of(base)
+    runs = run_keys(KIND, base)
     assert len(runs) == 2 * 7 * 3 == len(set(runs))
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
     assert counts["write_diversity_config"] == counts["run_diversity_study"] == str(len(runs))
@@ -77,7 +54,7 @@ def test_the_full_study_plans_every_model_arm_members_and_seed(tmp_path):
     # One run at a time, each holding the one study_runs, its config its only input.
     assert out.count("study_runs=1") == len(runs)
     # The same test members and batch budget at every point of a model; 6,400 members in 64 jobs.
-    cfgs = {run: StudyConfig.from_dict(run_config(base, root=tmp_path, data_root=tmp_path, model=run[0], arm=run[1],
+    cfgs = {run: StudyConfig.from_dict(KIND.run_config(base, root=tmp_path, data_root=tmp_path, model=run[0], arm=run[1],
                                                   members=run[2], seed=run[3])) for run in runs}
     assert len({c.test for c in cfgs.values()}) == 1 and next(iter(cfgs.values())).test.n_members == 50
     for model, budget in (("fc", 20000), ("fno", 3000)):
@@ -101,14 +78,14 @@ def test_a_part_of_the_study_plans_its_runs_only_on_the_run_cores(tmp_path):
     assert out.count("--cores 3 --nolock") == 14
     base = load_config(REPO / "config" / "diversity.yaml")
     part = with_study(base, only={"models": ["fc"], "seeds": ["2"]})
-    assert runs_of(part) == [r for r in runs_of(base) if r[0] == "fc" and r[3] == 2]
+    assert run_keys(KIND, part) == [r for r in run_keys(KIND, base) if r[0] == "fc" and r[3] == 2]
     # A part's runs have the configs they have in the whole study: it runs only what is missing.
-    assert (run_config(part, root="r", data_root="d", model="fc", arm="online", members=400, seed=2)
-            == run_config(base, root="r", data_root="d", model="fc", arm="online", members=400, seed=2))
+    assert (KIND.run_config(part, root="r", data_root="d", model="fc", arm="online", members=400, seed=2)
+            == KIND.run_config(base, root="r", data_root="d", model="fc", arm="online", members=400, seed=2))
     with pytest.raises(ValueError, match=r"diversity_study.only.models.*'mlp' is not one of the study's models"):
-        check_diversity(with_study(base, only={"models": ["mlp"]}))
+        KIND.check(with_study(base, only={"models": ["mlp"]}))
     with pytest.raises(ValueError, match=r"diversity_study.only.seeds.*'7' is not one of the study's seeds"):
-        check_diversity(with_study(base, only={"seeds": ["7"]}))
+        KIND.check(with_study(base, only={"seeds": ["7"]}))
     with pytest.raises(ConfigError, match="diversity_study.run_cores"):
         validate_config(with_study(base, run_cores=1))
 
@@ -117,7 +94,7 @@ def test_runs_differ_only_in_seeds_members_engine_and_budget(tmp_path):
     base = load_config(REPO / "config" / "diversity-tiny.yaml")
 
     def cfg(arm, n, seed, model="fno"):
-        return run_config(base, root=tmp_path, data_root=tmp_path, model=model, arm=arm, members=n, seed=seed)
+        return KIND.run_config(base, root=tmp_path, data_root=tmp_path, model=model, arm=arm, members=n, seed=seed)
 
     def diff(a, b):
         return {f"{k}.{j}" for k in a if a[k] != b[k]
@@ -134,12 +111,12 @@ def test_runs_differ_only_in_seeds_members_engine_and_budget(tmp_path):
     assert on["study"] == "fno.online8.seed0" and on["arm"] is None and not on["comparison"]["enabled"]
     assert on["evaluation"]["enabled"] and on["data_dir"] == str(tmp_path)
     # A run plans no study of its own, and the model replaced fc's model_args.
-    assert runs_of(on) == [] and on["model_study"]["models"] == {}
+    assert run_keys(KIND, on) == [] and on["model_study"]["models"] == {}
     assert on["trainer"]["model_args"] == {"modes": 4, "width": 8, "layers": 2}
     assert cfg("online", 8, 0, model="fc")["trainer"]["batch_budget"] == 300
     # A run's config (which decides when it reruns) is the same in a study with more points or seeds.
     more = with_study(base, online_members=[*base["diversity_study"]["online_members"], 32], seeds=[0, 1, 5])
-    assert run_config(more, root=tmp_path, data_root=tmp_path, model="fno", arm="online", members=8, seed=0) == on
+    assert KIND.run_config(more, root=tmp_path, data_root=tmp_path, model="fno", arm="online", members=8, seed=0) == on
 
 
 def test_a_model_that_would_see_other_test_members_is_refused(tmp_path):
@@ -155,29 +132,29 @@ def test_a_model_that_would_see_other_test_members_is_refused(tmp_path):
 def test_other_refusals_name_the_key():
     base = load_config(REPO / "config" / "diversity-tiny.yaml")
     with pytest.raises(ValueError, match=r"diversity_study.seeds.*seed 2000 equals test.seed"):
-        check_diversity(with_study(base, seeds=[0, 2000]))
+        KIND.check(with_study(base, seeds=[0, 2000]))
     with pytest.raises(ValueError, match=r"diversity_study.seeds.*heldout.seed"):
-        check_diversity(with_study(base, seeds=[base["heldout"]["seed"]]))
+        KIND.check(with_study(base, seeds=[base["heldout"]["seed"]]))
     grid = with_study(base, models={"fc": {}, "fno": {"trainer": {"model": "fno"}, "solver": {"nx": 16}}})
     with pytest.raises(ValueError, match=r"diversity_study.models.fno.*solver.nx"):
-        check_diversity(grid)
+        KIND.check(grid)
     args = with_study(base, models={"fno": {"trainer": {"model": "fno", "model_args": {"hidden": 3}}}})
     with pytest.raises(ValueError, match=r"diversity_study.models.fno.*\['hidden'\] are not arguments of model 'fno'"):
-        check_diversity(args)
+        KIND.check(args)
     budget = with_study({**base, "trainer": {**base["trainer"], "batch_budget": None}}, models={"fc": {}})
     with pytest.raises(ValueError, match=r"diversity_study.models.fc.trainer.batch_budget"):
-        check_diversity(budget)
+        KIND.check(budget)
     wrong = with_study(base, models={"fno": {"trainer": {"model": "fno", "batch_size": 0}}})
     with pytest.raises(ConfigError, match=r"diversity study run fno.offline4.seed0(.|\n)*trainer.batch_size"):
-        check_diversity(wrong)
+        KIND.check(wrong)
     nested = with_study(base, models={"fc": {"diversity_study": {}}})
     with pytest.raises(ValueError, match=r"diversity_study.models.fc.diversity_study"):
-        check_diversity(nested)
+        KIND.check(nested)
     # Without models the config's own model is the one run of each point, refused when written.
     own = with_study(base, models={}, seeds=[2000])
-    check_diversity(own)
+    KIND.check(own)
     with pytest.raises(ValueError, match=r"diversity_study.seeds"):
-        run_config(own, root="r", data_root="d", model=own["trainer"]["model"], arm="online", members=8, seed=2000)
+        KIND.run_config(own, root="r", data_root="d", model=own["trainer"]["model"], arm="online", members=8, seed=2000)
     with pytest.raises(ConfigError, match="diversity_study.offline_members"):
         validate_config(with_study(base, offline_members=[0]))
     with pytest.raises(ConfigError, match="diversity_study.seed"):
@@ -238,7 +215,7 @@ def synthetic_study(tmp_path, seeds=(0, 1)):
 
 def test_diversity_csv_and_md_from_synthetic_runs(tmp_path):
     runs = synthetic_study(tmp_path)
-    summary, members = collect(runs)
+    summary, members = summary_and_members(KIND, runs)
     assert list(summary.columns) == list(COLUMNS) and len(summary) == 16
     assert [tuple(r) for r in summary[["model", "arm", "members", "seed"]].itertuples(index=False)] == list(runs)
     online = summary[summary["arm"] == "online"]
@@ -285,15 +262,17 @@ def test_diversity_csv_and_md_from_synthetic_runs(tmp_path):
 
 def test_a_study_in_parts_is_one_table_again(tmp_path):
     runs = synthetic_study(tmp_path / "runs")
-    summary, members = collect(runs)
+    summary, members = summary_and_members(KIND, runs)
     for seed in (0, 1):
-        write_table(*collect({r: f for r, f in runs.items() if r[3] == seed}), tmp_path / f"part{seed}", resamples=300)
+        tables.write_table(KIND, KIND.collect({r: f for r, f in runs.items() if r[3] == seed}), tmp_path / f"part{seed}",
+                           resamples=300)
     assert {p.name for p in (tmp_path / "part0").iterdir()} == {
         "diversity.csv", "diversity_members.csv", "diversity.md", "diversity.png"}
     # One seed has no spread over seeds: the part's table says 1 seed and gives none.
     one = (tmp_path / "part0" / "diversity.md").read_text()
     assert "| online | 16 | 13 | 1 | " in one and " +- " not in one.split("### fc")[1] and "nan" not in one
-    both, both_members = read_parts([tmp_path / "part0", tmp_path / "part1"])
+    parts = tables.read_parts(KIND, [tmp_path / "part0", tmp_path / "part1"])
+    both, both_members = parts["summary"], parts["members"]
     assert both[list(COLUMNS[:4])].equals(summary[list(COLUMNS[:4])])
     pd.testing.assert_frame_equal(both, summary, check_dtype=False, rtol=1e-5)
     whole = points(members, summary, resamples=300)
@@ -309,12 +288,12 @@ def test_a_study_in_parts_is_one_table_again(tmp_path):
     assert text.startswith("Test error against distinct members, 2 seed(s) (0, 1)") and "16 runs from 2 part(s)" in out.stdout
     assert text == markdown(summary, whole, resamples=300)
     # The target's own table (write_table of the whole study) is the one rebuilt from the parts.
-    write_table(summary, members, tmp_path / "whole", resamples=300)
+    tables.write_table(KIND, {"summary": summary, "members": members}, tmp_path / "whole", resamples=300)
     assert (tmp_path / "whole" / "diversity.md").read_text() == text
     assert (tmp_path / "table" / "diversity.png").stat().st_size > 10_000
     # A run in two parts, or a part without its sums, is refused by name.
     with pytest.raises(ValueError, match=r"run fc.offline2.seed0 is in two parts: .*part0 and .*part0"):
-        read_parts([tmp_path / "part0", tmp_path / "part0"])
+        tables.read_parts(KIND, [tmp_path / "part0", tmp_path / "part0"])
     (tmp_path / "part1" / "diversity_members.csv").unlink()
     bad = datamove("diversity-table", str(tmp_path / "part0"), str(tmp_path / "part1"), "--out", str(tmp_path / "x"), check=False)
     assert bad.returncode != 0 and "part1/diversity_members.csv: no such file" in bad.stderr
@@ -325,7 +304,7 @@ def test_runs_with_different_test_members_are_refused(tmp_path):
     folder = runs[("fno", "online", 16, 1)]
     ev = pd.read_csv(folder / "evaluation.csv")
     ev[ev["member"] != 3].to_csv(folder / "evaluation.csv", index=False)
-    summary, members = collect(runs)
+    summary, members = summary_and_members(KIND, runs)
     with pytest.raises(ValueError, match="model fno, online with 16 members, seed 1: test members"):
         points(members, summary)
 
@@ -377,7 +356,8 @@ def test_the_tiny_study_runs_end_to_end(tmp_path):
     assert "test MSE: online " in text and "the best offline point" in text
     assert (root / "diversity.png").stat().st_size > 10_000
     # The table's folder is a part that diversity-table reads back (a study run in parts).
-    again, sums = read_parts([root])
+    again = tables.read_parts(KIND, [root])
+    again, sums = again["summary"], again["members"]
     pd.testing.assert_frame_equal(again, summary)
     assert len(sums) == len(summary) * raw["test"]["n_members"]
     # Every run was tested on the same test members and steps (an autoregressive model's rows start

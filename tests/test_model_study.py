@@ -13,21 +13,7 @@ from datamove.config import ConfigError, StudyConfig, load_config
 from datamove.config import merge_config as merge
 from datamove.studies.models import COLUMNS, KIND, improvements, markdown, plot
 
-from conftest import REPO, planned_jobs, snakemake
-
-
-check_models = KIND.check
-run_config = KIND.run_config
-
-
-def runs_of(cfg):
-    """(problem, model, seed) of every run the study selects, in its order."""
-    return [run.key(KIND.key) for run in KIND.runs(cfg)]
-
-
-def collect(runs):
-    frames = KIND.collect(runs)
-    return frames["summary"], frames["members"]
+from conftest import REPO, planned_jobs, run_keys, snakemake, summary_and_members
 
 
 def study_file(tmp_path, name="models-tiny.yaml", **overrides):
@@ -49,13 +35,13 @@ def test_the_full_study_plans_every_problem_model_and_seed(tmp_path):
                        "--config", f"results_dir={tmp_path / 'results'}", f"data_dir={tmp_path / 'data'}", timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
-    runs = runs_of(base)
+    runs = run_keys(KIND, base)
     assert len(runs) == len(base["model_study"]["problems"]) * len(base["model_study"]["models"]) * 3
     assert out.count("--cores 3 --nolock") == len(runs)  # model_study.run_cores: each nested run's --cores
     for problem, model, seed in runs:
         assert f"run={problem}.{model}.seed{seed}" in out
     for problem in base["model_study"]["problems"]:
-        cfgs = [StudyConfig.from_dict(run_config(base, root=tmp_path, data_root=tmp_path, problem=p, model=m, seed=k))
+        cfgs = [StudyConfig.from_dict(KIND.run_config(base, root=tmp_path, data_root=tmp_path, problem=p, model=m, seed=k))
                 for p, m, k in runs if p == problem]
         assert all(c.test == cfgs[0].test and c.test.n_members >= 50 for c in cfgs)  # the same 50+ test members
         assert all(c.comparison.enabled and c.problem.name == cfgs[0].problem.name for c in cfgs)
@@ -63,8 +49,8 @@ def test_the_full_study_plans_every_problem_model_and_seed(tmp_path):
 
 def test_seeds_change_only_the_seeds_and_a_problem_replaces_the_solver(tmp_path):
     base = load_config(REPO / "config" / "models-tiny.yaml")
-    one = run_config(base, root=tmp_path, data_root=tmp_path, problem="heat", model="fno", seed=1)
-    two = run_config(base, root=tmp_path, data_root=tmp_path, problem="heat", model="fno", seed=2)
+    one = KIND.run_config(base, root=tmp_path, data_root=tmp_path, problem="heat", model="fno", seed=1)
+    two = KIND.run_config(base, root=tmp_path, data_root=tmp_path, problem="heat", model="fno", seed=2)
     assert {k for k in one if one[k] != two[k]} == {"study", "ensemble", "trainer"}
     assert {k for k in one["trainer"] if one["trainer"][k] != two["trainer"][k]} == {"seed"}
     assert {k for k in one["ensemble"] if one["ensemble"][k] != two["ensemble"][k]} == {"seed"}
@@ -91,17 +77,17 @@ def test_other_refusals_name_the_key():
     base = load_config(REPO / "config" / "models-tiny.yaml")
     bad = {**base, "model_study": {**base["model_study"], "seeds": [0, 2000]}}
     with pytest.raises(ValueError, match=r"model_study.seeds.*test.seed"):
-        check_models(bad)
+        KIND.check(bad)
     grid = {**base, "model_study": {**base["model_study"], "models": {
         "fc": {}, "fno": {"trainer": {"model": "fno"}, "solver": {"nx": 16}}}}}
     with pytest.raises(ValueError, match=r"model_study.models.fno.*solver.nx"):
-        check_models(grid)
+        KIND.check(grid)
     args = {**base, "model_study": {**base["model_study"], "models": {"fno": {"trainer": {"model": "fno", "model_args": {"hidden": 3}}}}}}
     with pytest.raises(ValueError, match=r"model_study.models.fno.*\['hidden'\] are not arguments of model 'fno'"):
-        check_models(args)
+        KIND.check(args)
     wrong = {**base, "model_study": {**base["model_study"], "models": {"fno": {"trainer": {"model": "fno", "batch_size": 0}}}}}
     with pytest.raises(ConfigError, match=r"models study run heat.fno.seed0(.|\n)*trainer.batch_size"):
-        check_models(wrong)
+        KIND.check(wrong)
     with pytest.raises(ConfigError, match="model_study.seed"):
         load_config_from({**base, "model_study": {"seed": [0]}})
     with pytest.raises(ConfigError, match="model_study.models"):
@@ -113,18 +99,18 @@ def test_only_selects_problems_and_models_and_refuses_others():
     part = load_config_from({**base, "model_study": {**base["model_study"], "only": {
         "problems": ["navier-stokes"], "models": ["fno", "fc"]}}})
     # The study's order, seed by seed, whatever the order of the selection.
-    assert runs_of(part) == [("navier-stokes", m, k) for k in (0, 1, 2) for m in ("fc", "fno")]
+    assert run_keys(KIND, part) == [("navier-stokes", m, k) for k in (0, 1, 2) for m in ("fc", "fno")]
     models = load_config_from({**base, "model_study": {**base["model_study"], "only": {"models": ["unet"]}}})
-    assert runs_of(models) == [(p, "unet", k) for k in (0, 1, 2) for p in ("heat", "navier-stokes")]
-    assert runs_of(load_config_from({**base, "model_study": {**base["model_study"], "only": {}}})) == runs_of(base)
+    assert run_keys(KIND, models) == [(p, "unet", k) for k in (0, 1, 2) for p in ("heat", "navier-stokes")]
+    assert run_keys(KIND, load_config_from({**base, "model_study": {**base["model_study"], "only": {}}})) == run_keys(KIND, base)
     # A run's config does not depend on the selection (a part's runs are the whole study's).
-    assert run_config(part, root="r", data_root="d", problem="navier-stokes", model="fno", seed=1) == \
-        run_config(base, root="r", data_root="d", problem="navier-stokes", model="fno", seed=1)
-    check_models(part)
+    assert KIND.run_config(part, root="r", data_root="d", problem="navier-stokes", model="fno", seed=1) == \
+        KIND.run_config(base, root="r", data_root="d", problem="navier-stokes", model="fno", seed=1)
+    KIND.check(part)
     for key, only in (("problems", {"problems": ["burgers"]}), ("models", {"models": ["fc", "fnx"]})):
         bad = load_config_from({**base, "model_study": {**base["model_study"], "only": only}})
         with pytest.raises(ValueError, match=rf"key 'model_study.only.{key}': '(burgers|fnx)' is not one"):
-            check_models(bad)
+            KIND.check(bad)
     with pytest.raises(ConfigError, match="model_study.only"):
         load_config_from({**base, "model_study": {"only": {"model": ["fc"]}}})
 
@@ -181,7 +167,7 @@ def synthetic_study(tmp_path):
 
 def test_models_csv_and_improvements_from_synthetic_arms(tmp_path):
     runs = synthetic_study(tmp_path)
-    summary, members = collect(runs)
+    summary, members = summary_and_members(KIND, runs)
     assert list(summary.columns) == list(COLUMNS) and len(summary) == 12
     heat = summary[summary["problem"] == "heat"]
     assert heat["rollout_mse"].isna().all() and heat["rollout_rel_l2"].isna().all()  # direct: no rollout
@@ -225,7 +211,7 @@ def test_arms_with_different_test_members_are_refused(tmp_path):
     folder = runs[("heat", "fc", 1)] / "offline"
     ev = pd.read_csv(folder / "evaluation.csv")
     ev[ev["member"] != 3].to_csv(folder / "evaluation.csv", index=False)
-    _, members = collect(runs)
+    _, members = summary_and_members(KIND, runs)
     with pytest.raises(ValueError, match="seed 1, arm offline: test members"):
         improvements(members)
 

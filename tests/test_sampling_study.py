@@ -13,9 +13,6 @@ from datamove.studies.sampling import COLUMNS, KIND, gains, markdown
 from conftest import REPO, planned_jobs, snakemake
 
 
-run_config = KIND.run_config
-
-
 def tiny_study(tmp_path, **overrides):
     raw = yaml.safe_load((REPO / "config" / "sampling-tiny.yaml").read_text())
     raw.update(results_dir=str(tmp_path / "results"), data_dir=str(tmp_path / "data"), **overrides)
@@ -39,8 +36,8 @@ def test_the_full_study_is_six_runs_and_each_changes_only_sampler_and_seeds(tmp_
     assert out.count("study_runs=1") == planned_jobs(out)["run_sampling_study"] == 6
     assert out.count("--cores 3 --nolock") == 6  # sampling_study.run_cores: each nested run's --cores
     base = load_config(REPO / "config" / "sampling.yaml")
-    one = run_config(base, root=tmp_path / "r", data_root=tmp_path / "d", sampler="halton", seed=2)
-    two = run_config(base, root=tmp_path / "r", data_root=tmp_path / "d", sampler="adaptive", seed=2)
+    one = KIND.run_config(base, root=tmp_path / "r", data_root=tmp_path / "d", sampler="halton", seed=2)
+    two = KIND.run_config(base, root=tmp_path / "r", data_root=tmp_path / "d", sampler="adaptive", seed=2)
     differ = {k for k in one if one[k] != two[k]}
     assert differ == {"study", "parameters"}
     assert one["parameters"]["sampler"] == "halton" and two["parameters"]["sampler"] == "adaptive"
@@ -49,7 +46,7 @@ def test_the_full_study_is_six_runs_and_each_changes_only_sampler_and_seeds(tmp_
     assert a.test == b.test and a.heldout == b.heldout  # the same test members for every run
     # A run's config (which decides when it reruns) is the same in a study with more seeds or samplers.
     more = {**base, "sampling_study": {**base["sampling_study"], "seeds": [0, 1, 2, 3]}}
-    assert run_config(more, root=tmp_path / "r", data_root=tmp_path / "d", sampler="halton", seed=2) == one
+    assert KIND.run_config(more, root=tmp_path / "r", data_root=tmp_path / "d", sampler="halton", seed=2) == one
 
 
 def test_samplers_whose_test_members_differ_are_refused(tmp_path):
