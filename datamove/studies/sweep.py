@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from datamove.config import StudyConfig, merge_config, validate_config
+from datamove.config import StudyConfig, load_schema, merge_config, validate_config
 
 @dataclass(frozen=True, kw_only=True)
 class Axis:
@@ -92,6 +92,11 @@ def seed_axis(section: str) -> Axis:
     return Axis(key="seeds", fields=("seed",), values=lambda cfg: [{"seed": int(k)} for k in cfg[section]["seeds"]],
                 override=lambda cfg, fields: {"ensemble": {"seed": int(fields["seed"])},
                                               "trainer": {"seed": int(fields["seed"])}})
+
+
+def study_sections() -> set[str]:
+    """The schema's sections of studies of studies (``*_study``: one per kind)."""
+    return {key for key in load_schema()["properties"] if key.endswith("_study")}
 
 
 def nested(path: str, value: Any) -> dict[str, Any]:
@@ -244,9 +249,7 @@ class StudyKind:
                 if unknown:
                     raise ValueError(f"key '{self.section}.only.{axis.key}': {unknown[0]!r} is not one of the "
                                      f"study's {axis.key} ({', '.join(map(str, have))}: {self.section}.{axis.key})")
-        from datamove.studies import KINDS  # the registry imports the kinds, which import this module
-
-        sections = {kind.section for kind in KINDS.values()}
+        sections = study_sections()
         for axis in (a for a in self.axes if a.overrides):
             for name, over in st[axis.key].items():
                 inner = sorted(sections & set(over))
