@@ -391,7 +391,7 @@ def plot(pts: pd.DataFrame, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from datamove.plots import save_figure
+    from datamove.evaluation.plots import save_figure
 
     stats = [s for s in STATS if s in set(pts["stat"])]
     models = list(dict.fromkeys(pts["model"]))

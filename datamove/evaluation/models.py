@@ -388,7 +388,7 @@ def plot(gains: pd.DataFrame, members: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylabel("improvement of online over offline (%)")
         ax.set_title(STATS[stat])
     fig.suptitle("bars: mean over seeds +- std; dots: seeds; grey: 95 % interval over test members", fontsize=9)
-    from datamove.plots import save_figure
+    from datamove.evaluation.plots import save_figure
 
     return save_figure(fig, path)
 

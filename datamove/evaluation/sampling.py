@@ -227,6 +227,6 @@ def plot(runs: Mapping[tuple[str, int], str | Path], summary: pd.DataFrame, path
     ax_e.set_ylabel("test MSE (normalised)")
     ax_e.set_title("test error per member, each seed a line")
     ax_e.legend()
-    from datamove.plots import save_figure
+    from datamove.evaluation.plots import save_figure
 
     return save_figure(fig, path)

@@ -167,6 +167,6 @@ def plot_policy_study(runs: Mapping[tuple[str, str], str | Path], summary: pd.Da
         ax_rate.set_ylabel("samples / s")
         ax_rate.set_title(f"{setting} producer: throughput")
         ax_rate.legend()
-    from datamove.plots import save_figure
+    from datamove.evaluation.plots import save_figure
 
     return save_figure(fig, path)
