@@ -32,8 +32,8 @@ import torch
 
 from datamove.config import StudyConfig, validate_config
 from datamove.data.dataset import MemberDataset, make_loader
+from datamove.ensemble.members import run_member
 from datamove.reservoir import make_buffer
-from datamove.simulate import run_member
 from datamove.training.step import build_surrogate, make_optimizer, pick_device, surrogate_args, train_step
 
 

@@ -102,7 +102,7 @@ def store_for(cfg) -> h.Store:
     """Preallocated storage in place of the reservoir (of the stored sample's shape: autoregressive
     pairs are twice a step), its pages touched now: the first write to a page faults it in, and
     that must not fall into a measurement (a trainer's reservoir is warm)."""
-    from datamove.training.inputs import SampleSpec
+    from datamove.problems.samples import SampleSpec
 
     shape = SampleSpec.of(cfg).stored_shape(cfg.problem.sample_shape)
     sample_bytes = 4 * int(np.prod(shape))
@@ -135,7 +135,7 @@ def run_datamove(
     """Case (a): contract writers -> ingest process(es) -> shared-memory slots -> this process.
     ``trainer``: keys of the study's trainer section (benchmarks/bench_pairs.py: trainer.sample);
     ingest_workers and slots None: the config's."""
-    from datamove.training.inputs import SampleSpec
+    from datamove.problems.samples import SampleSpec
 
     ids = list(range(members))
     with h.ScratchDir() as root:

@@ -27,8 +27,8 @@ import yaml
 
 from datamove.config import StudyConfig, validate_config
 from datamove.models import MODELS
+from datamove.problems.samples import SampleSpec
 from datamove.reservoir import make_buffer
-from datamove.training.inputs import SampleSpec
 from datamove.training.step import MixedPrecision, build_surrogate, make_optimizer, surrogate_args, train_step
 
 DRAW_TARGET = 0.10

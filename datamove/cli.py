@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datamove.config import ConfigError, StudyConfig
-from datamove.guard import Interrupted
+from datamove.run.signals import Interrupted
 
 
 def _config(args) -> StudyConfig:
@@ -18,8 +18,10 @@ def _config(args) -> StudyConfig:
 
 
 def cmd_simulate(args) -> int:
-    from datamove.gate import TrainerLostError, held, read_receipt, wait_for_trainer
-    from datamove.simulate import job_members, simulate, simulate_job
+    from datamove.ensemble.members import job_members, simulate, simulate_job
+    from datamove.run.gate import wait_for_trainer
+    from datamove.run.heartbeat import TrainerLostError
+    from datamove.run.receipts import held, read_receipt
 
     cfg = _config(args)
     members = [args.member] if args.job is None else job_members(cfg, args.job)
@@ -71,7 +73,7 @@ def _as_ranks(cfg, args, command: str, extra: Sequence[str] = ()) -> int | None:
 
 
 def cmd_train(args) -> int:
-    from datamove.guard import StudyBusyError
+    from datamove.run.lock import StudyBusyError
     from datamove.training.online import train_online
 
     import torch
@@ -118,7 +120,7 @@ def cmd_train_offline(args) -> int:
 
 
 def cmd_make_testset(args) -> int:
-    from datamove.simulate import make_testset
+    from datamove.ensemble.members import make_testset
 
     make_testset(_config(args))
     return 0
@@ -154,7 +156,7 @@ def cmd_figure_data(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from datamove.plots import plot
+    from datamove.evaluation.plots import plot
 
     plot(args.figure, args.data, args.out)
     return 0
@@ -186,7 +188,7 @@ def cmd_study_table(args) -> int:
 
 
 def cmd_make_heldout(args) -> int:
-    from datamove.simulate import make_heldout
+    from datamove.ensemble.members import make_heldout
 
     make_heldout(_config(args))
     return 0
@@ -194,7 +196,7 @@ def cmd_make_heldout(args) -> int:
 
 def cmd_wait_trainer(args) -> int:
     """The readiness gate: wait for a fresh trainer heartbeat."""
-    from datamove.gate import wait_for_trainer
+    from datamove.run.gate import wait_for_trainer
 
     cfg = _config(args)
     timeout, source = (cfg.gate.timeout_s, "gate.timeout_s") if args.timeout is None else (args.timeout, "--timeout")
@@ -227,7 +229,7 @@ def cmd_status(args) -> int:
     """Where a study stands, from its folder alone; ``--watch`` refreshes until the study ends."""
     import time
 
-    from datamove.status import FINISHED, BeatClock, format_status, read_status, study_folders
+    from datamove.run.status import FINISHED, BeatClock, format_status, read_status, study_folders
 
     folders = study_folders(args.study)
     # Watching, the heartbeat is timed by this process's clock across looks; one look has only
@@ -292,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("figure-data", cmd_figure_data, "Collect every number of the study's figures into one tidy CSV.")
     p.add_argument("--out", required=True, help="figure_data.csv")
     p = sub.add_parser("plot", help="Draw one figure from figure_data.csv.", description="Draw one figure from figure_data.csv.")
-    p.add_argument("--figure", required=True, help="figure name (datamove.plots.FIGURES)")
+    p.add_argument("--figure", required=True, help="figure name (datamove.evaluation.plots.FIGURES)")
     p.add_argument("--data", required=True, help="figure_data.csv")
     p.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
     p.set_defaults(func=cmd_plot)

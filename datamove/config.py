@@ -21,7 +21,7 @@ import jsonschema
 import yaml
 
 from datamove.problems import Problem, make_problem
-from datamove.solvers.sampling import member_params
+from datamove.sampling.samplers import member_params
 
 
 class ConfigError(ValueError):
@@ -252,7 +252,8 @@ def _sampling(section: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True, kw_only=True)
 class AdaptiveConfig:
-    """``parameters.adaptive``: the trainer's proposals under ``sampler: adaptive`` (datamove.adaptive)."""
+    """``parameters.adaptive``: the trainer's proposals under ``sampler: adaptive``
+    (datamove.sampling.proposals)."""
 
     base: str  # the sampler of draws without a proposal, of the uniform share, and of held-out and test members
     publish_every: int  # batches between two proposals
@@ -267,7 +268,7 @@ class AdaptiveConfig:
 class SamplingConfig:
     """How the parameters of a set of members are drawn; ``sampler`` is a fixed design (uniform,
     lhs, halton). ``adaptive``: the training ensemble of ``sampler: adaptive``, whose members draw
-    from the trainer's proposals, ``sampler`` being their base (see datamove.adaptive)."""
+    from the trainer's proposals, ``sampler`` being their base (see datamove.sampling.proposals)."""
 
     sampler: str
     seed: int
@@ -308,7 +309,7 @@ class ReservoirConfig:
 class TrainerConfig:
     model: str
     model_args: Mapping[str, Any]
-    sample: str  # direct | autoregressive (datamove.training.inputs.SampleSpec)
+    sample: str  # direct | autoregressive (datamove.problems.samples.SampleSpec)
     sample_stride: int  # autoregressive: step k -> step k + sample_stride
     precision: str  # fp32 | bf16 | fp16: the train step's autocast (datamove.training.step.MixedPrecision)
     batch_size: int
@@ -489,7 +490,7 @@ class StudyConfig:
     def member_receipt(self, member: int) -> Path:
         """Written by the trainer once the member's steps are all received and in a checkpoint (or,
         without checkpoints, received): its solver writes its marker only then, and a rerun of
-        the member finds it and has nothing to send (datamove.simulate)."""
+        the member finds it and has nothing to send (datamove.ensemble.members)."""
         return self.study_dir / "members" / f"member-{member:06d}.received.json"
 
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from datamove import adaptive
 from datamove.config import ConfigError, StudyConfig, validate_config
 from datamove.models import Surrogate, build_network
 from datamove.reservoir import make_buffer
-from datamove.training.adaptive import Steering, note_draws
+from datamove.sampling import proposals
 from datamove.training.records import Ledger
+from datamove.training.steering import Steering, note_draws
 
 from conftest import TINY, _merge, datamove, snakemake
 
@@ -28,9 +28,9 @@ def study(tmp_path, **adaptive_keys) -> StudyConfig:
     return StudyConfig.from_dict(validate_config(raw))
 
 
-def proposal(cfg: StudyConfig, losses: dict[int, float], version: int = 1) -> adaptive.Proposal:
+def proposal(cfg: StudyConfig, losses: dict[int, float], version: int = 1) -> proposals.Proposal:
     params = {m: cfg.ensemble.params(m) for m in losses}
-    return adaptive.Proposal.make(version=version, batch=10 * version, params=params, losses=losses,
+    return proposals.Proposal.make(version=version, batch=10 * version, params=params, losses=losses,
                                   ranges=cfg.ensemble.ranges, settings=cfg.ensemble.adaptive)
 
 
@@ -61,22 +61,22 @@ def test_proposal_is_centred_on_the_members_of_highest_loss(tmp_path):
 def test_draws_are_reproducible_and_stay_in_range(tmp_path):
     cfg = study(tmp_path, spread=0.5, uniform_share=0.0)
     p = proposal(cfg, {0: 1.0, 1: 2.0})
-    draws = [adaptive.draw(cfg.ensemble, m, p) for m in range(40)]
-    again = [adaptive.draw(cfg.ensemble, m, p) for m in range(40)]
+    draws = [proposals.draw(cfg.ensemble, m, p) for m in range(40)]
+    again = [proposals.draw(cfg.ensemble, m, p) for m in range(40)]
     assert all(np.array_equal(a[0], b[0]) and a[2] == b[2] for a, b in zip(draws, again))
     pts = np.stack([d[0] for d in draws])
     low, high = np.asarray(cfg.ensemble.ranges).T
     assert np.all(pts >= low) and np.all(pts <= high)  # reflected into the ranges, even with a wide spread
     assert all(d[1] == "proposal" for d in draws)
     # Another version of the proposal is another draw; another member too.
-    other = adaptive.draw(cfg.ensemble, 0, proposal(cfg, {0: 1.0, 1: 2.0}, version=2))
+    other = proposals.draw(cfg.ensemble, 0, proposal(cfg, {0: 1.0, 1: 2.0}, version=2))
     assert not np.array_equal(other[0], draws[0][0]) and not np.array_equal(draws[0][0], draws[1][0])
 
 
 def test_draws_follow_the_mixture_and_keep_a_uniform_share(tmp_path):
     cfg = study(tmp_path, spread=0.02, uniform_share=0.25, top_k=1)
     p = proposal(cfg, {5: 1.0, 6: 0.1})
-    draws = [adaptive.draw(cfg.ensemble, m, p) for m in range(400)]
+    draws = [proposals.draw(cfg.ensemble, m, p) for m in range(400)]
     base = [d for d in draws if d[1] == "base"]
     assert 60 < len(base) < 140  # ~100 of 400
     for m, d in enumerate(draws):
@@ -90,30 +90,30 @@ def test_draws_follow_the_mixture_and_keep_a_uniform_share(tmp_path):
 
 def test_member_draws_before_and_after_a_proposal_and_a_rerun_reuses_its_draw(tmp_path, capsys):
     cfg = study(tmp_path)
-    first = adaptive.draw_member(cfg, 0)
+    first = proposals.draw_member(cfg, 0)
     # No proposal yet: the member's base point, as sampler halton would give it.
     assert first.source == "base" and first.version == 0 and first.note == "no proposal yet"
     assert np.allclose(first.params, StudyConfig.from_dict(validate_config(
         {**cfg.raw, "parameters": {**cfg.raw["parameters"], "sampler": "halton"}})).ensemble.params(0))
-    adaptive.publish(cfg, proposal(cfg, {0: 2.0, 1: 1.0}, version=1))
-    drawn = [adaptive.draw_member(cfg, m) for m in range(1, 12)]
+    proposals.publish(cfg, proposal(cfg, {0: 2.0, 1: 1.0}, version=1))
+    drawn = [proposals.draw_member(cfg, m) for m in range(1, 12)]
     assert all(d.version == 1 for d in drawn) and any(d.source == "proposal" for d in drawn)
-    assert adaptive.read_draw(cfg, 3) == drawn[2]
+    assert proposals.read_draw(cfg, 3) == drawn[2]
     # A later proposal does not change a member drawn already: its rerun streams the same parameters.
-    adaptive.publish(cfg, proposal(cfg, {0: 0.1, 1: 5.0}, version=2))
+    proposals.publish(cfg, proposal(cfg, {0: 0.1, 1: 5.0}, version=2))
     for d in drawn:
-        again = adaptive.draw_member(cfg, d.member)
+        again = proposals.draw_member(cfg, d.member)
         assert again.params == d.params and again.version == 1 and again.seed == d.seed
     assert "parameters of its earlier draw (proposal version 1" in capsys.readouterr().err
     # Even with the recorded parameters lost, the history makes the draw again.
-    path = adaptive.draw_path(cfg, drawn[0].member)
+    path = proposals.draw_path(cfg, drawn[0].member)
     rec = json.loads(path.read_text())
     path.write_text(json.dumps({**rec, "params": [0.0] * len(rec["params"])}))
     if drawn[0].source == "proposal":
-        assert adaptive.draw_member(cfg, drawn[0].member).params == drawn[0].params
-    assert adaptive.last_version(cfg) == 2
-    adaptive.clear(cfg, range(12))
-    assert adaptive.last_version(cfg) == 0 and adaptive.read_draw(cfg, 3) is None
+        assert proposals.draw_member(cfg, drawn[0].member).params == drawn[0].params
+    assert proposals.last_version(cfg) == 2
+    proposals.clear(cfg, range(12))
+    assert proposals.last_version(cfg) == 0 and proposals.read_draw(cfg, 3) is None
 
 
 @pytest.mark.parametrize("content, why", [
@@ -123,14 +123,14 @@ def test_member_draws_before_and_after_a_proposal_and_a_rerun_reuses_its_draw(tm
 ])
 def test_a_proposal_that_cannot_be_read_falls_back_to_the_base_sampler(tmp_path, capsys, content, why):
     cfg = study(tmp_path)
-    path = adaptive.proposal_path(cfg)
+    path = proposals.proposal_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     if content == "WRONG_RANGES":
         obj = proposal(cfg, {0: 1.0}).to_json()
         obj["ranges"] = [[0.0, 1.0]] * len(obj["ranges"])
         content = json.dumps(obj)
     path.write_text(content)
-    d = adaptive.draw_member(cfg, 4)
+    d = proposals.draw_member(cfg, 4)
     assert d.source == "fallback" and d.version == 0 and why in d.note and str(path) in d.note
     assert np.allclose(d.params, cfg.ensemble.params(4))
     err = capsys.readouterr().err
@@ -161,7 +161,7 @@ def test_steering_measures_each_member_and_centres_on_the_worst(tmp_path):
     assert set(losses) == {0, 1, 2} and all(n == 10 for _, n in losses.values())
     assert losses[2][0] > losses[0][0] and losses[0][0] == pytest.approx(losses[1][0])
     assert not steering.maybe_publish(4) and steering.maybe_publish(5)
-    latest = json.loads(adaptive.proposal_path(cfg).read_text())
+    latest = json.loads(proposals.proposal_path(cfg).read_text())
     assert latest["version"] == 1 and latest["members"] == [2]
     assert ledger[2].loss == pytest.approx(losses[2][0]) and ledger[2].loss_batch == 5
     assert np.isnan(ledger[7].loss)
@@ -178,10 +178,10 @@ def test_steering_measures_each_member_and_centres_on_the_worst(tmp_path):
     seen = buffer.seen_counts() > 0
     assert sum(n for _, n in got.values()) == int(seen.sum())
     # The trainer copies each member's draw into the ledger.
-    adaptive.draw_member(cfg, 7)
+    proposals.draw_member(cfg, 7)
     ledger.opened(7)
     note_draws(cfg, ledger)
-    assert (ledger[7].draw, ledger[7].proposal_version) == (adaptive.read_draw(cfg, 7).source, 1)
+    assert (ledger[7].draw, ledger[7].proposal_version) == (proposals.read_draw(cfg, 7).source, 1)
 
 
 @pytest.mark.slow
@@ -202,12 +202,12 @@ def test_an_online_study_steers_its_later_members(tmp_path):
     assert [h["version"] for h in history] == list(range(1, len(history) + 1))
     # Every member's ledger row says how it was drawn, and its stream carried exactly that draw.
     for row in ledger.itertuples():
-        d = adaptive.read_draw(cfg, row.member)
+        d = proposals.read_draw(cfg, row.member)
         assert d is not None and (row.draw, row.proposal_version, row.draw_seed) == (d.source, d.version, d.seed)
         marker = json.loads(cfg.member_marker(row.member).read_text())
         assert np.allclose(marker["params"], d.params)
         if d.source == "proposal":
-            again, _, _ = adaptive.draw(cfg.ensemble, row.member, adaptive.archived(cfg, d.version))
+            again, _, _ = proposals.draw(cfg.ensemble, row.member, proposals.archived(cfg, d.version))
             assert np.allclose(again, d.params)
     # The first member started before any proposal; later ones drew from one (uniform_share 0).
     assert (ledger["draw"] == "base").sum() >= 1 and (ledger["draw"] == "proposal").sum() >= 1
@@ -220,7 +220,7 @@ def test_an_online_study_steers_its_later_members(tmp_path):
     # datamove status tells the same story.
     st = json.loads(datamove("status", cfg.study_dir, "--json").stdout)
     assert st["sampling"]["proposal"] == history[-1]["version"]
-    assert st["sampling"]["draws"] == {s: int((ledger["draw"] == s).sum()) for s in adaptive.DRAW_SOURCES}
+    assert st["sampling"]["draws"] == {s: int((ledger["draw"] == s).sum()) for s in proposals.DRAW_SOURCES}
 
 
 def test_offline_members_carry_their_recorded_draw(tmp_path):
@@ -237,11 +237,11 @@ def test_offline_members_carry_their_recorded_draw(tmp_path):
     cfg = StudyConfig.load(path)
     out = run_datamove("simulate", "--config", path, "--member", 1)
     assert "no proposal yet: its halton point" in out.stderr
-    d = adaptive.read_draw(cfg, 1)
+    d = proposals.read_draw(cfg, 1)
     assert d.source == "base" and np.allclose(d.params, cfg.ensemble.params(1))
     open_checked(cfg, cfg.stream_dir, 1, sampling=cfg.ensemble, missing="?").close()
     # A file whose parameters are not its member's draw is refused, naming both.
-    rec = json.loads(adaptive.draw_path(cfg, 1).read_text())
-    adaptive.draw_path(cfg, 1).write_text(json.dumps({**rec, "params": [p + 1.0 for p in rec["params"]]}))
+    rec = json.loads(proposals.draw_path(cfg, 1).read_text())
+    proposals.draw_path(cfg, 1).write_text(json.dumps({**rec, "params": [p + 1.0 for p in rec["params"]]}))
     with pytest.raises(DatasetError, match="was written with params"):
         open_checked(cfg, cfg.stream_dir, 1, sampling=cfg.ensemble, missing="?")

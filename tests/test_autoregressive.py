@@ -16,10 +16,10 @@ import yaml
 from conftest import snakemake, write_study
 from datamove.config import ConfigError, StudyConfig
 from datamove.evaluation.errors import evaluate_members, rollout
+from datamove.problems.samples import SampleSpec
 from datamove.reservoir import make_buffer
 from datamove.streaming.events import Ended, Info, Opened, Step
 from datamove.streaming.feed import MemberFeed
-from datamove.training.inputs import SampleSpec
 from datamove.training.records import Ledger
 from datamove.training.step import build_surrogate, load_surrogate, surrogate_args, train_step
 
@@ -212,7 +212,7 @@ def test_offline_autoregressive_training_and_rollouts(name, tiny_config):
     """Each model trained offline on pairs from BP5 files; evaluation has one-step and rollout errors
     for steps after the stride only; the ledger counts the first steps as unpaired."""
     from datamove.data.dataset import MemberDataset
-    from datamove.simulate import make_heldout, make_testset, run_member
+    from datamove.ensemble.members import make_heldout, make_testset, run_member
     from datamove.training.offline import train_offline
 
     path = ar_config(tiny_config, name, stride=2, stream={"engine": "BP5"}, test={"n_members": 2},

@@ -14,14 +14,9 @@ import yaml
 
 from conftest import datamove
 from datamove.config import ConfigError, StudyConfig, validate_config
-from datamove.gate import (
-    HeartbeatWatch,
-    TrainerLostError,
-    await_receipt,
-    read_heartbeat,
-    wait_for_trainer,
-    write_receipt,
-)
+from datamove.run.gate import wait_for_trainer
+from datamove.run.heartbeat import HeartbeatWatch, TrainerLostError, read_heartbeat
+from datamove.run.receipts import await_receipt, write_receipt
 
 
 def test_gate_timeout_is_a_config_key(tiny_config):

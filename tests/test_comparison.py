@@ -12,7 +12,7 @@ import yaml
 
 from conftest import REPO, snakemake
 from datamove.config import StudyConfig, load_config
-from datamove.plots import FIGURES
+from datamove.evaluation.plots import FIGURES
 
 def rows(path):
     with open(path) as fh:

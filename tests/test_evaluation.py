@@ -10,12 +10,12 @@ import torch
 from conftest import model_args
 
 from datamove.config import ConfigError, StudyConfig, load_config, validate_config
+from datamove.ensemble.members import make_testset
 from datamove.evaluation.arms import arm_config, arm_dirs, arm_name
 from datamove.evaluation.errors import evaluate_members, map_steps, pooled
+from datamove.evaluation.plots import FIGURES, plot
 from datamove.evaluation.report import COLUMNS, collect_figure_data, format_table, results_table, write_table
 from datamove.evaluation.tables import write_csv
-from datamove.plots import FIGURES, plot
-from datamove.simulate import make_testset
 from datamove.training.records import METRIC_COLUMNS
 from datamove.training.step import build_surrogate
 

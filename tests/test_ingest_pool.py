@@ -274,8 +274,18 @@ def test_intake_waits_for_enough_steps_while_training_goes_on(tiny_config, monke
 
 def test_event_messages_keep_order_types_and_member_boundaries():
     """A run of steps travels as a record array, anything else pickled: decoded, the same events in
-    the same order, with Python ints for member, step and slot."""
-    from datamove.streaming.events import Info, Opened, decode, decode_command, encode, encode_command
+    the same order, with Python ints for member, step and slot; and the trainer's commands, typed."""
+    from datamove.streaming.events import (
+        FreeSlots,
+        Info,
+        Opened,
+        ReadMember,
+        Stop,
+        decode,
+        decode_command,
+        encode,
+        encode_command,
+    )
 
     steps = [Step(3, 7, 0.25, 5), Step(3, 8, 0.5, 6), Step(9, 1, 0.125, 12)]  # two members in one message
     message = encode(steps)
@@ -286,9 +296,12 @@ def test_event_messages_keep_order_types_and_member_boundaries():
     out = decode(encode(mixed))
     assert [type(ev) for ev in out] == [type(ev) for ev in mixed] and out[2:5] == steps and out[-1] == mixed[-1]
     assert decode(memoryview(message)) == steps
-    assert decode_command(encode_command(("slots", (4, 2, 9)))) == ("slots", [4, 2, 9])
-    assert decode_command(encode_command(("member", 12))) == ("member", 12)
-    assert decode_command(encode_command(None)) is None
+    slots = encode_command(FreeSlots([4, 2, 9]))
+    assert slots[:1] == b"R" and len(slots) == 1 + 8 * 3  # int64 ids, no pickle
+    assert decode_command(slots) == FreeSlots([4, 2, 9])
+    assert decode_command(encode_command(ReadMember(12))) == ReadMember(12)
+    assert decode_command(encode_command(Stop())) == Stop()
+    assert ReadMember(3) != FreeSlots([3]) and FreeSlots([3]) != ReadMember(3)  # told apart by type
 
 
 def test_pool_splits_what_one_read_returns_into_messages():

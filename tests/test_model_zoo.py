@@ -233,7 +233,7 @@ def test_grid_graph_links_each_node_to_its_neighbours(neighbours):
 @pytest.mark.parametrize("name", sorted(set(MODELS) - {"fc"}))
 def test_offline_trainer_trains_the_model(name, tiny_config):
     """The real offline trainer on a tiny BP5 study (3 members x 20 steps of 10x12), model by name."""
-    from datamove.simulate import make_heldout, run_member
+    from datamove.ensemble.members import make_heldout, run_member
     from datamove.training.offline import train_offline
 
     path = tiny_config(stream={"engine": "BP5"}, trainer={"model": name, "log_every": 10},

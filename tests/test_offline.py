@@ -12,7 +12,7 @@ import torch
 
 from conftest import datamove, read_member
 from datamove.config import StudyConfig
-from datamove.simulate import job_members, n_jobs, run_member, simulate_job
+from datamove.ensemble.members import job_members, n_jobs, run_member, simulate_job
 from datamove.streaming.contract import join_names, stream_path
 from datamove.streaming.files import MemberFile
 from datamove.streaming.writer import MemberWriter
@@ -186,7 +186,7 @@ def test_train_offline_refuses_sst_and_a_broken_dataset(tiny_config):
 
 
 def test_offline_budget_in_seconds(tiny_config):
-    from datamove.simulate import make_heldout
+    from datamove.ensemble.members import make_heldout
     from datamove.training.offline import train_offline
 
     path, cfg = bp5_config(tiny_config, offline={"loader_workers": 0, "reader": "file"})

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datamove.config import ConfigError, StudyConfig, validate_config
-from datamove.training.inputs import SampleSpec
+from datamove.problems.samples import SampleSpec
 from datamove.training.step import MixedPrecision, build_surrogate, make_optimizer, surrogate_args, train_step
 
 SMALL = {

@@ -21,7 +21,7 @@ import torch
 
 from conftest import SNAKEMAKE, datamove, popen_datamove, snakemake
 from datamove.config import StudyConfig
-from datamove.gate import read_heartbeat
+from datamove.run.heartbeat import read_heartbeat
 from datamove.streaming.contract import contact_file
 from test_faults import _pids_running, _wait
 from test_workflow import read_ledger

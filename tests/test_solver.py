@@ -8,17 +8,10 @@ import numpy as np
 import pytest
 import scipy.sparse.linalg as spla
 
-from datamove.solvers import (
-    SAMPLERS,
-    SOLVERS,
-    HeatConfig,
-    HeatSolver,
-    ensemble_params,
-    get_solver,
-    heat_matrix,
-    heat_rhs,
-    member_params,
-)
+from datamove.config import StudyConfig, validate_config
+from datamove.problems import PROBLEMS, HeatProblem, make_problem
+from datamove.sampling.samplers import SAMPLERS, ensemble_params, member_params
+from datamove.solvers import HeatConfig, HeatSolver, heat_matrix, heat_rhs
 
 WALLS = (300.0, 100.0, 500.0, 200.0, 400.0)  # t_init, t_x0, t_xl, t_y0, t_yl
 
@@ -186,10 +179,19 @@ def test_solver_rejects_bad_params(params):
 
 
 def test_solver_registry():
-    assert get_solver("heat") is HeatSolver
-    assert SOLVERS["heat"] is HeatSolver
-    with pytest.raises(KeyError, match="heat"):
-        get_solver("wave")
+    """``solver.name: heat`` picks the heat problem, whose members are HeatSolver's steps; an unknown
+    name is refused, naming the known ones."""
+    assert PROBLEMS["heat"] is HeatProblem
+    cfg = StudyConfig.from_dict(validate_config({"solver": {"name": "heat", "nx": 6, "ny": 5, "n_steps": 3}}))
+    assert type(cfg.problem) is HeatProblem
+    params = cfg.ensemble.params(0)
+    steps = list(cfg.problem.solver(params=params, seed=cfg.ensemble.seed_of(0)).steps())
+    direct = list(HeatSolver(config=cfg.problem.config, params=params).steps())
+    assert [(k, t) for k, t, _ in steps] == [(k, t) for k, t, _ in direct]
+    for (_, _, fields), (_, _, u) in zip(steps, direct):
+        np.testing.assert_array_equal(fields["u"], u)
+    with pytest.raises(ValueError, match="heat"):
+        make_problem({"name": "wave", "command": None}, {})
 
 
 # --- sampling -----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import yaml
 from conftest import SNAKEMAKE, datamove, popen_datamove
 from test_faults import _pids_running
 from datamove.config import StudyConfig, write_config
-from datamove.gate import read_heartbeat
+from datamove.run.heartbeat import read_heartbeat
 
 
 def status(folder, *args, check=True) -> subprocess.CompletedProcess:

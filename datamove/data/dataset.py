@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamove.config import StudyConfig
 from datamove.data.files import DatasetError, open_checked
+from datamove.problems.samples import SampleSpec, direct_inputs
 from datamove.streaming.contract import StreamError
 from datamove.streaming.files import MemberFile
-from datamove.training.inputs import SampleSpec, direct_inputs
 
 
 class MemberDataset(Dataset):
@@ -19,7 +19,7 @@ class MemberDataset(Dataset):
 
     Each item is ``(x [n_inputs], y [stored fields, ny, nx], i)``; a batch fetched by a ``DataLoader``
     (through ``__getitems__``) is ``(x [B, n_inputs], y [B, stored fields, ny, nx], i [B])``. Samples
-    are of the study's kind (``spec``, :mod:`datamove.training.inputs`): direct, y the fields of step
+    are of the study's kind (``spec``, :mod:`datamove.problems.samples`): direct, y the fields of step
     j [n_fields, ny, nx], ``per_member = n_steps``; or autoregressive with stride s, y the fields of
     steps j and j + s of one member [2 n_fields, ny, nx], ``per_member = n_steps - s``: the same
     pairs as the online trainer builds from the streams.

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datamove.adaptive import expected_params
 from datamove.config import SamplingConfig, StudyConfig
+from datamove.sampling.proposals import expected_params
 from datamove.streaming.contract import StreamError, stream_path
 from datamove.streaming.files import MemberFile
 
@@ -69,7 +69,7 @@ def check_member_file(mf: MemberFile, cfg: StudyConfig, *, sampling: SamplingCon
         kind = "truncated" if mf.n_steps < problem.n_steps else "longer than expected"
         raise DatasetError(f"{where} is {kind}: {mf.n_steps} steps, the config expects solver.n_steps = {problem.n_steps}")
     if sampling is not None:
-        # A training member of sampler adaptive carries its recorded draw (datamove.adaptive).
+        # A training member of sampler adaptive carries its recorded draw (datamove.sampling.proposals).
         expected = expected_params(cfg, mf.member) if sampling is cfg.ensemble else sampling.params(mf.member)
         if info.params.shape != expected.shape or not np.allclose(info.params, expected, rtol=1e-9, atol=0.0):
             raise DatasetError(

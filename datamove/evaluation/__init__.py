@@ -1,2 +1,2 @@
-"""Evaluation of trained surrogates on test members, the comparison study's arms, figure data and
+"""Evaluation of trained surrogates on test members, the comparison study's arms, figure data, figures and
 the results table."""

@@ -29,7 +29,7 @@ import torch
 from datamove.config import SamplingConfig, StudyConfig
 from datamove.data import load_members
 from datamove.models import Surrogate
-from datamove.training.inputs import direct_inputs
+from datamove.problems.samples import direct_inputs
 
 
 def map_steps(n_steps: int) -> list[int]:

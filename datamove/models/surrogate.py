@@ -17,7 +17,7 @@ class Surrogate(nn.Module):
 
     An autoregressive surrogate (``in_fields`` > 0) also takes the fields of a step, in physical
     units, normalised like its outputs; a stored sample's y then holds input and target fields
-    stacked (:meth:`split`, see :mod:`datamove.training.inputs`).
+    stacked (:meth:`split`, see :mod:`datamove.problems.samples`).
 
     Args:
         network: maps [batch, in_dim] (and fields [batch, in_fields, ny, nx]) to [batch, n_fields, ny, nx].

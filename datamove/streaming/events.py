@@ -1,13 +1,14 @@
-"""What ingest workers tell the trainer, and how it travels: typed events, and the bytes of a message.
+"""What ingest workers and the trainer tell each other, and how it travels: typed events and
+commands, and the bytes of a message.
 
 A worker's events go to the trainer in messages (``encode``/``decode``), several events a message:
     b"S" + records of STEP_RECORD      a run of Step events only: 32 bytes a step, no pickle (most
                                        messages: a worker reading a stream sends nothing else)
     b"P" + pickle of a list of events  anything else (Opened, Info, Ended, ...), Steps among them,
                                        in order
-The trainer's messages to a worker (``encode_command``/``decode_command``):
-    b"R" + int64 slot ids              slots free again
-    b"P" + pickle                      ("member", m): read member m; None: stop
+The trainer's commands to a worker (``encode_command``/``decode_command``), one a message:
+    b"R" + int64 slot ids              FreeSlots: slots free again
+    b"P" + pickle                      ReadMember(m): read member m; Stop: leave the loop
 Why not pickled lists throughout: a pickled Step is rebuilt by calling its class, and the trainer
 unpickled every step between two train steps (measured in the trainer of bench_isolation.py:
 ~20 us a message, 15 % of its intake; a record array decodes in one call).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import pickle
 from array import array
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -75,6 +77,30 @@ class Done(NamedTuple):
 Event = Opened | Info | Step | Ended | Fatal | Done
 
 
+# Commands are dataclasses, not NamedTuples like the events: a command is matched by its type, and two
+# NamedTuples of equal fields are equal whatever their types; dataclasses of two types never are.
+@dataclass(frozen=True, slots=True)
+class ReadMember:
+    """Read ``member``'s stream (the worker is idle)."""
+
+    member: int
+
+
+@dataclass(frozen=True, slots=True)
+class FreeSlots:
+    """The trainer has copied the steps in ``slots`` (slot ids, all the worker's own): free again."""
+
+    slots: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Leave the loop and exit (mid-member if need be)."""
+
+
+Command = ReadMember | FreeSlots | Stop
+
+
 # One Step as it travels: little-endian, fixed size.
 STEP_RECORD = np.dtype([("member", "<i8"), ("step", "<i8"), ("time", "<f8"), ("slot", "<i8")])
 _STEPS, _PICKLED, _SLOTS = b"S", b"P", b"R"
@@ -98,20 +124,20 @@ def decode(message: bytes | memoryview) -> list[Event]:
     raise ValueError(f"not an event message: kind {kind!r}")
 
 
-def encode_command(command) -> bytes:
-    """A message to a worker: ("slots", ids) as int64 ids, anything else (("member", m), None) pickled."""
-    if type(command) is tuple and command[0] == "slots":
-        return _SLOTS + array("q", command[1]).tobytes()
+def encode_command(command: Command) -> bytes:
+    """A message to a worker: FreeSlots as int64 ids, the others (ReadMember, Stop) pickled."""
+    if type(command) is FreeSlots:
+        return _SLOTS + array("q", command.slots).tobytes()
     return _PICKLED + pickle.dumps(command, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def decode_command(message: bytes):
-    """The command of one message of ``encode_command``; slot ids as a list of ints."""
+def decode_command(message: bytes) -> Command:
+    """The command of one message of ``encode_command``; FreeSlots' ids as a list of ints."""
     kind = message[:1]
     if kind == _SLOTS:
         ids = array("q")
         ids.frombytes(message[1:])
-        return ("slots", ids.tolist())
+        return FreeSlots(ids.tolist())
     if kind == _PICKLED:
         return pickle.loads(message[1:])
     raise ValueError(f"not a command message: kind {kind!r}")

@@ -12,7 +12,7 @@ contact file), counts every step in the ledger once (a rerun's duplicates are co
 retries a lost member (``ensemble.retries``: the workflow reruns its solver), times out members with
 one ``stream.member_timeout_s`` (a silent stream's worker is stopped; members that never connect are
 lost), and reads the notes a failed solver launch leaves (``members/member-K.failed.json``, see
-:mod:`datamove.simulate`) so that the ledger names why, and does not wait for a rerun that will not
+:mod:`datamove.ensemble.members`) so that the ledger names why, and does not wait for a rerun that will not
 come.
 """
 
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from datamove.config import StudyConfig
+from datamove.problems.samples import SampleSpec
 from datamove.streaming.contract import Expectation, remove_contact_files
 from datamove.streaming.events import Done, Ended, Event, Fatal, Info, Opened, Step
 from datamove.streaming.ingest import contact_signature, streams_present
 from datamove.streaming.pool import IngestPool
-from datamove.training.inputs import SampleSpec
 
 SCAN_S = 0.02  # between two scans of the stream folder for new contact files
 # While training goes on, the steps received wait for the next intake until enough of them have

@@ -16,8 +16,8 @@ meanwhile, so the SST queue of its writer fills and (with ``QueueFullPolicy=Bloc
 waits. Nothing is dropped.
 
 Events sent to the trainer: :mod:`datamove.streaming.events` (several per message, in its compact
-formats: a run of steps as a record array). Messages from the trainer: ("member", m),
-("slots", (s, ...)) (slots free again), None (stop), likewise encoded (``encode_command``).
+formats: a run of steps as a record array). Commands from the trainer, likewise encoded
+(``encode_command``): ReadMember(m), FreeSlots([s, ...]) (slots free again), Stop.
 """
 
 from __future__ import annotations
@@ -36,7 +36,19 @@ import numpy as np
 
 from datamove.config import StreamConfig
 from datamove.streaming.contract import ContractError, Expectation, StreamError, contact_file, stream_path
-from datamove.streaming.events import Done, Ended, Fatal, Info, Opened, Step, decode_command, encode
+from datamove.streaming.events import (
+    Done,
+    Ended,
+    Fatal,
+    FreeSlots,
+    Info,
+    Opened,
+    ReadMember,
+    Step,
+    Stop,
+    decode_command,
+    encode,
+)
 from datamove.streaming.reader import MemberReader, Poll
 
 # A contact file can be seen before the writer is ready for readers: failed opens are retried for
@@ -130,13 +142,13 @@ class _Inbox:
             if not self._poller.poll(timeout * 1000):
                 return
             while True:
-                msg = decode_command(self.conn.recv_bytes())
-                if msg is None:
+                command = decode_command(self.conn.recv_bytes())
+                if type(command) is Stop:
                     self.stopping = True
-                elif msg[0] == "slots":
-                    self.free.extend(msg[1])
-                elif msg[0] == "member":
-                    self.members.append(msg[1])
+                elif type(command) is FreeSlots:
+                    self.free.extend(command.slots)
+                elif type(command) is ReadMember:
+                    self.members.append(command.member)
                 if not self._poller.poll(0):
                     return
         except (EOFError, OSError):

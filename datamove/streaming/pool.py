@@ -1,7 +1,7 @@
 """The trainer's side of ingest: a pool of ingest processes, their slots and their messages.
 
 Each worker has one duplex pipe to the trainer and nothing else in common with the other workers:
-    trainer -> worker   ("member", m): read member m;  ("slots", (s, ...)): slots free again;  None: stop
+    trainer -> worker   commands: ReadMember(m): read member m; FreeSlots([s, ...]): slots free again; Stop
     worker -> trainer   messages of several events of :mod:`datamove.streaming.events` (Opened, Step, ...)
 in the compact formats of :mod:`datamove.streaming.events` (``encode``: a run of steps is a record
 array, not a pickle). The trainer reads a worker's pipe with one ``os.read`` of everything waiting
@@ -41,7 +41,18 @@ import numpy as np
 
 from datamove.config import StreamConfig
 from datamove.streaming.contract import Expectation
-from datamove.streaming.events import Done, Ended, Event, Step, decode, encode_command
+from datamove.streaming.events import (
+    Command,
+    Done,
+    Ended,
+    Event,
+    FreeSlots,
+    ReadMember,
+    Step,
+    Stop,
+    decode,
+    encode_command,
+)
 from datamove.streaming.ingest import IngestSpec, run_ingest, slot_array
 
 # At most this many events per poll(), so that a flood of steps cannot starve training.
@@ -158,7 +169,7 @@ class IngestPool:
         w = idle[0] if worker is None else worker
         self.workers[w].member = member
         self.workers[w].progress = time.monotonic()
-        self._send(w, ("member", member))
+        self._send(w, ReadMember(member))
         return w
 
     def release(self, slots) -> None:
@@ -178,13 +189,13 @@ class IngestPool:
             if len(held) == k:
                 self.workers[owner].progress = now  # it waited for us, not for its stream
             held.difference_update(mine)
-            self._send(owner, ("slots", mine))
+            self._send(owner, FreeSlots(mine))
 
     def finish(self) -> None:
         """Every member has ended: the workers may exit."""
         self._finishing = True
         for w in range(len(self.workers)):
-            self._send(w, None)
+            self._send(w, Stop())
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop every worker (mid-member if need be), wait for them, free the shared memory."""
@@ -305,8 +316,8 @@ class IngestPool:
         if not conn.closed and self._fd_worker.pop(conn.fileno(), None) is not None:
             self._poller.unregister(conn.fileno())
 
-    def _send(self, w: int, msg) -> None:
+    def _send(self, w: int, command: Command) -> None:
         try:
-            self.workers[w].conn.send_bytes(encode_command(msg))
+            self.workers[w].conn.send_bytes(encode_command(command))
         except (BrokenPipeError, ConnectionResetError, OSError):
             pass  # a dead worker: poll() sees its end of file and replaces it

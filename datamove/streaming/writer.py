@@ -25,7 +25,7 @@ class MemberWriter:
         member: member id.
         attributes: contract attributes (member, params, param_names, solver) and solver constants.
         watchdog: guards ``Open``, which for SST waits for the trainer without any timeout.
-        trainer: a check of the trainer (:class:`datamove.gate.TrainerCheck`, returns why it is gone
+        trainer: a check of the trainer (:class:`datamove.run.heartbeat.TrainerCheck`, returns why it is gone
             or None) that the watchdog calls while ``Open`` waits: a member fails within seconds
             of its trainer, not after ``stream.open_timeout_s``.
     """

@@ -254,7 +254,7 @@ def plot(pts: pd.DataFrame, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from datamove.plots import save_figure  # matplotlib only where a figure is drawn
+    from datamove.evaluation.plots import save_figure  # matplotlib only where a figure is drawn
 
     stats = [s for s in STATS if s in set(pts["stat"])]
     models = list(dict.fromkeys(pts["model"]))

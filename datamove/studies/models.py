@@ -170,7 +170,7 @@ def plot(gains: pd.DataFrame, members: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylabel("improvement of online over offline (%)")
         ax.set_title(STATS[stat])
     fig.suptitle("bars: mean over seeds +- std; dots: seeds; grey: 95 % interval over test members", fontsize=9)
-    from datamove.plots import save_figure  # matplotlib only where a figure is drawn
+    from datamove.evaluation.plots import save_figure  # matplotlib only where a figure is drawn
 
     return save_figure(fig, path)
 

@@ -162,7 +162,7 @@ def plot_policy_study(curves: pd.DataFrame, summary: pd.DataFrame, path: str | P
         ax_rate.set_ylabel("samples / s")
         ax_rate.set_title(f"{setting} producer: throughput")
         ax_rate.legend()
-    from datamove.plots import save_figure  # matplotlib only where a figure is drawn
+    from datamove.evaluation.plots import save_figure  # matplotlib only where a figure is drawn
 
     return save_figure(fig, path)
 

@@ -197,7 +197,7 @@ def plot(members: pd.DataFrame, training: pd.DataFrame, path: str | Path) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from datamove.plots import save_figure  # matplotlib only where a figure is drawn
+    from datamove.evaluation.plots import save_figure  # matplotlib only where a figure is drawn
 
     names = [c for c in training.columns if c not in ("sampler", "seed", "member")]
     samplers = list(dict.fromkeys(members["sampler"]))

@@ -6,7 +6,7 @@ import torch
 
 from datamove.config import StudyConfig
 from datamove.data import load_members
-from datamove.training.inputs import SampleSpec
+from datamove.problems.samples import SampleSpec
 
 
 def load_heldout(cfg: StudyConfig) -> tuple[torch.Tensor, torch.Tensor]:

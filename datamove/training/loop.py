@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 import torch
 
 from datamove.config import StudyConfig
-from datamove.guard import Interrupted, StopSignals  # noqa: F401  (the trainers' too)
+from datamove.problems.samples import SampleSpec
+from datamove.run.signals import Interrupted, StopSignals  # noqa: F401  (the trainers' too)
 from datamove.training.distributed import Dist
 from datamove.training.heldout import load_heldout
-from datamove.training.inputs import SampleSpec
 from datamove.training.records import MetricsLog
 from datamove.training.step import (
     build_surrogate,

@@ -16,17 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from datamove import adaptive
 from datamove.config import ConfigError, StudyConfig
-from datamove.gate import held, read_receipt, write_receipt
-from datamove.guard import StudyLock
+from datamove.problems.samples import SampleSpec
 from datamove.reservoir import available_bytes, buffer_bytes, make_buffer
+from datamove.run.lock import StudyLock
+from datamove.run.receipts import held, read_receipt, write_receipt
+from datamove.sampling import proposals
 from datamove.streaming.feed import MemberFeed
-from datamove.training.adaptive import Steering, note_draws
 from datamove.training.distributed import Dist, init_from_env
-from datamove.training.inputs import SampleSpec
 from datamove.training.loop import Interrupted, Source, StopSignals, Training
 from datamove.training.records import Ledger, MemberRecord
+from datamove.training.steering import Steering, note_draws
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Heartbeat:
     here: the training process never calls into ADIOS2 once streaming has begun.
 
     Each beat carries a sequence number, one more than the last: readers on other nodes judge
-    freshness by seeing it advance on their own clock (datamove.gate), as the nodes' clocks may
+    freshness by seeing it advance on their own clock (datamove.run.heartbeat), as the nodes' clocks may
     disagree. ``time`` (this node's clock) is for people reading the file.
 
     ``status``: called at every beat; its small dict of counters goes into the beat as ``status``,
@@ -114,7 +114,7 @@ class Heartbeat:
         """``finished``: the trainer read every stream to its end and wrote its model; a last beat
         says so. Otherwise the last beat says ``stopped`` (``reason``), so that solvers waiting for
         this trainer fail at once instead of waiting for a heartbeat that will not come (see
-        datamove.gate); where even that small write fails (a full disk) the file is removed."""
+        datamove.run.heartbeat); where even that small write fails (a full disk) the file is removed."""
         self._stop.set()
         self._thread.join()
         try:
@@ -290,7 +290,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
             cfg.member_failure(member).unlink(missing_ok=True)
             cfg.member_receipt(member).unlink(missing_ok=True)
         if cfg.ensemble.adaptive is not None:
-            adaptive.clear(cfg, all_members)  # draws and proposals of that run too
+            proposals.clear(cfg, all_members)  # draws and proposals of that run too
     dd.barrier()  # rank 0's clean-up is done before any rank writes a receipt
     if resumed is None:
         _orphan_markers(cfg, ledger)

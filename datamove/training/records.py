@@ -46,7 +46,7 @@ class MemberRecord:
     steps_evicted: int = 0  # received, then replaced untrained by reservoir/balanced
     steps_unused: int = 0  # received, never drawn: still in the buffer when training ended
     steps_unpaired: int = 0  # autoregressive: received, the target of no pair (a member's first steps)
-    # parameters.sampler adaptive (datamove.adaptive): how the member's parameters were drawn ...
+    # parameters.sampler adaptive (datamove.sampling.proposals): how the member's parameters were drawn ...
     draw: str = ""  # base | proposal | fallback ("": another sampler, or no draw recorded)
     proposal_version: int = 0  # the proposal drawn from (0: none)
     draw_seed: int = 0  # the seed of the draw

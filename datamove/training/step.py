@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from datamove.config import ConfigError, StudyConfig
 from datamove.models import Surrogate, build_network
 from datamove.problems import Normalisation
-from datamove.training.inputs import SampleSpec
+from datamove.problems.samples import SampleSpec
 
 
 def pick_device(name: str) -> torch.device:

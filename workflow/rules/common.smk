@@ -6,9 +6,10 @@ import sys
 import yaml
 
 from datamove.config import ConfigError, StudyConfig, merge_config, validate_config
-from datamove.guard import StudyBusyError, forward_interrupts, refuse_if_trained
+from datamove.run.lock import StudyBusyError, refuse_if_trained
+from datamove.run.signals import forward_interrupts
 from datamove.evaluation.arms import arm_config, arm_dirs
-from datamove.plots import FIGURES
+from datamove.evaluation.plots import FIGURES
 
 # The datamove CLI of the Python that runs Snakemake: no reliance on PATH or an activated venv.
 DATAMOVE = f"{shlex.quote(sys.executable)} -m datamove"

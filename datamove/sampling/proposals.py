@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from datamove.config import AdaptiveConfig, SamplingConfig, StudyConfig
-from datamove.gate import write_json
+from datamove.run.files import write_json
 
 DRAW_SOURCES = ("base", "proposal", "fallback")
 

@@ -5,7 +5,7 @@ share of the reservoir) the current model is evaluated on up to ``probe_samples`
 random from the reservoir (``statistic: trained``: among those a batch has used), without counting
 them as seen; each member's statistic is the mean normalised MSE of its probed samples, and goes
 into the ledger (``loss``, ``loss_batch``). The
-proposal (:class:`datamove.adaptive.Proposal`) is built from this probe's members only: an older
+proposal (:class:`datamove.sampling.proposals.Proposal`) is built from this probe's members only: an older
 statistic was measured on an older model, whose losses were higher, and would pull the proposal
 back to the first members.
 """
@@ -17,9 +17,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from datamove import adaptive
 from datamove.config import StudyConfig
 from datamove.models import Surrogate
+from datamove.sampling import proposals
 from datamove.training.records import Ledger
 
 
@@ -42,7 +42,7 @@ class Steering:
             raise ValueError("Steering needs parameters.sampler: adaptive")
         self.cfg, self.settings = cfg, cfg.ensemble.adaptive
         self.buffer, self.model, self.params, self.ledger, self.say = buffer, model, params, ledger, say
-        self.version = adaptive.last_version(cfg)  # a resumed trainer goes on numbering
+        self.version = proposals.last_version(cfg)  # a resumed trainer goes on numbering
         self.last_batch = batch
         # The probe's draws are reproducible from the trainer's seed and the version.
         self._gen = torch.Generator()
@@ -89,7 +89,7 @@ class Steering:
                 rec = self.ledger[member]
                 rec.loss, rec.loss_batch = loss, batch
         try:
-            proposal = adaptive.Proposal.make(
+            proposal = proposals.Proposal.make(
                 version=self.version + 1, batch=batch, params=self.params,
                 losses={m: v for m, (v, _n) in losses.items()}, ranges=self.cfg.ensemble.ranges,
                 settings=self.settings,
@@ -97,7 +97,7 @@ class Steering:
         except ValueError:
             return False  # nothing in the reservoir yet
         try:
-            adaptive.publish(self.cfg, proposal)
+            proposals.publish(self.cfg, proposal)
         except OSError as exc:
             # Members keep drawing from the last proposal written; a full disk stops the study at
             # its next checkpoint anyway, with its own error.
@@ -114,10 +114,10 @@ class Steering:
 
 
 def note_draws(cfg: StudyConfig, ledger: Ledger) -> None:
-    """Copy each member's recorded draw (datamove.adaptive) into its ledger row, once it has one."""
+    """Copy each member's recorded draw (datamove.sampling.proposals) into its ledger row, once it has one."""
     for member, rec in ledger.records.items():
         if rec.draw or rec.status == "pending":
             continue
-        d = adaptive.read_draw(cfg, member)
+        d = proposals.read_draw(cfg, member)
         if d is not None:
             rec.draw, rec.proposal_version, rec.draw_seed = d.source, d.version, d.seed

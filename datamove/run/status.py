@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from datamove.config import ConfigError, StudyConfig
-from datamove.gate import lost_after, read_heartbeat
-from datamove.guard import lock_alive
+from datamove.run.heartbeat import lost_after, read_heartbeat
+from datamove.run.lock import lock_alive
 
 # What a study's trainer is doing.
 WAITING = "waiting"  # no trainer yet (queued, starting up)
@@ -279,13 +279,13 @@ def read_status(folder: str | Path, *, clock: BeatClock | None = None) -> StudyS
 
 
 def _sampling(cfg: StudyConfig) -> dict[str, Any]:
-    """The adaptive sampler's latest proposal and the members' draws (datamove.adaptive's files)."""
-    from datamove import adaptive
+    """The adaptive sampler's latest proposal and the members' draws (datamove.sampling.proposals's files)."""
+    from datamove.sampling import proposals
 
-    latest = _read_json(adaptive.proposal_path(cfg)) or {}
-    draws = {source: 0 for source in adaptive.DRAW_SOURCES}
+    latest = _read_json(proposals.proposal_path(cfg)) or {}
+    draws = {source: 0 for source in proposals.DRAW_SOURCES}
     for member in range(cfg.ensemble.n_members):
-        d = adaptive.read_draw(cfg, member)
+        d = proposals.read_draw(cfg, member)
         if d is not None:
             draws[d.source] = draws.get(d.source, 0) + 1
     return {"proposal": latest.get("version"), "proposal_batch": latest.get("batch"),

@@ -9,6 +9,10 @@ validation set hold either without knowing which:
   half is the model's input, the second its target (:meth:`SampleSpec.split`). A member of n steps
   gives n - s pairs; its first s steps are inputs only. A pair belongs to its *target* step (the
   ledger counts it there, the reservoir records that step).
+
+Here, beside the problems whose steps it cuts into samples, so that the member feed (streaming/),
+the stored members (data/) and training/ read one layout without a lower layer importing a higher
+one. Not imported by ``datamove.problems`` itself: it needs torch, and the config does not.
 """
 
 from __future__ import annotations

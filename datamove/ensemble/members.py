@@ -4,8 +4,8 @@ A built-in problem's solver runs in this process (:class:`datamove.streaming.wri
 the user's own solver (``solver.command``) runs as a child process that writes the stream itself
 (:func:`run_command`). Both get the same guards: an open that never happens fails the member after
 ``stream.open_timeout_s``, and within seconds once its trainer is gone (stopped, finished, or
-silent for :func:`datamove.gate.lost_after`); a member counts as sent only once the trainer holds its
-steps (its receipt, see :mod:`datamove.gate`), and a rerun of a member that has its receipt sends
+silent for :func:`datamove.run.heartbeat.lost_after`); a member counts as sent only once the trainer holds its
+steps (its receipt, see :mod:`datamove.run.receipts`), and a rerun of a member that has its receipt sends
 nothing; a failed launch leaves a note (``members/member-K.failed.json``) that the trainer's
 ledger reads.
 """
@@ -24,21 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from datamove.adaptive import draw_member
 from datamove.config import SamplingConfig, StreamConfig, StudyConfig
-from datamove.gate import (
-    MemberRejected,
-    TrainerCheck,
-    rejection,
-    TrainerLostError,
-    await_receipt,
-    held,
-    lost_after,
-    read_receipt,
-    write_json,
-)
-from datamove.streaming.ingest import contact_signature
+from datamove.run.files import write_json
+from datamove.run.heartbeat import TrainerCheck, TrainerLostError, lost_after
+from datamove.run.receipts import MemberRejected, await_receipt, held, read_receipt, rejection
+from datamove.sampling.proposals import draw_member
 from datamove.streaming.contract import StreamError, contact_file, join_names, remove_contact_files, stream_name
+from datamove.streaming.ingest import contact_signature
 from datamove.streaming.watchdog import Watchdog
 from datamove.streaming.writer import MemberWriter
 
@@ -95,7 +87,7 @@ def run_member(
     )
     with writer:
         t_open = time.perf_counter() - t0
-        # Which stream this is, for the trainer's word on it (datamove.gate.await_receipt).
+        # Which stream this is, for the trainer's word on it (datamove.run.receipts.await_receipt).
         contact = contact_signature(stream_dir, member) if trainer is not None else None
         if trainer is not None and held(read_receipt(cfg, member)):
             # A rerun that the trainer answered although it held the member already (its receipt

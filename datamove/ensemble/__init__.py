@@ -1,0 +1,2 @@
+"""The ensemble's side of a study: each member's job runs its solver and streams its steps
+(:mod:`~datamove.ensemble.members`)."""
