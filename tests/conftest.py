@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: runs a whole workflow or several processes (seconds to a minute)")
+    config.addinivalue_line("markers", "study: a study of studies end to end, each run a nested workflow (minutes; slow too)")
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
     config.addinivalue_line("markers", "slurm: needs the local Slurm cluster (.ci/slurm-up)")
 

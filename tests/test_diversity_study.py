@@ -319,6 +319,7 @@ def test_members_trained_counts_members_with_a_trained_step():
 
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_the_tiny_study_runs_end_to_end(tmp_path):
     path = study_file(tmp_path)
     raw = yaml.safe_load(path.read_text())

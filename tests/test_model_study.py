@@ -220,6 +220,7 @@ def test_arms_with_different_test_members_are_refused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_the_tiny_study_runs_end_to_end(tmp_path):
     path = study_file(tmp_path)
     raw = yaml.safe_load(path.read_text())

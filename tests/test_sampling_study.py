@@ -61,6 +61,7 @@ def test_samplers_whose_test_members_differ_are_refused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_the_tiny_study_runs_end_to_end(tmp_path):
     path = tiny_study(tmp_path)
     result = snakemake(tmp_path, path, "--cores", "2", "compare_sampling", timeout=900)

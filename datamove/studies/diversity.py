@@ -285,7 +285,7 @@ KIND = StudyKind(
           Axis(key="points", fields=("arm", "members"), values=_points, selectable=False,
                override=lambda cfg, point: {"ensemble": {"n_members": int(point["members"])}}),
           seed_axis(SECTION)),
-    loop=("seed", "model", "arm"), run_name="{model}.{arm}{members}.seed{seed}", key=("model", "arm", "members", "seed"),
+    loop=("seeds", "models", "points"), run_name="{model}.{arm}{members}.seed{seed}", key=("model", "arm", "members", "seed"),
     # A run is one study: its own diversity_study has no points and its model_study no models.
     resets={"model_study": {}, SECTION: {"offline_members": [], "online_members": []}}, settle=_settle,
     run_outputs={"evaluation": "evaluation.csv", "metrics": "metrics.csv", "ledger": "ledger.csv"},

@@ -194,7 +194,7 @@ KIND = StudyKind(
     axes=(named(SECTION, "problems", "problem", default=lambda cfg: cfg["solver"]["name"]),
           named(SECTION, "models", "model", default=lambda cfg: cfg["trainer"]["model"]),
           seed_axis(SECTION)),
-    loop=("seed", "problem", "model"), run_name="{problem}.{model}.seed{seed}", key=("problem", "model", "seed"),
+    loop=("seeds", "problems", "models"), run_name="{problem}.{model}.seed{seed}", key=("problem", "model", "seed"),
     # A run is one comparison: its nested workflow need not plan the whole study again.
     resets={SECTION: {}}, settle=_settle,
     run_outputs={"online_evaluation": "online/evaluation.csv", "online_metrics": "online/metrics.csv",

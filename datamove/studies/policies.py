@@ -172,7 +172,7 @@ KIND = StudyKind(
     axes=(Axis(key="settings", fields=("setting",), values=lambda cfg: [{"setting": s} for s in cfg[SECTION]["settings"]],
                override=lambda cfg, values: {}),
           listed(SECTION, "policies", "policy", "reservoir.policy", every=policy_names)),
-    loop=("setting", "policy"), run_name="{setting}.{policy}", key=("setting", "policy"),
+    loop=("settings", "policies"), run_name="{setting}.{policy}", key=("setting", "policy"),
     resets={SECTION: {"settings": {}}}, settle=lambda cfg, values: None, base_of=setting_config,
     run_outputs={"metrics": "metrics.csv", "ledger": "ledger.csv"},
     # An incomplete ledger here was an ingest worker killed by a crash of the ADIOS2 SST reader

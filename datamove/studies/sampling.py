@@ -236,7 +236,7 @@ def plot(members: pd.DataFrame, training: pd.DataFrame, path: str | Path) -> Pat
 KIND = StudyKind(
     name="sampling", section=SECTION, rule="sampling", target="compare_sampling",
     axes=(listed(SECTION, "samplers", "sampler", "parameters.sampler"), seed_axis(SECTION)),
-    loop=("seed", "sampler"), run_name="{sampler}-seed{seed}", key=("sampler", "seed"),
+    loop=("seeds", "samplers"), run_name="{sampler}-seed{seed}", key=("sampler", "seed"),
     # A run is one study: its own sampling_study is the default, so that its config (which decides
     # when Snakemake reruns it) does not change when a sampler or a seed is added to the study.
     resets={SECTION: {}}, settle=_settle,

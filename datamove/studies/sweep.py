@@ -28,7 +28,7 @@ import inspect
 import itertools
 import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ class StudyKind:
     target: str
     #: Axes in the order their overrides are merged into the base.
     axes: tuple[Axis, ...]
-    #: Field names, outermost first: the order of the runs (and of the table's rows).
+    #: Axis keys, outermost first: the order of the runs (and of the table's rows).
     loop: tuple[str, ...]
     #: str.format pattern of a run's name from its fields; names have no "/" and are unambiguous.
     run_name: str
@@ -162,12 +162,13 @@ class StudyKind:
     #: The config a run starts from: the study's (default) or another (a policy setting's file).
     base_of: Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]] = lambda cfg, values: cfg
     #: The table: role -> file name in the kind's folder (CSV files, then "markdown" and "figure"),
-    #: the frames of the CSV roles from the runs' folders, and the Markdown and figure from them.
-    tables: Mapping[str, str] = field(default_factory=dict)
-    collect: Callable[[Mapping[tuple, Path]], dict[str, pd.DataFrame]] | None = None
-    report: Callable[..., str] | None = None
+    #: the frames of the CSV roles from the runs' folders (``collect``: run key -> folder), and
+    #: the Markdown and figure from them (``report(frames, paths, **options)``, returns the text).
+    tables: Mapping[str, str]
+    collect: Callable[[Mapping[tuple, Path]], dict[str, pd.DataFrame]]
+    report: Callable[..., str]
     #: The caption of the figure in `snakemake --report` (workflow/report/).
-    caption: str = ""
+    caption: str
 
     # ----------------------------------------------------------------------------- runs
 
@@ -186,22 +187,9 @@ class StudyKind:
             if axis.selectable:
                 chosen = {str(v) for v in selected([e[axis.fields[0]] for e in entries], only.get(axis.key))}
                 entries = [e for e in entries if str(e[axis.fields[0]]) in chosen]
-            values[axis.fields[0]] = entries
-        outer = [values[next(a.fields[0] for a in self.axes if name in a.fields)] for name in self._loop_axes()]
-        runs = []
-        for combo in itertools.product(*outer):
-            merged = {k: v for part in combo for k, v in part.items()}
-            runs.append(Run(self.run_name.format(**merged), merged))
-        return runs
-
-    def _loop_axes(self) -> list[str]:
-        """The first field of each axis in loop order (an axis of several fields loops once)."""
-        seen: list[str] = []
-        for name in self.loop:
-            axis = next(a for a in self.axes if name in a.fields)
-            if axis.fields[0] not in seen:
-                seen.append(axis.fields[0])
-        return seen
+            values[axis.key] = entries
+        combos = itertools.product(*(values[key] for key in self.loop))
+        return [self.run_of(**{k: v for part in combo for k, v in part.items()}) for combo in combos]
 
     def run_of(self, **values: Any) -> Run:
         """The run of these field values (of the study or not)."""
