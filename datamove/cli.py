@@ -182,8 +182,8 @@ def cmd_study_table(args) -> int:
     frames = read_parts(kind, args.parts)
     options = {"resamples": args.bootstrap} if kind.name in ("models", "diversity") else {}
     text = write_table(kind, frames, args.out, **options)
-    print(f"[{args.command}] {len(frames['summary'])} runs from {len(args.parts)} part(s) -> {args.out}\n\n{text}",
-          flush=True)
+    runs = len(frames["summary"][list(kind.key)].drop_duplicates())  # a models run has a row per arm
+    print(f"[{args.command}] {runs} runs from {len(args.parts)} part(s) -> {args.out}\n\n{text}", flush=True)
     return 0
 
 

@@ -11,9 +11,10 @@ import yaml
 
 from datamove.config import ConfigError, StudyConfig, load_config
 from datamove.config import merge_config as merge
+from datamove.studies import tables
 from datamove.studies.models import COLUMNS, KIND, improvements, markdown, plot
 
-from conftest import REPO, planned_jobs, run_keys, snakemake, summary_and_members
+from conftest import REPO, datamove, planned_jobs, run_keys, snakemake, summary_and_members
 
 
 def study_file(tmp_path, name="models-tiny.yaml", **overrides):
@@ -204,6 +205,23 @@ def test_models_csv_and_improvements_from_synthetic_arms(tmp_path):
     assert "| heat | fc | rollout" not in text and "+50.0% +- 0.0% | 3 of 3 | [+50.0%, +50.0%]" in text
     figure = plot(gains.reset_index(), members, tmp_path / "models.png")
     assert figure.stat().st_size > 10_000
+
+
+def test_a_study_in_parts_is_one_table_again(tmp_path):
+    """Parts (here one seed each) join into the table of the whole study: datamove study-table."""
+    runs = synthetic_study(tmp_path / "runs")
+    whole = tables.write_table(KIND, KIND.collect(runs), tmp_path / "whole", resamples=300)
+    for seed in (0, 1, 2):
+        tables.write_table(KIND, KIND.collect({r: f for r, f in runs.items() if r[2] == seed}), tmp_path / f"part{seed}",
+                           resamples=300)
+    out = datamove("study-table", "models", *(tmp_path / f"part{k}" for k in (0, 1, 2)), "--out", tmp_path / "joined",
+                   "--bootstrap", "300")
+    assert "6 runs from 3 part(s)" in out.stdout  # runs are rows of models.csv: a run's two arms
+    assert (tmp_path / "joined" / "models.md").read_text() == whole
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "joined" / "models.csv"),
+                                  pd.read_csv(tmp_path / "whole" / "models.csv"))
+    bad = datamove("study-table", "modles", tmp_path / "part0", "--out", tmp_path / "x", check=False)
+    assert bad.returncode != 0 and "no study kind 'modles' (one of models, diversity, sampling, policies)" in bad.stderr
 
 
 def test_arms_with_different_test_members_are_refused(tmp_path):

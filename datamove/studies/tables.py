@@ -59,10 +59,11 @@ def read_parts(kind: StudyKind, folders: Sequence[str | Path]) -> dict[str, pd.D
             if missing:
                 raise ValueError(f"{path}: no column {missing[0]!r}")
             frames[role].append(frame)
-        for run in frames["summary"][-1][list(kind.key)].itertuples(index=False):
-            run = tuple(run)
+        # A run may have several rows (the models study's two arms): its rows are one part's.
+        here = dict.fromkeys(map(tuple, frames["summary"][-1][list(kind.key)].itertuples(index=False)))
+        for run in here:
             if run in where:
                 name = kind.run_name.format(**dict(zip(kind.key, run)))
                 raise ValueError(f"run {name} is in two parts: {where[run]} and {folder}; keep one")
-            where[run] = folder
+        where.update(dict.fromkeys(here, folder))
     return {role: pd.concat(parts, ignore_index=True) for role, parts in frames.items()}
