@@ -4,7 +4,7 @@ A *kind* of study (models, diversity, sampling, policies: :data:`datamove.studie
 
 - its schema section (``model_study``, ...), the folder of its outputs under
   ``<results_dir>/<study>/`` and the names of its rules (``workflow/rules/studies.smk`` makes the
-  same four rules of every kind from these declarations);
+  same three rules of every kind from these declarations);
 - its **axes**: each reads a list or a mapping of its section and gives, per value, the fields it
   sets in the run (``model: fno``) and an override deep-merged into the base config
   (:func:`datamove.config.merge_config`: a solver of another problem or another trainer.model
@@ -36,6 +36,7 @@ import pandas as pd
 import yaml
 
 from datamove.config import StudyConfig, load_schema, merge_config, validate_config
+
 
 @dataclass(frozen=True, kw_only=True)
 class Axis:
