@@ -109,6 +109,22 @@ def summary_and_members(kind, runs) -> tuple:
     return frames["summary"], frames["members"]
 
 
+def pids_running(study_dir, *needles: str) -> list[int]:
+    """The Python processes whose command line names ``study_dir`` and every needle ("datamove
+    simulate", "--member 000001"): a test's own, never those of a test running beside it (tests run
+    in parallel processes, and every study's members have the same numbers)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        cmd = " ".join(argv)
+        if Path(argv[0]).name.startswith("python") and all(n in cmd for n in (str(study_dir), *needles)):
+            found.append(int(pid))
+    return found
+
+
 def datamove(*args, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
     """Run the datamove CLI in a fresh process (the way the workflow does)."""
     return subprocess.run(

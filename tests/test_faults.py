@@ -14,25 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import datamove, popen_datamove, snakemake
+from conftest import datamove, pids_running, popen_datamove, snakemake
 from datamove.config import StudyConfig
 from datamove.streaming.contract import contact_file
 from datamove.training.heldout import load_heldout
 from datamove.training.step import evaluate, load_surrogate
 from test_workflow import read_ledger
-
-
-def _pids_running(*needles: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        cmd = " ".join(argv)
-        if Path(argv[0]).name.startswith("python") and all(n in cmd for n in needles):
-            found.append(int(pid))
-    return found
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -163,7 +150,7 @@ def test_trainer_crash_resumes_from_checkpoint(tiny_config, tmp_path):
             # A member held by a checkpoint and another streaming (Snakemake runs them in any order).
             streaming = cfg.stream_dir.exists() and any(cfg.stream_dir.glob("*.sst"))
             if streaming and any(cfg.member_receipt(m).exists() for m in range(4)):  # after its checkpoint
-                for pid in _pids_running("datamove train", str(cfg.study_dir)):
+                for pid in pids_running(cfg.study_dir, "datamove train"):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
                 return
@@ -214,7 +201,7 @@ def test_chaos_members_killed_at_random(tiny_config, tmp_path):
             for m in victims:
                 if m not in killed and contact_file(cfg.stream_dir, m).exists():
                     time.sleep(rng.uniform(0.0, 0.6))  # at a random point of its stream
-                    for pid in _pids_running("datamove simulate", f"--member {m:06d}"):
+                    for pid in pids_running(cfg.study_dir, "datamove simulate", f"--member {m:06d}"):
                         os.kill(pid, signal.SIGKILL)
                         killed[m] = pid
             time.sleep(0.01)

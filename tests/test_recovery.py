@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SNAKEMAKE, datamove, popen_datamove, snakemake
+from conftest import SNAKEMAKE, datamove, pids_running, popen_datamove, snakemake
 from datamove.config import StudyConfig
 from datamove.run.heartbeat import read_heartbeat
 from datamove.streaming.contract import contact_file
-from test_faults import _pids_running, _wait
+from test_faults import _wait
 from test_workflow import read_ledger
 
 # Long enough that a study which waited on one would blow every bound below.
@@ -153,7 +153,7 @@ def test_interrupting_snakemake_alone_reaches_the_trainer(tiny_config, tmp_path)
         if proc.poll() is None:
             proc.kill()
     log = (tmp_path / "first.log").read_text()
-    assert not _pids_running("datamove", str(cfg.study_dir)), "a datamove process outlived the interrupt"
+    assert not pids_running(cfg.study_dir, "datamove"), "a datamove process outlived the interrupt"
     train_log = (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()
     assert "interrupted by SIGTERM" in train_log, train_log + log
     assert cfg.checkpoint_path.exists() and not (cfg.study_dir / "model.pt").exists()
@@ -184,7 +184,7 @@ def test_killed_trainer_fails_its_members_within_seconds(tiny_config, tmp_path):
     killed: list[float] = []
 
     def kill_trainer():
-        for pid in _pids_running("datamove train", str(cfg.study_dir)):
+        for pid in pids_running(cfg.study_dir, "datamove train"):
             os.kill(pid, signal.SIGKILL)
         killed.append(time.monotonic())
 
@@ -221,7 +221,7 @@ def test_member_killed_after_its_last_step_is_answered_at_once(tiny_config, tmp_
             if contact_file(cfg.stream_dir, 1).exists():
                 seen = True
             elif seen and not cfg.member_marker(1).exists():
-                for pid in _pids_running("datamove simulate", "--member 000001"):
+                for pid in pids_running(cfg.study_dir, "datamove simulate", "--member 000001"):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
                 return

@@ -12,8 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import SNAKEMAKE, datamove, popen_datamove
-from test_faults import _pids_running
+from conftest import SNAKEMAKE, datamove, pids_running, popen_datamove
 from datamove.config import StudyConfig, write_config
 from datamove.run.heartbeat import read_heartbeat
 
@@ -89,7 +88,7 @@ def _kill_first_member_to_stream(cfg: StudyConfig, deadline: float) -> int | Non
         if streams:
             member = int(streams[0].name.split("-")[1].split(".")[0])
             time.sleep(0.3)
-            pids = _pids_running("datamove simulate", f"--member {member:06d}")
+            pids = pids_running(cfg.study_dir, "datamove simulate", f"--member {member:06d}")
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             if pids:

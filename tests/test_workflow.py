@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snakemake
+from conftest import pids_running, snakemake
 from datamove.config import StudyConfig
 from datamove.streaming.contract import contact_file
 
@@ -75,21 +75,11 @@ def test_lint_and_dry_run(tiny_config, tmp_path):
 
 
 def _kill_member_when_streaming(stream_dir: Path, member: int, killed: list, deadline: float) -> None:
-    target = f"--member {member:06d}"
     while time.monotonic() < deadline and not killed:
         if contact_file(stream_dir, member).exists():
-            victims = []
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-                except OSError:
-                    continue
-                cmd = " ".join(argv)
-                # The solver's Python processes (it and its watchdog), not the shell around them.
-                if Path(argv[0]).name.startswith("python") and "datamove simulate" in cmd and target in cmd:
-                    victims.append(int(pid))
+            # The solver's Python processes (it and its watchdog), not the shell around them; the
+            # study's own (its folder holds the stream folder).
+            victims = pids_running(stream_dir.parent, "datamove simulate", f"--member {member:06d}")
             if victims:
                 # Let a few steps through (the open itself takes up to ~0.5 s on a loaded machine):
                 # killed mid-stream, with most of its 3 s of steps still to come.
