@@ -190,18 +190,46 @@ def cmd_study_table(args) -> int:
 def cmd_make_heldout(args) -> int:
     from datamove.ensemble.members import make_heldout
 
-    make_heldout(_config(args))
+    cfg = _config(args)
+    try:
+        make_heldout(cfg)
+    except Exception as exc:
+        # The online trainer needs these members: it cannot start, and its gate, which waits for
+        # its first beat, learns why from a last one (datamove.run.gate.wait_for_trainer).
+        from datamove.training.online import Heartbeat
+
+        for path in _waiting_trainers(cfg):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Heartbeat(path, cfg.trainer.heartbeat_s).stop(
+                finished=False, reason=f"cannot start: its held-out members could not be made ({exc})")
+        raise
     return 0
+
+
+def _waiting_trainers(cfg) -> list[Path]:
+    """The heartbeat files of the online trainers that train on ``cfg``'s held-out members: the
+    study's own (SST), or its online arm's in a comparison study."""
+    if cfg.comparison.enabled and cfg.arm is None:
+        from datamove.config import StudyConfig
+        from datamove.evaluation.arms import arm_config
+
+        return [StudyConfig.from_dict(arm_config(cfg.raw, "online")).heartbeat_path]
+    return [cfg.heartbeat_path] if cfg.stream.engine.upper() == "SST" else []
 
 
 def cmd_wait_trainer(args) -> int:
     """The readiness gate: wait for a fresh trainer heartbeat."""
     from datamove.run.gate import wait_for_trainer
+    from datamove.run.heartbeat import TrainerLostError
 
     cfg = _config(args)
     timeout, source = (cfg.gate.timeout_s, "gate.timeout_s") if args.timeout is None else (args.timeout, "--timeout")
     print(f"[gate] waiting for the trainer's heartbeat {cfg.heartbeat_path} (up to {timeout:g} s)", file=sys.stderr)
-    beat = wait_for_trainer(cfg, timeout)
+    try:
+        beat = wait_for_trainer(cfg, timeout, this_run=args.this_run)
+    except TrainerLostError as exc:
+        print(f"[gate] error: {exc}; see the train_online and make_heldout logs", file=sys.stderr)
+        return 1
     if beat is None:
         print(
             f"[gate] error: the trainer did not report ready within {timeout:g} s ({source}; its "
@@ -327,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("wait-trainer", cmd_wait_trainer, "Wait until the trainer reports ready (readiness gate).")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: the config's gate.timeout_s)")
     p.add_argument("--touch", help="file to write once the trainer is ready (workflow output)")
+    p.add_argument("--this-run", action="store_true",
+                   help="the workflow's gate: the workflow removed an earlier run's last beat when it started, so a "
+                        "last beat is this run's trainer's; one that says stopped (it could not start) fails at once")
     add("check-config", cmd_check_config, "Validate a config and print it with every default filled in.")
     help_ = (
         "Where a study stands (members, samples, reservoir, losses, the trainer's heartbeat, time left), "

@@ -159,3 +159,32 @@ def test_stream_parameters_merge_over_the_lossless_defaults(tiny_config):
     assert params["QueueFullPolicy"] == "Block" and params["RendezvousReaderCount"] == "1"
     printed = yaml.safe_load(datamove("check-config", "--config", path).stdout)
     assert printed["stream"]["parameters"]["QueueFullPolicy"] == "Block"
+
+
+def test_the_workflows_gate_fails_at_once_on_a_trainer_that_could_not_start(tiny_config, tmp_path):
+    """The gate of a workflow (--this-run: the workflow removed an earlier run's last beat when it
+    started) reads a `stopped` last beat as its own trainer's and fails at once with its reason; a
+    manual wait (no --this-run) keeps waiting for a new trainer; a live beat is left alone."""
+    from datamove.run.heartbeat import clear_final_beat
+
+    path = tiny_config(gate={"timeout_s": 120})
+    cfg = StudyConfig.load(path)
+    cfg.heartbeat_path.parent.mkdir(parents=True)
+    stopped = {"pid": 99, "seq": 1, "time": 0.0, "stopped": "could not start: RuntimeError: checkpoint x is damaged"}
+    cfg.heartbeat_path.write_text(json.dumps(stopped))
+    t0 = time.monotonic()
+    with pytest.raises(TrainerLostError, match=r"the trainer \(pid 99\) has stopped \(could not start: .*damaged\)"):
+        wait_for_trainer(cfg, timeout=120, this_run=True)
+    assert time.monotonic() - t0 < 2
+    assert wait_for_trainer(cfg, timeout=0.5) is None  # a manual wait: an old last beat proves nothing
+    proc = datamove("wait-trainer", "--config", path, "--this-run", check=False)
+    assert proc.returncode == 1 and "[gate] error: the trainer (pid 99) has stopped (could not start" in proc.stderr
+    finished = {"pid": 98, "seq": 7, "time": 0.0, "finished": True}
+    cfg.heartbeat_path.write_text(json.dumps(finished))
+    assert wait_for_trainer(cfg, timeout=5, this_run=True)["pid"] == 98  # its members check their receipts
+    clear_final_beat(cfg)  # the workflow's start: an earlier run's last beat goes ...
+    assert not cfg.heartbeat_path.exists()
+    live = {"pid": 97, "seq": 3, "time": 0.0}
+    cfg.heartbeat_path.write_text(json.dumps(live))
+    clear_final_beat(cfg)  # ... a live trainer's beat stays
+    assert read_heartbeat(cfg.heartbeat_path) == live

@@ -351,3 +351,46 @@ def test_second_run_of_a_live_study_is_refused(tiny_config, tmp_path):
         if first.poll() is None:
             first.kill()
     _assert_finished(cfg)
+
+
+@pytest.mark.slow
+def test_a_trainer_that_cannot_start_fails_the_gate_within_seconds(tiny_config, tmp_path):
+    """A damaged checkpoint: the trainer stops before its first beat, naming the file; its last beat
+    says why and the gate (gate.timeout_s 600 by default) fails at once, so Snakemake ends in
+    seconds. No member streamed, none has a marker."""
+    path = _study(tiny_config, n_members=3)
+    cfg = StudyConfig.load(path)
+    cfg.study_dir.mkdir(parents=True)
+    cfg.checkpoint_path.write_bytes(b"PK\x03\x04 not a whole checkpoint")  # a truncated zip
+    cfg.heartbeat_path.write_text('{"pid": 1, "seq": 5, "time": 0, "stopped": "an earlier run"}')
+    t0 = time.monotonic()
+    proc = snakemake(tmp_path, path, "--cores", 2, timeout=300)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0
+    assert elapsed < 120, f"the study waited {elapsed:.0f} s on a trainer that could not start"
+    train_log = (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()
+    assert f"checkpoint {cfg.checkpoint_path} cannot be read, it is damaged" in train_log, train_log
+    gate_log = (cfg.study_dir / "logs" / "open_gate" / "open_gate.log").read_text()
+    assert "[gate] error: the trainer (pid" in gate_log and "could not start: RuntimeError: checkpoint" in gate_log, gate_log
+    assert "an earlier run" not in gate_log  # the workflow removed that run's last beat before its own
+    assert not any(cfg.member_marker(m).exists() for m in range(3))
+
+
+@pytest.mark.slow
+def test_held_out_members_that_cannot_be_made_fail_the_gate_within_seconds(tmp_path):
+    """A solver command that does not exist: the held-out members, which the trainer needs, fail;
+    the gate learns it from the last beat make-heldout writes for the trainer and fails at once."""
+    from conftest import write_study
+
+    path = write_study(tmp_path, solver={"name": "my-solver", "command": "./no_such_solver --out {stream}",
+                                         "fields": {"u": [10, 12]}, "n_steps": 20},
+                       parameters={"ranges": {"alpha": [0.1, 1.0]}})
+    cfg = StudyConfig.load(path)
+    t0 = time.monotonic()
+    proc = snakemake(tmp_path, path, "--cores", 2, timeout=300)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0
+    assert elapsed < 120, f"the study waited {elapsed:.0f} s on a trainer that could not start"
+    gate_log = (cfg.study_dir / "logs" / "open_gate" / "open_gate.log").read_text()
+    assert "could not start" not in gate_log and "cannot start: its held-out members could not be made" in gate_log, gate_log
+    assert "no_such_solver" in gate_log, gate_log

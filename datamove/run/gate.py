@@ -6,12 +6,19 @@ from __future__ import annotations
 import time
 
 from datamove.config import StudyConfig
-from datamove.run.heartbeat import HeartbeatWatch, TrainerLostError, stale_after, trainer_gone
+from datamove.run.heartbeat import HeartbeatWatch, TrainerLostError, ended, stale_after, trainer_gone
 from datamove.run.lock import StudyLock
 
 
-def wait_for_trainer(cfg: StudyConfig, timeout: float, *, expected_pid: int | None = None) -> dict | None:
+def wait_for_trainer(cfg: StudyConfig, timeout: float, *, expected_pid: int | None = None,
+                     this_run: bool = False) -> dict | None:
     """Wait up to ``timeout`` s for a live trainer; its latest beat, or None on timeout.
+
+    ``this_run``: the workflow's gate, opened after the workflow cleared an earlier run's last beat
+    (:func:`datamove.run.heartbeat.clear_final_beat`), so a final beat is this run's trainer's. A
+    ``stopped`` one (it could not start, or stopped before the gate looked) raises
+    :class:`TrainerLostError` with its reason at once, not after ``timeout``; a ``finished`` one is
+    returned (its members learn from their receipts whether it holds their steps).
 
     ``expected_pid``: the trainer that opened the workflow's gate. Its end (a final or ``stopped``
     beat, a heartbeat that stands still for :func:`stale_after`, a file removed) raises
@@ -24,6 +31,10 @@ def wait_for_trainer(cfg: StudyConfig, timeout: float, *, expected_pid: int | No
         beat = watch.poll()
         if beat is not None:
             return beat
+        if this_run and watch.beat is not None and watch.beat.get("stopped"):
+            raise TrainerLostError(f"the trainer (pid {watch.beat['pid']}) {ended(watch.beat)}")
+        if this_run and watch.beat is not None and watch.beat.get("finished"):
+            return watch.beat
         if expected_pid is not None:
             gone = trainer_gone(watch, expected_pid, stale_after(cfg))
             if gone:

@@ -40,6 +40,16 @@ def read_heartbeat(path: str | Path) -> dict | None:
     return beat
 
 
+def clear_final_beat(cfg: StudyConfig) -> None:
+    """Remove a last beat (``finished`` or ``stopped``) that an earlier run's trainer left, before a
+    workflow starts its own: its gate then reads any last beat as its own trainer's (a trainer that
+    could not start says so in one) and fails at once (:func:`datamove.run.gate.wait_for_trainer`).
+    A live trainer's beats are no last beat, and the workflow refused to start beside one."""
+    beat = read_heartbeat(cfg.heartbeat_path)
+    if beat is not None and ended(beat):
+        cfg.heartbeat_path.unlink(missing_ok=True)
+
+
 def stale_after(cfg: StudyConfig) -> float:
     """Seconds without a new beat after which the trainer counts as gone: max(3 x heartbeat_s, 2 s)."""
     return max(3 * cfg.trainer.heartbeat_s, 2.0)

@@ -110,13 +110,18 @@ class Heartbeat:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
     def stop(self, *, finished: bool, reason: str = "") -> None:
         """``finished``: the trainer read every stream to its end and wrote its model; a last beat
         says so. Otherwise the last beat says ``stopped`` (``reason``), so that solvers waiting for
         this trainer fail at once instead of waiting for a heartbeat that will not come (see
         datamove.run.heartbeat); where even that small write fails (a full disk) the file is removed."""
         self._stop.set()
-        self._thread.join()
+        if self.started:
+            self._thread.join()
         try:
             self._beat(**({"finished": True} if finished else {"stopped": reason or "stopped"}))
         except OSError:
@@ -241,9 +246,16 @@ def train_online(cfg: StudyConfig, *, members: list[int] | None = None) -> Train
     lock = StudyLock(cfg.lock_path)
     if dd.main:
         lock.acquire()
+    heartbeat = Heartbeat(cfg.heartbeat_path, cfg.trainer.heartbeat_s)
     try:
         with StopSignals() as stop:
-            return _train_online(cfg, members, dd, stop)
+            return _train_online(cfg, members, dd, stop, heartbeat)
+    except BaseException as exc:
+        if dd.main and not heartbeat.started:
+            # Before its first beat (a checkpoint that cannot be read, held-out members that do
+            # not load, ...): the gate waits for a beat, and this last one tells it why none comes.
+            heartbeat.stop(finished=False, reason=f"could not start: {type(exc).__name__}: {exc}")
+        raise
     finally:
         if dd.main:
             lock.release()
@@ -254,7 +266,8 @@ def _rank_path(path: Path, dd: Dist) -> Path:
     return path if dd.main else path.with_name(f"{path.stem}.rank{dd.rank}{path.suffix}")
 
 
-def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: StopSignals) -> TrainResult:
+def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: StopSignals,
+                  heartbeat: Heartbeat) -> TrainResult:
     tc, problem = cfg.trainer, cfg.problem
     all_members = list(range(cfg.ensemble.n_members)) if members is None else list(members)
     members = dd.share(all_members)  # data-parallel: each rank reads its own share
@@ -299,9 +312,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
     # Rank 0 removes stale contact files; no rank reads a stream before the gate opens, after the barrier.
     feed = MemberFeed(cfg=cfg, members=members, ledger=ledger, params=params, clean=dd.main, say=_say).start()
     dd.barrier()  # every rank's ingest pool is up before the gate opens
-    heartbeat = Heartbeat(
-        cfg.heartbeat_path, tc.heartbeat_s, status=Heartbeat.counters(ledger=ledger, buffer=buffer, training=run)
-    )
+    heartbeat.status = Heartbeat.counters(ledger=ledger, buffer=buffer, training=run)
     if dd.main:
         heartbeat.start()
     _say(f"ready: reading streams from {cfg.stream_dir} with {feed.n_workers} ingest process(es)")
@@ -521,7 +532,10 @@ def _resume(cfg: StudyConfig, path: Path, run: Training, buffer, ledger: Ledger,
     for candidate in (path, _prev_path(path)):
         if not candidate.exists():
             continue
-        ckpt = torch.load(candidate, map_location="cpu", weights_only=False, mmap=True)
+        try:
+            ckpt = torch.load(candidate, map_location="cpu", weights_only=False, mmap=True)
+        except Exception as exc:  # a truncated or foreign file: torch's message names no file
+            raise RuntimeError(f"checkpoint {candidate} cannot be read, it is damaged ({exc})") from exc
         if ckpt.get("config") != dict(cfg.raw):
             stale = candidate.with_name(f"{candidate.stem}.stale{candidate.suffix}")
             candidate.replace(stale)

@@ -6,6 +6,7 @@ import sys
 import yaml
 
 from datamove.config import ConfigError, StudyConfig, merge_config, validate_config
+from datamove.run.heartbeat import clear_final_beat
 from datamove.run.lock import StudyBusyError, refuse_if_trained
 from datamove.run.signals import forward_interrupts
 from datamove.evaluation.arms import arm_config, arm_dirs
@@ -171,10 +172,15 @@ def figure_data_inputs(wildcards):
 onstart:
     # Run before any job (not in a dry run): a study folder that a live trainer uses belongs to
     # another run, whose outputs this one's scheduler would delete before rerunning their jobs.
+    _online = StudyConfig.from_dict(arm_config(config, "online")) if COMPARISON else STUDY
     try:
-        refuse_if_trained(StudyConfig.from_dict(arm_config(config, "online")) if COMPARISON else STUDY)
+        refuse_if_trained(_online)
     except StudyBusyError as exc:
         raise WorkflowError(str(exc)) from None
+    # An earlier run's last beat goes: the gate reads a last beat as this run's trainer's, which
+    # failed to start or stopped, and fails at once with its reason (not after gate.timeout_s).
+    if ONLINE or COMPARISON:
+        clear_final_beat(_online)
     # Snakemake interrupted alone (kill -INT, SIGTERM) waits for its jobs without signalling them:
     # pass it on to the trainer (it checkpoints and stops; --rerun-incomplete resumes it) and the
     # solvers. A Ctrl-C in a terminal reaches them all anyway; a second SIGTERM does no harm.

@@ -41,4 +41,6 @@ rule open_gate:
     params:
         datamove=DATAMOVE,
     shell:
-        "{params.datamove} wait-trainer --config {input.cfg} --touch {output.gate} > {log} 2>&1"
+        # --this-run: the workflow cleared an earlier run's last beat (onstart, common.smk), so a
+        # last beat is this run's trainer's: one that could not start fails the gate at once.
+        "{params.datamove} wait-trainer --config {input.cfg} --this-run --touch {output.gate} > {log} 2>&1"
