@@ -353,6 +353,17 @@ def test_second_run_of_a_live_study_is_refused(tiny_config, tmp_path):
     _assert_finished(cfg)
 
 
+def _gate_of_a_study_that_fails_at_once(tmp_path, path, cfg) -> str:
+    """Run the study, whose trainer cannot start: Snakemake fails in seconds, not after the gate's
+    timeout (600 s by default); the gate's log."""
+    t0 = time.monotonic()
+    proc = snakemake(tmp_path, path, "--cores", 2, timeout=300)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0
+    assert elapsed < 120, f"the study waited {elapsed:.0f} s on a trainer that could not start"
+    return (cfg.study_dir / "logs" / "open_gate" / "open_gate.log").read_text()
+
+
 @pytest.mark.slow
 def test_a_trainer_that_cannot_start_fails_the_gate_within_seconds(tiny_config, tmp_path):
     """A damaged checkpoint: the trainer stops before its first beat, naming the file; its last beat
@@ -363,14 +374,9 @@ def test_a_trainer_that_cannot_start_fails_the_gate_within_seconds(tiny_config, 
     cfg.study_dir.mkdir(parents=True)
     cfg.checkpoint_path.write_bytes(b"PK\x03\x04 not a whole checkpoint")  # a truncated zip
     cfg.heartbeat_path.write_text('{"pid": 1, "seq": 5, "time": 0, "stopped": "an earlier run"}')
-    t0 = time.monotonic()
-    proc = snakemake(tmp_path, path, "--cores", 2, timeout=300)
-    elapsed = time.monotonic() - t0
-    assert proc.returncode != 0
-    assert elapsed < 120, f"the study waited {elapsed:.0f} s on a trainer that could not start"
+    gate_log = _gate_of_a_study_that_fails_at_once(tmp_path, path, cfg)
     train_log = (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()
     assert f"checkpoint {cfg.checkpoint_path} cannot be read, it is damaged" in train_log, train_log
-    gate_log = (cfg.study_dir / "logs" / "open_gate" / "open_gate.log").read_text()
     assert "[gate] error: the trainer (pid" in gate_log and "could not start: RuntimeError: checkpoint" in gate_log, gate_log
     assert "an earlier run" not in gate_log  # the workflow removed that run's last beat before its own
     assert not any(cfg.member_marker(m).exists() for m in range(3))
@@ -385,12 +391,6 @@ def test_held_out_members_that_cannot_be_made_fail_the_gate_within_seconds(tmp_p
     path = write_study(tmp_path, solver={"name": "my-solver", "command": "./no_such_solver --out {stream}",
                                          "fields": {"u": [10, 12]}, "n_steps": 20},
                        parameters={"ranges": {"alpha": [0.1, 1.0]}})
-    cfg = StudyConfig.load(path)
-    t0 = time.monotonic()
-    proc = snakemake(tmp_path, path, "--cores", 2, timeout=300)
-    elapsed = time.monotonic() - t0
-    assert proc.returncode != 0
-    assert elapsed < 120, f"the study waited {elapsed:.0f} s on a trainer that could not start"
-    gate_log = (cfg.study_dir / "logs" / "open_gate" / "open_gate.log").read_text()
+    gate_log = _gate_of_a_study_that_fails_at_once(tmp_path, path, StudyConfig.load(path))
     assert "could not start" not in gate_log and "cannot start: its held-out members could not be made" in gate_log, gate_log
     assert "no_such_solver" in gate_log, gate_log

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import datamove, snakemake
 from datamove.config import ConfigError, StudyConfig
+from datamove.run.heartbeat import read_heartbeat
 from datamove.training.records import MetricsLog
 
 # Columns every trainer logs (online and offline), each a scalar tag of its own.
@@ -81,7 +82,10 @@ def test_trainer_without_tensorboard_stops_before_any_stream(tiny_config):
     assert proc.returncode == 2, proc.stdout + proc.stderr  # a config error
     assert proc.stderr.startswith("datamove: key 'trainer.tensorboard': true needs TensorBoard")
     assert "pip install 'datamove[tensorboard]'" in proc.stderr and proc.stderr.count("\n") == 1
-    assert not cfg.heartbeat_path.exists() and not (cfg.study_dir / "metrics.csv").exists()
+    assert not (cfg.study_dir / "metrics.csv").exists()
+    # No beat but a last one, which tells a workflow's gate at once why the trainer never started.
+    beat = read_heartbeat(cfg.heartbeat_path)
+    assert beat["seq"] == 1 and beat["stopped"].startswith("could not start: ConfigError: key 'trainer.tensorboard'")
 
 
 def test_schema_default_is_off(tiny_config):
