@@ -180,8 +180,7 @@ def cmd_study_table(args) -> int:
         raise ValueError(f"no study kind {args.kind!r} (one of {', '.join(KINDS)})")
     kind = KINDS[args.kind]
     frames = read_parts(kind, args.parts)
-    options = {"resamples": args.bootstrap} if kind.name in ("models", "diversity") else {}
-    text = write_table(kind, frames, args.out, **options)
+    text = write_table(kind, frames, args.out, resamples=args.bootstrap)  # a kind without a bootstrap ignores it
     runs = len(frames["summary"][list(kind.key)].drop_duplicates())  # a models run has a row per arm
     print(f"[{args.command}] {runs} runs from {len(args.parts)} part(s) -> {args.out}\n\n{text}", flush=True)
     return 0
@@ -210,7 +209,6 @@ def _waiting_trainers(cfg) -> list[Path]:
     """The heartbeat files of the online trainers that train on ``cfg``'s held-out members: the
     study's own (SST), or its online arm's in a comparison study."""
     if cfg.comparison.enabled and cfg.arm is None:
-        from datamove.config import StudyConfig
         from datamove.evaluation.arms import arm_config
 
         return [StudyConfig.from_dict(arm_config(cfg.raw, "online")).heartbeat_path]
