@@ -242,6 +242,13 @@ def cmd_wait_trainer(args) -> int:
     return 0
 
 
+def cmd_restart(args) -> int:
+    from datamove.run.restart import restart
+
+    restart(_config(args))
+    return 0
+
+
 def cmd_check_config(args) -> int:
     import yaml
 
@@ -356,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--this-run", action="store_true",
                    help="the workflow's gate: the workflow removed an earlier run's last beat when it started, so a "
                         "last beat is this run's trainer's; one that says stopped (it could not start) fails at once")
+    add("restart", cmd_restart,
+        "Start the study's online trainer afresh on the next run (a checkpoint that cannot be read): sets its "
+        "checkpoints aside, removes its outputs and the members' markers so that every member is sent again; "
+        "keeps the config, the held-out and test members and the logs.")
     add("check-config", cmd_check_config, "Validate a config and print it with every default filled in.")
     help_ = (
         "Where a study stands (members, samples, reservoir, losses, the trainer's heartbeat, time left), "

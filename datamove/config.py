@@ -487,6 +487,24 @@ class StudyConfig:
         """Written by a failed launch of the member's solver: attempt, reason, whether it was the last."""
         return self.study_dir / "members" / f"member-{member:06d}.failed.json"
 
+    def member_start(self, member: int) -> Path:
+        """Written by the member's job when it starts the member (how many times it was started):
+        the trainer's "never connected" clock runs only for a member that was started, never for
+        one waiting in Snakemake's or the cluster's queue."""
+        return self.study_dir / "members" / f"member-{member:06d}.started.json"
+
+    @property
+    def resume_path(self) -> Path:
+        """Written by a trainer that finished with members lost: an input of train_online, so that
+        the same command, rerun, resumes the trainer from its final checkpoint and sends them."""
+        return self.study_dir / "trainer.resume.json"
+
+    @property
+    def launch_stop_path(self) -> Path:
+        """Written by the workflow when Snakemake stops launching jobs (a job failed without
+        --keep-going, or an interrupt): the trainer stops waiting for members never started."""
+        return self.study_dir / "launches.stopped.json"
+
     def member_receipt(self, member: int) -> Path:
         """Written by the trainer once the member's steps are all received and in a checkpoint (or,
         without checkpoints, received): its solver writes its marker only then, and a rerun of

@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from conftest import REPO, datamove, popen_datamove
 from datamove.config import StudyConfig
+from datamove.ensemble.members import note_start
+from datamove.run.heartbeat import read_heartbeat
 from datamove.training.step import evaluate, load_surrogate
 from datamove.training.heldout import load_heldout
 
@@ -74,10 +77,14 @@ def test_members_that_never_connect_are_timed_out(tiny_config, tmp_path):
     cfg = StudyConfig.load(path)
     datamove("make-heldout", "--config", path)
     # Member 0 starts first and waits for the trainer, so it connects well within the timeout on a
-    # loaded machine; members 1 and 2 never come.
+    # loaded machine. Members 1 and 2 are started by their jobs (their start notes, written the
+    # way a job writes them) but never open a stream: a solver that hangs before its Open.
     solver = popen_datamove("simulate", "--config", path, "--member", 0, "--wait-trainer", log=tmp_path / "sim.log")
     trainer = popen_datamove("train", "--config", path, "--threads", 1, log=tmp_path / "train.log")
     try:
+        datamove("wait-trainer", "--config", path, "--timeout", 60)
+        for m in (1, 2):
+            note_start(cfg, m)
         returncode = trainer.wait(timeout=60)
         assert solver.wait(timeout=60) == 0, solver.output
     finally:
@@ -87,8 +94,31 @@ def test_members_that_never_connect_are_timed_out(tiny_config, tmp_path):
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     assert ledger[0]["status"] == "complete"
     for m in (1, 2):
-        assert ledger[m]["status"] == "lost" and "never connected" in ledger[m]["reason"]
+        assert ledger[m]["status"] == "lost" and "never connected (started, no stream within 8 s)" in ledger[m]["reason"]
     assert not list(cfg.study_dir.rglob("*.sst"))
+
+
+@pytest.mark.slow
+def test_members_never_started_are_pending_however_long(tiny_config, tmp_path):
+    """A member that no job has started (it waits in Snakemake's or the cluster's queue) is
+    pending, not lost, for longer than stream.member_timeout_s; started later, it completes."""
+    path = tiny_config(ensemble={"n_members": 2}, stream={"member_timeout_s": 3})
+    cfg = StudyConfig.load(path)
+    datamove("make-heldout", "--config", path)
+    trainer = popen_datamove("train", "--config", path, "--threads", 1, log=tmp_path / "train.log")
+    try:
+        datamove("wait-trainer", "--config", path, "--timeout", 60)
+        datamove("simulate", "--config", path, "--member", 0, "--wait-trainer", "--marker", cfg.member_marker(0))
+        time.sleep(3 * cfg.stream.member_timeout_s)  # member 1 waits in a queue meanwhile
+        assert trainer.proc.poll() is None, trainer.output
+        assert read_heartbeat(cfg.heartbeat_path)["status"]["pending"] == 1
+        datamove("simulate", "--config", path, "--member", 1, "--wait-trainer", "--marker", cfg.member_marker(1))
+        assert trainer.wait(timeout=60) == 0, trainer.output
+    finally:
+        trainer.kill()
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    assert [ledger[m]["status"] for m in (0, 1)] == ["complete", "complete"], ledger
+    assert "never connected" not in trainer.output
 
 
 @pytest.mark.slow
@@ -148,8 +178,9 @@ def test_ledger_counts_steps_evicted_before_any_batch(tiny_config, tmp_path, pol
 @pytest.mark.slow
 def test_markers_without_a_checkpoint_are_lost_at_once(tiny_config, tmp_path):
     """A trainer that starts afresh while markers of an earlier run exist (the workflow will not
-    rerun those members) ends them lost at once, saying why and what to do, instead of waiting
-    stream.member_timeout_s for streams that never come."""
+    rerun those members) ends them lost at once, saying why, instead of waiting
+    stream.member_timeout_s for streams that never come; it removes their markers and finishes
+    resumable, so that the next run sends them."""
     path = tiny_config(ensemble={"n_members": 2}, stream={"member_timeout_s": 300})
     cfg = StudyConfig.load(path)
     cfg.member_marker(1).parent.mkdir(parents=True)
@@ -162,11 +193,17 @@ def test_markers_without_a_checkpoint_are_lost_at_once(tiny_config, tmp_path):
         assert trainer.wait(timeout=60) == 0, trainer.output  # not after member_timeout_s (300 s)
     finally:
         trainer.kill()
-    assert "1 member(s) have markers from an earlier run" in trainer.output
+    assert "1 member(s) had markers from an earlier run" in trainer.output
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     assert ledger[0]["status"] == "complete"
-    assert ledger[1]["status"] == "lost" and "says it was sent, to an earlier trainer run" in ledger[1]["reason"]
-    assert "--forcerun simulate_member" in ledger[1]["reason"]
+    assert ledger[1]["status"] == "lost" and "said it was sent, to an earlier trainer run" in ledger[1]["reason"]
+    # Not a dead end: the marker is gone, so the workflow's next run sends the member, and the
+    # trainer kept what a rerun resumes from (its checkpoint, and the note that makes the
+    # workflow rerun it).
+    assert "the same command, rerun, sends it again" in ledger[1]["reason"]
+    assert not cfg.member_marker(1).exists() and cfg.member_marker(0).exists()
+    assert cfg.checkpoint_path.exists() and cfg.resume_path.exists()
+    assert cfg.resume_path.stat().st_mtime_ns >= (cfg.study_dir / "model.pt").stat().st_mtime_ns
 
 
 @pytest.mark.slow

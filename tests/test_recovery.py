@@ -377,7 +377,7 @@ def test_a_trainer_that_cannot_start_fails_the_gate_within_seconds(tiny_config, 
     gate_log = _gate_of_a_study_that_fails_at_once(tmp_path, path, cfg)
     train_log = (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()
     assert f"checkpoint {cfg.checkpoint_path} cannot be read, it is damaged" in train_log, train_log
-    assert "[gate] error: the trainer (pid" in gate_log and "could not start: RuntimeError: checkpoint" in gate_log, gate_log
+    assert "[gate] error: the trainer (pid" in gate_log and "could not start: CheckpointDamaged: checkpoint" in gate_log, gate_log
     assert "an earlier run" not in gate_log  # the workflow removed that run's last beat before its own
     assert not any(cfg.member_marker(m).exists() for m in range(3))
 
@@ -394,3 +394,176 @@ def test_held_out_members_that_cannot_be_made_fail_the_gate_within_seconds(tmp_p
     gate_log = _gate_of_a_study_that_fails_at_once(tmp_path, path, StudyConfig.load(path))
     assert "could not start" not in gate_log and "cannot start: its held-out members could not be made" in gate_log, gate_log
     assert "no_such_solver" in gate_log, gate_log
+
+
+@pytest.mark.slow
+def test_members_waiting_in_the_queue_are_not_lost_when_a_streaming_one_is(tiny_config, tmp_path):
+    """With --cores 2 the trainer and one solver run, and the other members wait in Snakemake's
+    queue. The streaming member is frozen past stream.member_timeout_s: it is lost (and retried),
+    but the members in the queue stay pending, however long the freeze (before: `lost: never
+    connected`, and a rerun failed on `the trainer has finished`). The study completes in one run."""
+    timeout_s = 4
+    path = tiny_config(
+        ensemble={"n_members": 4, "retries": 1},
+        solver={"n_steps": 30, "step_delay_s": 0.1},
+        trainer={"checkpoint_every": 20, "heartbeat_s": 0.2},
+        stream={"open_timeout_s": OPEN_TIMEOUT_S, "member_timeout_s": timeout_s},
+    )
+    cfg = StudyConfig.load(path)
+    frozen = {}
+
+    def streaming():
+        # Steps flowing (a member frozen in Open, before its first step, is another fault: see
+        # docs/faults.md), from a member that has 20 of its 30 steps still to send.
+        beat = read_heartbeat(cfg.heartbeat_path) or {}
+        if not 3 <= beat.get("status", {}).get("samples_received", 0) <= 10:
+            return []
+        return [m for m in range(4) if contact_file(cfg.stream_dir, m).exists()
+                and pids_running(cfg.study_dir, "datamove simulate", f"--member {m:06d}")]
+
+    def freeze():
+        found = streaming()
+        if not found:
+            return  # it ended between the two looks
+        member = found[0]
+        pids = pids_running(cfg.study_dir, "datamove simulate", f"--member {member:06d}")
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        frozen[member] = pids
+        time.sleep(3 * timeout_s)  # the members in the queue would have been timed out thrice
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+    watcher = _when(lambda: bool(streaming()), freeze)
+    proc = snakemake(tmp_path, path, "--cores", 2, timeout=400)
+    watcher.join(timeout=60)
+    assert frozen, "no member was seen streaming"
+    (member,) = frozen
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    train_log = (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()
+    assert f"member {member} lost after" in train_log and f"no step for {timeout_s}" in train_log, train_log
+    assert "never connected" not in train_log and "not started" not in train_log, train_log
+    _assert_finished(cfg)
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    assert int(ledger[member]["attempts"]) == 2
+    assert all(int(ledger[m]["attempts"]) == 1 for m in range(4) if m != member), ledger
+
+
+SILENT_SOLVER = """\
+import os, sys
+args = sys.argv[1:]
+member, engine = int(args[args.index("--id") + 1]), args[args.index("--engine") + 1]
+broken = os.path.exists({flag!r})
+if broken and engine == "SST" and member in {silent}:
+    sys.exit(0)                            # exits 0 without opening its stream
+if broken and engine == "SST" and member in {short}:
+    args[args.index("--steps") + 1] = "5"  # opens it, writes 5 of its steps, exits 0
+os.execv(sys.executable, [sys.executable, {producer!r}, *args])
+"""
+
+
+def _silent_solver_study(tmp_path, *, silent=(), short=(), n_members=4):
+    from test_external_solver import COMMAND, PRODUCER, study_of
+
+    flag = tmp_path / "broken"
+    flag.touch()
+    wrapper = tmp_path / "my_solver.py"
+    wrapper.write_text(SILENT_SOLVER.format(flag=str(flag), silent=set(silent) or "()", short=set(short) or "()",
+                                            producer=str(PRODUCER)))
+    path = study_of(tmp_path, COMMAND.replace(str(PRODUCER), str(wrapper)),
+                    ensemble={"n_members": n_members, "retries": 1},
+                    stream={"member_timeout_s": OPEN_TIMEOUT_S, "open_timeout_s": OPEN_TIMEOUT_S})
+    return path, flag
+
+
+@pytest.mark.slow
+def test_a_solver_command_that_exits_0_without_its_steps_fails_its_job_at_once(tmp_path):
+    """A solver command that exits 0 without opening its stream, and one that exits 0 after 5 of
+    its 20 steps: each job fails within seconds (not after the stream timeouts, 300 s), naming the
+    command, its exit status and what it did not do, and is retried like any failed solver. The
+    trainer finishes with them lost, resumable: once the solver is fixed, the same command, rerun,
+    finishes the study."""
+    path, flag = _silent_solver_study(tmp_path, silent={1}, short={2})
+    cfg = StudyConfig.load(path)
+    t0 = time.monotonic()
+    first = snakemake(tmp_path, path, "--cores", 2, "--keep-going")
+    assert time.monotonic() - t0 < 150, "a job waited on a stream that never came"
+    assert first.returncode != 0
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    assert [ledger[m]["status"] for m in (0, 3)] == ["complete", "complete"], ledger
+    log = (cfg.study_dir / "logs" / "simulate_member" / "member-000001.log").read_text()
+    assert "my_solver.py" in log and "exited with status 0 without opening its stream" in log, log
+    assert ledger[1]["status"] == "lost" and "without opening its stream" in ledger[1]["reason"], ledger[1]
+    log = (cfg.study_dir / "logs" / "simulate_member" / "member-000002.log").read_text()
+    assert "my_solver.py" in log and "exited with status 0, but its stream did not bring solver.n_steps = 20" in log, log
+    assert ledger[2]["status"] == "lost" and int(ledger[2]["attempts"]) == 2, ledger[2]  # retried once
+    assert cfg.resume_path.exists() and cfg.checkpoint_path.exists()
+
+    flag.unlink()  # the solver is fixed
+    second = snakemake(tmp_path, path, "--cores", 2)
+    assert second.returncode == 0, second.stdout + second.stderr
+    train_log = (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()
+    assert f"resumed from {cfg.checkpoint_path}" in train_log, train_log
+    _assert_finished(cfg)
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    assert int(ledger[0]["attempts"]) == 1 and int(ledger[0]["steps_duplicate"]) == 0  # not sent again
+
+
+@pytest.mark.slow
+def test_members_snakemake_will_not_launch_end_the_trainer_and_a_rerun_sends_them(tmp_path):
+    """Without --keep-going, Snakemake launches no more jobs once one has failed for good, and
+    waits for the running ones: the trainer among them. The members it never launched are lost
+    with that reason within seconds (not pending forever, the trainer would never end), and the
+    same command, rerun, resumes the trainer and sends them."""
+    path, flag = _silent_solver_study(tmp_path, silent={0}, n_members=4)
+    cfg = StudyConfig.load(path)
+    first = snakemake(tmp_path, path, "--cores", 2, timeout=300)
+    assert first.returncode != 0
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    assert ledger[0]["status"] == "lost", ledger[0]
+    never = [m for m in (1, 2, 3) if ledger[m]["status"] != "complete"]
+    assert never, ledger  # Snakemake ran member 0 (twice) first, and stopped
+    for m in never:
+        assert ledger[m]["status"] == "lost" and "not started: snakemake stopped launching jobs" in ledger[m]["reason"]
+        assert "--keep-going" in ledger[m]["reason"] and not cfg.member_marker(m).exists()
+    flag.unlink()
+    second = snakemake(tmp_path, path, "--cores", 2)
+    assert second.returncode == 0, second.stdout + second.stderr
+    _assert_finished(cfg)
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_names_the_way_out_and_restart_keeps_every_member(tiny_config, tmp_path):
+    """An interrupted study whose checkpoint is then damaged: the rerun fails at once, naming the
+    file and `datamove restart`; after it, the same command finishes the study with every member
+    complete (before: the members with markers ended lost, and no rerun finished the study)."""
+    path = _study(tiny_config, n_members=4)
+    cfg = StudyConfig.load(path)
+    proc = _popen_snakemake(tmp_path, path, "--cores", 2, log=tmp_path / "first.log")
+    try:
+        _wait(lambda: any(cfg.member_marker(m).exists() for m in range(4)), 180, "a member's marker")
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert cfg.checkpoint_path.exists(), (tmp_path / "first.log").read_text()
+    sent = [m for m in range(4) if cfg.member_marker(m).exists()]
+    assert sent
+    data = cfg.checkpoint_path.read_bytes()
+    cfg.checkpoint_path.write_bytes(data[: len(data) // 2])  # truncated
+
+    second = snakemake(tmp_path, path, "--cores", 2, "--rerun-incomplete")
+    assert second.returncode != 0
+    train_log = (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()
+    assert f"checkpoint {cfg.checkpoint_path} cannot be read, it is damaged" in train_log, train_log
+    assert f"datamove restart --config {cfg.study_dir / 'config.yaml'}" in train_log, train_log
+
+    restarted = datamove("restart", "--config", cfg.study_dir / "config.yaml")
+    assert "set aside" in restarted.stdout and "marker(s)" in restarted.stdout, restarted.stdout
+    assert not cfg.checkpoint_path.exists() and list(cfg.study_dir.glob("checkpoint.set-aside-*.pt"))
+    assert not any(cfg.member_marker(m).exists() for m in range(4))
+    third = snakemake(tmp_path, path, "--cores", 2, "--rerun-incomplete")
+    assert third.returncode == 0, third.stdout + third.stderr
+    _assert_finished(cfg)

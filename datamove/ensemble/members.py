@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ from datamove.streaming.watchdog import Watchdog
 from datamove.streaming.writer import MemberWriter
 
 POLL_S = 0.1  # how often a launched command is checked on
+OPEN_POLL_S = 0.01  # how often, until its stream opens
 
 
 class SolverError(RuntimeError):
@@ -153,7 +155,9 @@ def run_command(
     opened, contact = engine != "SST", None
     try:
         while (code := proc.poll()) is None:
-            time.sleep(POLL_S)
+            # Often until the stream opens: a quick command's contact file lives only while it
+            # waits in Open for the trainer's reader and streams (a fraction of a second).
+            time.sleep(POLL_S if opened else OPEN_POLL_S)
             now = time.monotonic()
             if not opened and contact_file(stream_dir, member).exists():
                 opened = True
@@ -181,9 +185,18 @@ def run_command(
     finally:
         if proc.poll() is None:
             _stop(proc)
+    if not opened and code == 0 and contact_file(stream_dir, member).exists():
+        opened = True  # opened after the last look, and exited: its contact file is still there
     if code != 0:
         status = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
         raise SolverError(f"{what} {status}")
+    if not opened:
+        # Else its job would wait for a receipt that no stream can bring, until the trainer ends.
+        raise SolverError(
+            f"{what} exited with status 0 without opening its stream {stream_dir / stream_name(member)}: "
+            f"it must open it (SST) and write solver.n_steps = {problem.n_steps} steps "
+            "(docs/stream-contract.md)"
+        )
     if engine == "BP5":
         from datamove.data import DatasetError, open_checked
 
@@ -208,10 +221,21 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def _confirm(cfg: StudyConfig, trainer_pid: int | None, member: int, contact) -> None:
-    """Called as soon as the member's stream has closed: wait for its receipt (see await_receipt)."""
-    if trainer_pid is not None and cfg.stream.engine.upper() == "SST":
+def _confirm(cfg: StudyConfig, trainer_pid: int | None, member: int, contact, summary: dict) -> None:
+    """Called as soon as the member's stream has closed: wait for its receipt (see await_receipt).
+    A solver command whose stream the trainer rejected is named, with what it did not do."""
+    if trainer_pid is None or cfg.stream.engine.upper() != "SST":
+        return
+    try:
         await_receipt(cfg, pid=trainer_pid, member=member, contact=tuple(contact) if contact else None)
+    except MemberRejected as exc:
+        if "command" not in summary:
+            raise
+        raise MemberRejected(
+            f"member {member}: solver command `{shlex.join(summary['command'])}` exited with status "
+            f"{summary.get('exit_status')}, but its stream did not bring solver.n_steps = {cfg.problem.n_steps} "
+            f"good steps: {exc}", final=exc.final,
+        ) from None
 
 
 def simulate(
@@ -252,6 +276,7 @@ def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int
         # wait in Open for a reader that never comes.
         note_failure(cfg, member, str(refused), final=True)
         raise refused
+    note_start(cfg, member)
     try:
         # sampler adaptive: drawn now, from the trainer's latest proposal (a rerun: its earlier draw).
         params = draw_member(cfg, member, label=label).params if cfg.ensemble.adaptive is not None else None
@@ -260,7 +285,7 @@ def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int
             step_delay_s=cfg.problem.step_delay_s, trainer_pid=trainer_pid, params=params,
         )
         if confirm:
-            _confirm(cfg, trainer_pid, member, summary.pop("contact", None))
+            _confirm(cfg, trainer_pid, member, summary.pop("contact", None), summary)
     except (SolverError, StreamError, TrainerLostError, MemberRejected) as exc:
         note_failure(cfg, member, str(exc), final=getattr(exc, "final", None))
         raise
@@ -289,6 +314,20 @@ def note_failure(cfg: StudyConfig, member: int, reason: str, *, final: bool | No
         attempt = 1
     note = {"member": member, "attempt": attempt, "reason": reason,
             "final": bool(final) or attempt > cfg.retries}
+    write_json(path, note)
+    return note
+
+
+def note_start(cfg: StudyConfig, member: int) -> dict:
+    """Tell the trainer that this job starts ``member`` now (``members/member-K.started.json``, the
+    number of starts so far): its "never connected" clock (``stream.member_timeout_s``) runs from
+    here, not while the job waited in Snakemake's or the cluster's queue."""
+    path = cfg.member_start(member)
+    try:
+        starts = int(json.loads(path.read_text())["starts"]) + 1
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        starts = 1
+    note = {"member": member, "starts": starts, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
     write_json(path, note)
     return note
 
@@ -346,7 +385,7 @@ def _settle(cfg: StudyConfig, trainer_pid: int | None, pending: list[tuple[int, 
     for member, summary in pending:
         if wait or trainer_pid is None or cfg.stream.engine.upper() != "SST" or held(read_receipt(cfg, member)):
             try:
-                _confirm(cfg, trainer_pid, member, summary.pop("contact", None))
+                _confirm(cfg, trainer_pid, member, summary.pop("contact", None), summary)
             except (TrainerLostError, MemberRejected) as exc:
                 note_failure(cfg, member, str(exc), final=getattr(exc, "final", None))
                 raise

@@ -10,10 +10,12 @@
 It dispatches a member to an idle ingest worker once its stream appears (never a dead writer's
 contact file), counts every step in the ledger once (a rerun's duplicates are counted and dropped),
 retries a lost member (``ensemble.retries``: the workflow reruns its solver), times out members with
-one ``stream.member_timeout_s`` (a silent stream's worker is stopped; members that never connect are
-lost), and reads the notes a failed solver launch leaves (``members/member-K.failed.json``, see
-:mod:`datamove.ensemble.members`) so that the ledger names why, and does not wait for a rerun that will not
-come.
+one ``stream.member_timeout_s`` (a silent stream's worker is stopped; a member started by its job
+whose stream never appears is lost; a member still in a queue is not), and reads the notes the
+members' jobs leave (``members/member-K.started.json`` when a job starts a member,
+``members/member-K.failed.json`` when a launch fails, see :mod:`datamove.ensemble.members`) and the
+workflow's word that it launches no more jobs (:mod:`datamove.run.launches`), so that the ledger
+names why, and does not wait for a rerun that will not come.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ SCAN_S = 0.02  # between two scans of the stream folder for new contact files
 # come to amortise its fixed cost (a put, slots returned to each worker), an ingest worker has
 # half its slots in the trainer's hands, or the oldest has waited this long.
 INTAKE_WAIT_S = 0.05
-NOTES_S = 0.5  # between two scans of the launcher's failure notes
+NOTES_S = 0.5  # between two scans of the launchers' notes (starts, failures)
+# After the workflow stops launching jobs, how long a job it launched just before has to note its
+# start (Python's start-up and the imports come first) before its member counts as never launched.
+LAUNCH_GRACE_S = 10.0
 TIMEOUT_CHECK_S = 0.1  # between two checks for silent streams (a timeout is seconds or more)
 
 
@@ -100,8 +105,16 @@ class MemberFeed:
         self._dead_contact: dict[int, tuple[int, int]] = {}  # member -> its dead writer's contact file
         self._notes_seen: dict[int, int] = {}  # member -> attempt of the last launcher note applied
         self._next_scan = self._next_notes = self._next_timeouts = 0.0
+        # Starts of members by their jobs (members/member-K.started.json, how many so far): the
+        # "never connected" clock of a member runs only once a start came after it was last handed
+        # out (or after this trainer began), never while its job waits in a queue.
+        self._starts: dict[int, int] = {}  # member -> starts seen
+        self._starts_base: dict[int, int] = {}  # member -> starts when it became unassigned
+        self._started_at: dict[int, float] = {}  # member -> monotonic time such a start was seen
+        self._last_busy = 0.0  # monotonic time every ingest worker was last seen busy
+        self._launch_stop: float | None = None  # monotonic time the workflow was seen to stop launching
+        self._launch_stop_why = ""
         self._changed = True  # the ledger changed since "every member ended?" was last asked
-        self._last_activity = time.monotonic()
         self._finished = not self.unassigned
         # Members completed since the caller last emptied the list (its receipts and checkpoints).
         self.newly_complete: list[int] = []
@@ -118,6 +131,8 @@ class MemberFeed:
         if self.clean:
             self.cfg.stream_dir.mkdir(parents=True, exist_ok=True)
             remove_contact_files(self.cfg.stream_dir, label="train")
+        self._read_starts()
+        self._starts_base = {m: self._starts.get(m, 0) for m in self.unassigned}
         self.pool = IngestPool(
             stream=self.cfg.stream,
             stream_dir=self.cfg.stream_dir,
@@ -158,8 +173,8 @@ class MemberFeed:
         for ev in events:
             self._handle(ev)
         now = time.monotonic()
-        if events:
-            self._last_activity = now
+        if self.pool.busy:
+            self._last_busy = now
         if not self._finished and now >= self._next_scan:
             # A directory scan, not on every batch; slower once every member has been handed out
             # (only a rerun of a complete member can appear then).
@@ -346,7 +361,7 @@ class MemberFeed:
             self.newly_complete.append(ev.member)
         elif rec.attempts <= self.cfg.retries and not ev.final:
             self.ledger.ended(ev.member, "retrying", ev.reason)
-            self.unassigned.append(ev.member)
+            self._unassign(ev.member)
             self.say(f"member {ev.member} lost after {rec.steps_received} steps: {ev.reason}; waiting for a rerun")
         else:
             self.ledger.ended(ev.member, "lost", ev.reason)
@@ -378,35 +393,83 @@ class MemberFeed:
                 del self._dead_contact[member]
             if member in self.unassigned:
                 self.unassigned.remove(member)
+                self._started_at.pop(member, None)
             else:
                 self._rereading.add(member)
                 self.say(f"member {member}: a rerun of a complete member; reading it as duplicates")
             self._reading[member] = contact_signature(self.cfg.stream_dir, member)
             self.pool.assign(member)
 
+    def _unassign(self, member: int) -> None:
+        """``member`` waits for a (new) stream: its clock runs once a start comes after this."""
+        self.unassigned.append(member)
+        self._starts_base[member] = self._starts.get(member, 0)
+        self._started_at.pop(member, None)
+
     def _timeouts(self, now: float) -> None:
         """One ``stream.member_timeout_s`` for both ways a member can go silent: a stream that sends
-        nothing (its worker is stopped; the member ends lost through the pool), and members that
-        never connect while nothing else happens."""
+        nothing (its worker is stopped; the member ends lost through the pool), and a member whose
+        job started it (:meth:`_read_starts`) but whose stream has not appeared that long after,
+        while an ingest worker was free to read it. A member not started waits: it is ``pending``
+        (or ``retrying``) in the ledger however long its job waits in a queue, until the workflow
+        stops launching (:meth:`_read_launch_stop`)."""
         limit = self.cfg.stream.member_timeout_s
         self.pool.stop_silent(limit)
-        if self.unassigned and not self.pool.busy and now - self._last_activity > limit:
-            for m in self.unassigned:
-                rec = self.ledger[m]
-                if rec.status == "retrying":
-                    reason = f"{rec.reason}; no rerun within {limit:g} s"
-                else:
-                    reason = f"never connected ({limit:g} s without stream activity)"
-                self.ledger.ended(m, "lost", reason)
-                self.say(f"member {m} lost: {reason}")
-            self.unassigned.clear()
-            self._changed = True
+        if self.pool.busy:
+            return
+        late = [m for m in self.unassigned
+                if m in self._started_at and now - max(self._started_at[m], self._last_busy) > limit]
+        for m in late:
+            rec = self.ledger[m]
+            if rec.status == "retrying":
+                reason = f"{rec.reason}; its rerun started but did not connect within {limit:g} s"
+            else:
+                reason = f"never connected (started, no stream within {limit:g} s)"
+            self._lose(m, reason)
 
-    def _note_files(self) -> list[tuple[int, Path]]:
-        """(member, path) of this trainer's members that have a failure note: one directory listing
-        (not one stat per member of a large ensemble)."""
+    def _lose(self, member: int, reason: str) -> None:
+        """End a member that waits for a stream as lost."""
+        self.ledger.ended(member, "lost", reason)
+        self.say(f"member {member} lost: {reason}")
+        self.unassigned.remove(member)
+        self._started_at.pop(member, None)
+        self._changed = True
+
+    def _read_starts(self) -> None:
+        """The starts the members' jobs noted (:func:`datamove.ensemble.members.note_start`): a
+        member waiting for a stream whose count rose since it began waiting has been started now."""
+        now = time.monotonic()
+        for member, path in self._note_files("started.json"):
+            try:
+                starts = int(json.loads(path.read_text())["starts"])
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                continue
+            self._starts[member] = starts
+            if (member in self.unassigned and member not in self._started_at
+                    and starts > self._starts_base.get(member, 0)):
+                self._started_at[member] = now
+
+    def _read_launch_stop(self, now: float) -> None:
+        """Once the workflow launches no more jobs (``launches.stopped.json``, written by
+        :func:`datamove.run.launches.watch_launches`) and LAUNCH_GRACE_S have passed (a job just
+        launched may not have noted its start yet), the members not started will not come: lost,
+        with the reason; the same command, rerun, resumes this trainer and sends them."""
+        if self._launch_stop is None:
+            try:
+                why = json.loads(self.cfg.launch_stop_path.read_text())["reason"]
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                return
+            self._launch_stop, self._launch_stop_why = now, str(why)
+            return
+        if now - self._launch_stop < LAUNCH_GRACE_S:
+            return
+        for m in [m for m in self.unassigned if m not in self._started_at]:
+            self._lose(m, f"not started: {self._launch_stop_why}; the same command, rerun, sends it")
+
+    def _note_files(self, suffix: str = "failed.json") -> list[tuple[int, Path]]:
+        """(member, path) of this trainer's members that have a note ``member-K.<suffix>`` (a
+        failure note, a start): one directory listing (not one stat per member of a large ensemble)."""
         folder = self.cfg.member_failure(0).parent
-        suffix = self.cfg.member_failure(0).name.split(".", 1)[1]
         mine = set(self.members)
         try:
             entries = list(os.scandir(folder))
@@ -421,7 +484,11 @@ class MemberFeed:
 
     def _read_notes(self) -> None:
         """Apply the notes of failed solver launches: the reason goes into the ledger; a launch that
-        was the last attempt (``final``) ends a member that has not completed as lost at once."""
+        was the last attempt (``final``) ends a member that has not completed as lost at once.
+        And the starts, and whether the workflow still launches members."""
+        self._read_starts()
+        if not self._finished:
+            self._read_launch_stop(time.monotonic())
         for member, path in self._note_files():
             try:
                 note = json.loads(path.read_text())
@@ -440,6 +507,7 @@ class MemberFeed:
                 self.ledger.ended(member, "lost", reason)
                 if member in self.unassigned:
                     self.unassigned.remove(member)
+                    self._started_at.pop(member, None)
                 self.say(f"member {member} lost: {reason}")
             elif rec.status in ("pending", "retrying"):
                 self.ledger.ended(member, "retrying", reason)

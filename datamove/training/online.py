@@ -19,6 +19,7 @@ import torch
 from datamove.config import ConfigError, StudyConfig
 from datamove.problems.samples import SampleSpec
 from datamove.reservoir import available_bytes, buffer_bytes, make_buffer
+from datamove.run.files import write_json
 from datamove.run.lock import StudyLock
 from datamove.run.receipts import held, read_receipt, write_receipt
 from datamove.sampling import proposals
@@ -266,6 +267,10 @@ def _rank_path(path: Path, dd: Dist) -> Path:
     return path if dd.main else path.with_name(f"{path.stem}.rank{dd.rank}{path.suffix}")
 
 
+class CheckpointDamaged(RuntimeError):
+    """A checkpoint that cannot be read: the message names the file and the way out."""
+
+
 def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: StopSignals,
                   heartbeat: Heartbeat) -> TrainResult:
     tc, problem = cfg.trainer, cfg.problem
@@ -302,6 +307,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
         for member in all_members:
             cfg.member_failure(member).unlink(missing_ok=True)
             cfg.member_receipt(member).unlink(missing_ok=True)
+            cfg.member_start(member).unlink(missing_ok=True)
         if cfg.ensemble.adaptive is not None:
             proposals.clear(cfg, all_members)  # draws and proposals of that run too
     dd.barrier()  # rank 0's clean-up is done before any rank writes a receipt
@@ -414,7 +420,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
         ledger.write(_rank_path(study_dir / "ledger.csv", dd))
 
     try:
-        _finish(cfg, dd, run, source, ledger, ckpt_path, receipts, durable)
+        _finish(cfg, dd, run, source, ledger, ckpt_path, receipts, durable, checkpoint)
     except BaseException as exc:
         if dd.main:  # the solvers still waiting for receipts learn it at once
             heartbeat.stop(finished=False, reason=f"crashed while finishing: {type(exc).__name__}: {exc}")
@@ -442,10 +448,14 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
 
 
 def _finish(cfg: StudyConfig, dd: Dist, run: Training, source: OnlineSource, ledger: Ledger, ckpt_path: Path,
-            receipts: Callable[[], None], durable: bool) -> None:
+            receipts: Callable[[], None], durable: bool, checkpoint: Callable[[], None]) -> None:
     """The last metrics row, the whole ensemble's ledger, model.pt, then the last receipts (the
     model holds those members now). The checkpoint goes only once model.pt is written: a failure
-    in between leaves a study that a rerun resumes."""
+    in between leaves a study that a rerun resumes.
+
+    With members lost, the study is not done: a final checkpoint is kept, and a note
+    (``trainer.resume.json``, an input of the workflow's train_online) written after model.pt makes
+    the same command, rerun, resume this trainer and send those members again (:func:`_resume`)."""
     study_dir = cfg.study_dir
     run.finish(source)
     if not durable:
@@ -464,8 +474,18 @@ def _finish(cfg: StudyConfig, dd: Dist, run: Training, source: OnlineSource, led
             cfg.stream_dir.rmdir()
         except OSError:
             pass
+        lost = [m for m, rec in ledger.records.items() if rec.status != "complete"]
+        resumable = bool(lost) and not dd.active
+        if resumable:
+            checkpoint()  # this moment, for the rerun to resume from
         run.save(study_dir / "model.pt", extra={"ledger": ledger.state()})
         receipts()
+        if resumable:
+            write_json(cfg.resume_path, {"members": lost, "batch": run.batch, "checkpoint": str(ckpt_path),
+                                         "time": time.time()})
+            _say(f"{len(lost)} member(s) lost (members {lost[:8]}{' ...' if len(lost) > 8 else ''}): the same "
+                 f"command, rerun, resumes this trainer from {ckpt_path} and sends them again")
+            return
     ckpt_path.unlink(missing_ok=True)  # the study is done: a rerun starts afresh
     _prev_path(ckpt_path).unlink(missing_ok=True)
 
@@ -486,23 +506,35 @@ def _check_buffer_memory(cfg: StudyConfig, device: torch.device) -> None:
 
 
 def _orphan_markers(cfg: StudyConfig, ledger: Ledger) -> None:
-    """A trainer that starts afresh holds no member's steps, but the workflow does not rerun a
-    member whose marker exists (left by an earlier run whose checkpoint is gone, or forced to train
-    again): such members end lost at once, with the reason and the way out, instead of waiting for
-    a stream that will not come."""
+    """A trainer that starts afresh holds no member's steps, but the workflow of this run does not
+    rerun a member whose marker exists (left by an earlier run whose checkpoint is gone, or forced
+    to train again). Such a marker is removed and the member ends lost at once, with the reason,
+    instead of waiting for a stream that will not come: the trainer finishes resumable
+    (:func:`_finish`), and the same command, rerun, sends the member. (``datamove restart``, the
+    way to start afresh on purpose, removes the markers before the run: nothing is lost then.)"""
     orphans = [m for m in ledger.records if cfg.member_marker(m).exists()]
     for member in orphans:
+        _unmark(cfg, member)
         ledger.ended(
             member, "lost",
-            f"its marker {cfg.member_marker(member)} says it was sent, to an earlier trainer run that this "
-            "one does not resume (no checkpoint): remove the marker, or run snakemake with --forcerun "
-            "simulate_member, to send it again",
+            "its marker said it was sent, to an earlier trainer run that this one does not resume (no "
+            "checkpoint); the marker was removed: the same command, rerun, sends it again",
         )
     if orphans:
         _say(
-            f"{len(orphans)} member(s) have markers from an earlier run and will not be sent again "
-            f"(members {orphans[:8]}{' ...' if len(orphans) > 8 else ''}): counted as lost (see ledger.csv)"
+            f"{len(orphans)} member(s) had markers from an earlier run (members {orphans[:8]}"
+            f"{' ...' if len(orphans) > 8 else ''}), which this run of the workflow will not send: counted as "
+            "lost, markers removed; the same command, rerun, sends them"
         )
+
+
+def _unmark(cfg: StudyConfig, member: int) -> None:
+    """Remove ``member``'s marker, and its job's (ensemble.members_per_job > 1): the workflow's
+    next run sends it again."""
+    cfg.member_marker(member).unlink(missing_ok=True)
+    if cfg.members_per_job > 1:
+        job = member // cfg.members_per_job
+        (cfg.study_dir / "members" / f"job-{job:06d}.json").unlink(missing_ok=True)
 
 
 def _sync_receipts(cfg: StudyConfig, ledger: Ledger) -> None:
@@ -535,7 +567,12 @@ def _resume(cfg: StudyConfig, path: Path, run: Training, buffer, ledger: Ledger,
         try:
             ckpt = torch.load(candidate, map_location="cpu", weights_only=False, mmap=True)
         except Exception as exc:  # a truncated or foreign file: torch's message names no file
-            raise RuntimeError(f"checkpoint {candidate} cannot be read, it is damaged ({exc})") from exc
+            raise CheckpointDamaged(
+                f"checkpoint {candidate} cannot be read, it is damaged ({exc}). To start the trainer afresh, "
+                f"keeping the held-out and test members: `datamove restart --config {cfg.study_dir / 'config.yaml'}` "
+                "(it sets the checkpoint aside and removes the members' markers, so that every member is "
+                "sent again), then the same snakemake command"
+            ) from exc
         if ckpt.get("config") != dict(cfg.raw):
             stale = candidate.with_name(f"{candidate.stem}.stale{candidate.suffix}")
             candidate.replace(stale)
@@ -553,15 +590,30 @@ def _resume(cfg: StudyConfig, path: Path, run: Training, buffer, ledger: Ledger,
     run.resume(ckpt)
     buffer.load_state_dict(ckpt["buffer"])
     ledger.load_state(ckpt["ledger"])
-    for member in ledger.unfinished():
-        rec = ledger[member]
+    reopened = []
+    for member, rec in ledger.records.items():
+        rec.steps_unused = 0  # counted when training ends, from the buffer of that moment
+        if rec.status == "complete":
+            continue
         if cfg.member_marker(member).exists():
-            # Its solver finished after the checkpoint: Snakemake will not rerun it.
+            # Its solver finished after the checkpoint: this run of the workflow will not rerun it.
+            _unmark(cfg, member)
             ledger.ended(
-                member, "lost", "its solver finished between the last trainer checkpoint and the trainer crash"
+                member, "lost", "its solver finished between the last trainer checkpoint and the trainer crash "
+                "(its marker was removed: the same command, rerun, sends it again)"
             )
         elif rec.status == "streaming":
             rec.status = "retrying"  # its solver died with the trainer; a rerun resends it
+        elif rec.status == "lost":
+            # Lost in the run that wrote this checkpoint (a trainer that finished with members lost
+            # is resumed for them): the workflow runs its job again, since it has no marker.
+            rec.status, rec.reason = "retrying", f"sent again after: {rec.reason}"
+            reopened.append(member)
+            # Its last failure note (maybe final, from the run that lost it) is not this run's.
+            cfg.member_failure(member).unlink(missing_ok=True)
+    if reopened:
+        _say(f"{len(reopened)} member(s) lost in the earlier run are waited for again "
+             f"(members {reopened[:8]}{' ...' if len(reopened) > 8 else ''})")
     done = sum(ledger[m].status == "complete" for m in ledger.records)
     _say(
         f"resumed from {path} at batch {ckpt['step']}: {done} members complete, "

@@ -7,6 +7,7 @@ import yaml
 
 from datamove.config import ConfigError, StudyConfig, merge_config, validate_config
 from datamove.run.heartbeat import clear_final_beat
+from datamove.run.launches import watch_launches
 from datamove.run.lock import StudyBusyError, refuse_if_trained
 from datamove.run.signals import forward_interrupts
 from datamove.evaluation.arms import arm_config, arm_dirs
@@ -98,6 +99,17 @@ def simulate_inputs(wildcards):
     return inputs
 
 
+def train_inputs(wildcards):
+    """The trainer's inputs; and the note of a trainer that finished with members lost
+    (trainer.resume.json, newer than model.pt): the same command, rerun, then reruns the trainer,
+    which resumes from its final checkpoint and trains on the members that the rerun sends. The
+    note stays once written (an input that came and went would rerun a finished trainer)."""
+    inputs = {"cfg": study_path("config.yaml"), "heldout": str(STUDY.heldout_dir)}
+    if STUDY.resume_path.exists():
+        inputs["resume"] = str(STUDY.resume_path)
+    return inputs
+
+
 def gate_args(wildcards, input):
     """Online, a solver waits for the trainer that opened the gate, and fails at once if it is gone."""
     return f"--wait-trainer --gate {shlex.quote(input.gate)}" if ONLINE else ""
@@ -181,6 +193,11 @@ onstart:
     # failed to start or stopped, and fails at once with its reason (not after gate.timeout_s).
     if ONLINE or COMPARISON:
         clear_final_beat(_online)
+        # The trainer stops waiting for members that Snakemake will not launch (a job failed without
+        # --keep-going, an interrupt); until then a member not started is pending, however long
+        # it waits in the queue (datamove.run.launches).
+        _online.launch_stop_path.unlink(missing_ok=True)
+        watch_launches(workflow, [_online.launch_stop_path])
     # Snakemake interrupted alone (kill -INT, SIGTERM) waits for its jobs without signalling them:
     # pass it on to the trainer (it checkpoints and stops; --rerun-incomplete resumes it) and the
     # solvers. A Ctrl-C in a terminal reaches them all anyway; a second SIGTERM does no harm.

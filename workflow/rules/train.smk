@@ -4,8 +4,7 @@
 rule train_online:
     # Independent of the solvers (it reads their streams, not their files) and first in line.
     input:
-        cfg=study_path("config.yaml"),
-        heldout=str(STUDY.heldout_dir),
+        unpack(train_inputs),
     output:
         model=study_path("model.pt"),
         metrics=study_path("metrics.csv"),
