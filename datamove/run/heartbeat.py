@@ -122,11 +122,22 @@ class TrainerCheck:
 
     Gone: a final or ``stopped`` beat of ``pid``, a heartbeat that stands still or is absent for
     ``quiet_s``, or a beat of another pid (``pid`` was replaced: its streams are not read any more).
+
+    ``streaming``: the check of a member whose stream is open (:meth:`streaming_check`). A trainer that
+    ends closes its streams, and its writers fail by themselves; what keeps a writer waiting
+    forever is a trainer that is alive but does not read (frozen, hung, stopped by SIGSTOP), whose
+    connection stays open. So only a heartbeat that stands still (or is absent) for ``quiet_s``,
+    final beat or not, or another pid's beat, counts; a final beat alone does not: the trainer may
+    have finished the moment it read this stream's last step, while the writer closes.
     """
 
-    def __init__(self, path: str | Path, *, pid: int, quiet_s: float):
-        self.path, self.pid, self.quiet_s = Path(path), pid, quiet_s
+    def __init__(self, path: str | Path, *, pid: int, quiet_s: float, streaming: bool = False):
+        self.path, self.pid, self.quiet_s, self.streaming = Path(path), pid, quiet_s, streaming
         self._watch: HeartbeatWatch | None = None
+
+    def streaming_check(self) -> TrainerCheck:
+        """The same trainer's check for a member that streams to it (see the class docstring)."""
+        return TrainerCheck(self.path, pid=self.pid, quiet_s=self.quiet_s, streaming=True)
 
     def __call__(self) -> str | None:
         if self._watch is None:
@@ -135,11 +146,19 @@ class TrainerCheck:
         beat = self._watch.beat
         if beat is not None and beat["pid"] != self.pid:
             return f"the trainer (pid {self.pid}) is gone: pid {beat['pid']} trains the study now"
+        if self.streaming:
+            quiet = self._watch.quiet_for()
+            if quiet <= self.quiet_s:
+                return None
+            if beat is None:
+                return f"the trainer (pid {self.pid}) is gone: its heartbeat file was removed"
+            return f"the trainer (pid {self.pid}) is not running: its heartbeat has not advanced for {quiet:.0f} s"
         gone = trainer_gone(self._watch, self.pid, self.quiet_s)
         return None if gone is None else f"the trainer (pid {self.pid}) {gone}"
 
     def __getstate__(self):
-        return {"path": self.path, "pid": self.pid, "quiet_s": self.quiet_s, "_watch": None}
+        return {"path": self.path, "pid": self.pid, "quiet_s": self.quiet_s, "streaming": self.streaming,
+                "_watch": None}
 
 
 class TrainerLostError(RuntimeError):

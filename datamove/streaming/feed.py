@@ -349,7 +349,7 @@ class MemberFeed:
         self._forget(ev.member)
         rec = self.ledger[ev.member]
         contact = self._reading.pop(ev.member, None)
-        self._dead_contact_of(ev.member)
+        self._dead_contact_of(ev.member, contact)
         if ev.status != "complete" and rec.steps_received < rec.steps_expected:
             # Its solver may be alive, waiting for a receipt that will not come: tell it why.
             self.newly_rejected.append((ev.member, ev.reason, contact))
@@ -367,10 +367,14 @@ class MemberFeed:
             self.ledger.ended(ev.member, "lost", ev.reason)
             self.say(f"member {ev.member} lost after {rec.steps_received} steps: {ev.reason}")
 
-    def _dead_contact_of(self, member: int) -> None:
+    def _dead_contact_of(self, member: int, read: tuple[int, int] | None) -> None:
         """Remember the contact file a member's ended writer left (killed writers leave theirs), so
-        that only a new one, a rerun's, is read."""
-        sig = contact_signature(self.cfg.stream_dir, member)
+        that only a new one, a rerun's, is read: ``read``, the file of the stream that ended (as
+        dispatched), not whatever file is there now. A rerun may have replaced it already: its
+        writer was stopped while the trainer did not read (a frozen trainer, whose worker sees the
+        stream end only when it thaws), and the rerun's file, taken for the dead one, would never
+        be read."""
+        sig = read if read is not None else contact_signature(self.cfg.stream_dir, member)
         if sig is not None:
             self._dead_contact[member] = sig
 

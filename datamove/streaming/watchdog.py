@@ -31,7 +31,7 @@ def _watch(conn, parent_end, parent: int) -> None:
                 cmd = conn.recv()
                 if cmd is None:
                     return
-                deadline, message, check = cmd if cmd[0] is not None else (None, "", None)
+                deadline, message, check = cmd  # (None, "", None): disarmed
                 continue
         except (EOFError, OSError):
             return  # the parent has gone: nothing to guard
@@ -51,8 +51,20 @@ def _watch(conn, parent_end, parent: int) -> None:
         return
 
 
+class Explained:
+    """A check for :meth:`Watchdog.arm` whose reason goes into a sentence (``template`` with
+    ``{why}``): the watchdog's message names what was guarded, not only what failed."""
+
+    def __init__(self, check, template: str):
+        self.check, self.template = check, template
+
+    def __call__(self) -> str | None:
+        why = self.check()
+        return None if why is None else self.template.format(why=why)
+
+
 class Watchdog:
-    """Arm before a call that may block forever, disarm after it.
+    """Arm before a call (or a phase of calls) that may block forever, disarm after it.
 
     Create it before any ADIOS2 object exists (it forks).
     """
@@ -65,11 +77,16 @@ class Watchdog:
         self._proc.start()
         child.close()
 
-    def arm(self, seconds: float, message: str, check=None) -> None:
-        """End this process with ``message`` unless disarmed within ``seconds``; and sooner, with
-        the message it returns, as soon as ``check()`` (picklable, called every CHECK_S in the
-        watchdog's process) returns one."""
-        self._conn.send((time.monotonic() + seconds, message, check))
+    def arm(self, seconds: float | None, message: str = "", check=None) -> None:
+        """End this process with ``message`` unless disarmed within ``seconds`` (None: no deadline);
+        and sooner, with the message it returns, as soon as ``check()`` (picklable, called every
+        CHECK_S in the watchdog's process) returns one.
+
+        One message through a pipe per call: arm once around a long phase (a whole stream), never
+        once per step."""
+        if seconds is None and check is None:
+            raise ValueError("a watchdog armed with no deadline needs a check")
+        self._conn.send((None if seconds is None else time.monotonic() + seconds, message, check))
 
     def disarm(self) -> None:
         self._conn.send((None, "", None))

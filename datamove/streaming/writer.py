@@ -12,7 +12,7 @@ import numpy as np
 from datamove.config import StreamConfig
 from datamove.streaming.adios import disable_nagle, make_io
 from datamove.streaming.contract import TIME, StreamError, remove_contact_files, stream_name, stream_path
-from datamove.streaming.watchdog import Watchdog
+from datamove.streaming.watchdog import Explained, Watchdog
 
 
 class MemberWriter:
@@ -24,10 +24,17 @@ class MemberWriter:
             missing crashes later with exit 139).
         member: member id.
         attributes: contract attributes (member, params, param_names, solver) and solver constants.
-        watchdog: guards ``Open``, which for SST waits for the trainer without any timeout.
+        watchdog: guards ``Open``, which for SST waits for the trainer without any timeout, and,
+            given ``trainer``, the whole stream after it (every step and ``close``).
         trainer: a check of the trainer (:class:`datamove.run.heartbeat.TrainerCheck`, returns why it is gone
             or None) that the watchdog calls while ``Open`` waits: a member fails within seconds
-            of its trainer, not after ``stream.open_timeout_s``.
+            of its trainer, not after ``stream.open_timeout_s``. Once open, the watchdog keeps
+            calling its streaming form (``trainer.streaming_check()``) until ``close`` returns: a
+            trainer that stops reading without ending (frozen, hung) blocks a lossless SST
+            writer in ``end_step`` or ``close`` forever, holding the GIL, so the watchdog ends
+            the solver (SIGTERM, then SIGKILL) once the trainer's heartbeat has stood still for
+            ``trainer.quiet_s``; the job fails and the workflow reruns it. Armed once per
+            stream: nothing per step.
     """
 
     def __init__(
@@ -62,7 +69,8 @@ class MemberWriter:
                 f"member {self.member}: no trainer connected to stream {path} within "
                 f"{self.stream.open_timeout_s:g} s (stream.open_timeout_s). Is the trainer running "
                 f"and reading {self.stream_dir}?",
-                check=self.trainer,
+                check=None if self.trainer is None else Explained(
+                    self.trainer, f"member {self.member}: {{why}} while the member waited to open stream {path}"),
             )
         try:
             self._stream = adios2.Stream(io, str(path), "w")
@@ -75,6 +83,13 @@ class MemberWriter:
             self._stream.write_attribute(name, _attribute_value(value))
         if engine == "SST":
             disable_nagle()  # the reader's connection exists now (Open waited for it)
+        if self.watchdog is not None and self.trainer is not None:
+            self.watchdog.arm(None, check=Explained(
+                self.trainer.streaming_check(),
+                f"member {self.member}: {{why}} while the member streamed to it ({path}); the solver is "
+                f"stopped (a streaming member fails once its trainer's heartbeat stands still for "
+                f"{self.trainer.quiet_s:g} s: max(10 x trainer.heartbeat_s, 10 s))",
+            ))
         return self
 
     def write_step(self, *, time: float, fields: Mapping[str, np.ndarray]) -> None:
@@ -96,11 +111,13 @@ class MemberWriter:
     def close(self) -> None:
         if self._stream is not None:
             try:
-                self._stream.close()
+                self._stream.close()  # SST: may wait for the reader (steps still queued)
             except Exception as exc:
                 raise StreamError(self.member, f"close failed: {exc}") from exc
             finally:
                 self._stream = None
+                if self.watchdog is not None and self.trainer is not None:
+                    self.watchdog.disarm()  # armed since open
 
     def __enter__(self) -> MemberWriter:
         return self.open()
