@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datamove.config import ConfigError, StudyConfig
+from datamove.run.files import owner_only
 from datamove.run.signals import Interrupted
 
 
@@ -395,6 +396,7 @@ def _exit_code(exc: BaseException) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Every error ends in one ``datamove: ...`` line naming the key, file or member at fault;
     ``--debug`` shows the traceback as well."""
+    owner_only()  # what every command writes is its owner's only (docs/security.md)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -8,6 +8,7 @@ import socket
 import adios2
 
 from datamove.config import StreamConfig
+from datamove.streaming.loopback import listen_on_loopback
 
 IO_NAME = "datamove"
 
@@ -18,16 +19,19 @@ def make_io(stream: StreamConfig, name: str = IO_NAME) -> tuple[adios2.Adios, ad
     With ``stream.xml_config``, the XML file's ``<io name="datamove">`` decides engine and
     parameters (the same file configures a C++ or Fortran solver); otherwise the config does.
     The IO is configured before any Stream is opened (``Stream.set_parameters`` is broken in 2.12).
+    An SST IO listens on loopback only, unless its parameters name an interface (loopback.py).
     """
     if stream.xml_config:
         adios = adios2.Adios(str(stream.xml_config))
         io = adios.declare_io(name)
-        return adios, io
-    adios = adios2.Adios()
-    io = adios.declare_io(name)
-    io.set_engine(stream.engine)
-    if stream.engine.upper() == "SST":
-        io.set_parameters({str(k): str(v) for k, v in stream.parameters.items()})
+    else:
+        adios = adios2.Adios()
+        io = adios.declare_io(name)
+        io.set_engine(stream.engine)
+        if stream.engine.upper() == "SST":
+            io.set_parameters({str(k): str(v) for k, v in stream.parameters.items()})
+    if io.engine_type().upper() == "SST":
+        listen_on_loopback(io.parameters())
     return adios, io
 
 

@@ -1,0 +1,146 @@
+"""SST on one host listens on loopback only: ADIOS2's listening sockets bound to 127.0.0.1.
+
+Why this way: ADIOS2 2.12's SST transports bind their listening socket to every interface whatever
+the parameters say (EVPath's sockets transport, ``libcmsockets_LTX_non_blocking_listen`` in
+thirdparty/EVPath/EVPath/cmsockets.c: ``sin_addr.s_addr = INADDR_ANY``; ENet's the same with
+``ENET_HOST_ANY``). ``NetworkInterface``, ``ControlInterface``, ``DataInterface`` and the ``ADIOS2_IP``,
+``ADIOS2_HOSTNAME``, ``ADIOS2_INTERFACE`` variables only choose the address a contact file publishes.
+So a process that opens a stream points ADIOS2's own calls of libc's ``bind`` (their slots in the
+global offset table of libadios2_evpath and libadios2_enet, which the dynamic linker fills) at a
+wrapper that turns the wildcard address 0.0.0.0 into 127.0.0.1, and publishes 127.0.0.1
+(``ADIOS2_IP``, read once, at the first listen). No other socket of the process is touched.
+See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import struct
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+# Parameters that name an interface: a user who sets one chose to publish (and so to listen on) a
+# network address; this module then leaves ADIOS2 as it is (a study across hosts).
+INTERFACE_PARAMETERS = ("networkinterface", "controlinterface", "datainterface")
+
+_SHT_RELA = 4
+# Relocations that fill a slot with a function's address: x86-64 (EM 62) and AArch64 (EM 183).
+_SLOT_RELOCATIONS = {62: {6, 7}, 183: {1025, 1026}}  # GLOB_DAT, JUMP_SLOT
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc_bind = _libc.bind
+_libc_bind.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
+_libc_bind.restype = ctypes.c_int
+_LOOPBACK_BYTES = socket.inet_aton(LOOPBACK)
+
+
+@ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, use_errno=True)
+def _bind_loopback(fd: int, addr: int, length: int) -> int:
+    """libc's ``bind(fd, addr, length)``, with an IPv4 wildcard address (0.0.0.0) made 127.0.0.1."""
+    try:
+        if addr and length >= 8:
+            raw = bytearray(ctypes.string_at(addr, length))
+            # struct sockaddr_in: sa_family (native unsigned short), port, then the IPv4 address.
+            if int.from_bytes(raw[:2], sys.byteorder) == socket.AF_INET and raw[4:8] == bytes(4):
+                raw[4:8] = _LOOPBACK_BYTES
+                copy = (ctypes.c_char * length).from_buffer(raw)
+                return _libc_bind(fd, ctypes.addressof(copy), length)
+        return _libc_bind(fd, addr, length)
+    except Exception:  # never let ADIOS2 believe a bind that did not happen succeeded
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+
+def _bind_slots(path: str) -> list[int]:
+    """Offsets (from the load address) of the slots through which the ELF library ``path`` calls
+    ``bind``; empty when it does not. Raises OSError for a library this module cannot read."""
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise OSError(f"{path} is not a 64-bit little-endian ELF library")
+    (machine,) = struct.unpack_from("<H", data, 0x12)
+    if machine not in _SLOT_RELOCATIONS:
+        raise OSError(f"{path}: machine type {machine} is neither x86-64 nor AArch64")
+    # Slots are found by address relative to the segment at file offset 0: the process maps it at
+    # the library's load address.
+    phoff, shoff = struct.unpack_from("<QQ", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    first = min(
+        vaddr for p_type, p_offset, vaddr in
+        (struct.unpack_from("<I4xQQ", data, phoff + i * phentsize) for i in range(phnum))
+        if p_type == 1 and p_offset == 0  # PT_LOAD
+    )
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    # Section header: name, type, flags, addr, offset, size, link, info, addralign, entsize.
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    slots = []
+    for _, kind, _, _, offset, size, link, _, _, _ in sections:
+        if kind != _SHT_RELA:
+            continue
+        symtab, strtab = sections[link], sections[sections[link][6]]
+        for entry in range(offset, offset + size, 24):
+            r_offset, r_info, _ = struct.unpack_from("<QQq", data, entry)
+            if (r_info & 0xFFFFFFFF) not in _SLOT_RELOCATIONS[machine] or not r_info >> 32:
+                continue
+            (st_name,) = struct.unpack_from("<I", data, symtab[4] + (r_info >> 32) * 24)
+            start = strtab[4] + st_name
+            if data[start : data.index(b"\0", start)] == b"bind":
+                slots.append(r_offset - first)
+    return slots
+
+
+def _adios_libraries() -> dict[str, tuple[int, list[tuple[int, int, str]]]]:
+    """ADIOS2's libraries mapped into this process: path -> (load address, [(start, end, perms)])."""
+    libraries: dict[str, tuple[int | None, list]] = {}
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) < 6 or not Path(fields[5]).name.startswith("libadios2_"):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            base, ranges = libraries.get(fields[5], (None, []))
+            if base is None and int(fields[2], 16) == 0:
+                base = start
+            libraries[fields[5]] = (base, [*ranges, (start, end, fields[1])])
+    return {path: (base, ranges) for path, (base, ranges) in libraries.items() if base is not None}
+
+
+_closed = False
+
+
+def listen_on_loopback(parameters: Mapping[str, str]) -> bool:
+    """Make this process's SST streams listen on 127.0.0.1 and publish it; True once done.
+
+    Call before the process's first SST Open (``make_io`` does). With ``parameters`` (the IO's
+    engine parameters) naming an interface (NetworkInterface, ControlInterface, DataInterface), it
+    leaves ADIOS2 as it is and returns False. Raises RuntimeError where it cannot close the streams
+    (not Linux, a library it cannot read or patch), naming the way out.
+    """
+    global _closed
+    if _closed:
+        return True
+    if any(str(key).lower() in INTERFACE_PARAMETERS for key in parameters):
+        return False
+    try:
+        patched = 0
+        for path, (base, ranges) in _adios_libraries().items():
+            for offset in _bind_slots(path):
+                slot = base + offset
+                if not any(start <= slot < end and "w" in perms for start, end, perms in ranges):
+                    raise OSError(f"{path}: its bind slot is read-only (linked with full RELRO)")
+                ctypes.c_void_p.from_address(slot).value = ctypes.cast(_bind_loopback, ctypes.c_void_p).value
+                patched += 1
+        if not patched:
+            raise OSError("no ADIOS2 library that calls bind is loaded")
+    except (OSError, struct.error, IndexError, ValueError) as exc:
+        raise RuntimeError(
+            f"cannot keep ADIOS2 SST on loopback in this process ({exc}); to listen on every "
+            "interface instead, name one in stream.parameters (NetworkInterface), see docs/security.md"
+        ) from exc
+    os.environ["ADIOS2_IP"] = LOOPBACK  # the address contact files publish; read at the first listen
+    _closed = True
+    return True
