@@ -127,3 +127,32 @@ def test_a_datamove_command_writes_owner_only_files(tiny_config, tmp_path):
         os.umask(old)
     written = list((tmp_path / "data").rglob("*"))
     assert written and not open_to_others(tmp_path / "data"), open_to_others(tmp_path / "data")
+
+
+def test_a_read_only_slot_is_patched_and_left_read_only():
+    """Libraries linked with full RELRO (conda-forge's ADIOS2) have read-only slots: the store goes
+    through mprotect, and the page is read-only again after it."""
+    import ctypes
+    import mmap
+
+    from datamove.streaming.loopback import _write_slot
+
+    page = mmap.mmap(-1, mmap.PAGESIZE)
+    slot = ctypes.addressof(ctypes.c_char.from_buffer(page)) + 64
+    ctypes.c_void_p.from_address(slot).value = 1234
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    start = slot & ~(mmap.PAGESIZE - 1)
+    assert libc.mprotect(start, mmap.PAGESIZE, 1) == 0  # PROT_READ
+
+    def perms():
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= slot < hi:
+                return line.split()[1]
+
+    assert perms().startswith("r--")
+    _write_slot(slot, 5678, writable=False)
+    assert ctypes.c_void_p.from_address(slot).value == 5678
+    assert perms().startswith("r--")
+    libc.mprotect(start, mmap.PAGESIZE, 3)  # writable again, for mmap's own clean-up

@@ -110,6 +110,11 @@ def _adios_libraries() -> dict[str, tuple[int, list[tuple[int, int, str]]]]:
 
 
 _closed = False
+_warned = False
+_PROT_READ, _PROT_WRITE = 1, 2
+_mprotect = _libc.mprotect
+_mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_mprotect.restype = ctypes.c_int
 
 
 def listen_on_loopback(parameters: Mapping[str, str]) -> bool:
@@ -117,30 +122,53 @@ def listen_on_loopback(parameters: Mapping[str, str]) -> bool:
 
     Call before the process's first SST Open (``make_io`` does). With ``parameters`` (the IO's
     engine parameters) naming an interface (NetworkInterface, ControlInterface, DataInterface), it
-    leaves ADIOS2 as it is and returns False. Raises RuntimeError where it cannot close the streams
-    (not Linux, a library it cannot read or patch), naming the way out.
+    leaves ADIOS2 as it is and returns False; where it cannot close the streams (not Linux, a library
+    it cannot read or patch) it warns once, naming docs/security.md, and returns False.
     """
-    global _closed
+    global _closed, _warned
     if _closed:
         return True
-    if any(str(key).lower() in INTERFACE_PARAMETERS for key in parameters):
+    if _warned or any(str(key).lower() in INTERFACE_PARAMETERS for key in parameters):
         return False
     try:
         patched = 0
         for path, (base, ranges) in _adios_libraries().items():
             for offset in _bind_slots(path):
                 slot = base + offset
-                if not any(start <= slot < end and "w" in perms for start, end, perms in ranges):
-                    raise OSError(f"{path}: its bind slot is read-only (linked with full RELRO)")
-                ctypes.c_void_p.from_address(slot).value = ctypes.cast(_bind_loopback, ctypes.c_void_p).value
+                writable = any(start <= slot < end and "w" in perms for start, end, perms in ranges)
+                _write_slot(slot, ctypes.cast(_bind_loopback, ctypes.c_void_p).value, writable=writable)
                 patched += 1
         if not patched:
             raise OSError("no ADIOS2 library that calls bind is loaded")
     except (OSError, struct.error, IndexError, ValueError) as exc:
-        raise RuntimeError(
-            f"cannot keep ADIOS2 SST on loopback in this process ({exc}); to listen on every "
-            "interface instead, name one in stream.parameters (NetworkInterface), see docs/security.md"
-        ) from exc
+        # A warning, not an error: streams that work on every interface beat a study that cannot
+        # start on a platform this cannot patch (not Linux, another ADIOS2 build).
+        _warned = True
+        print(
+            f"datamove: warning: cannot keep ADIOS2 SST on loopback in this process ({exc}): its streams "
+            "listen on every interface; see docs/security.md (a host firewall closes them)",
+            file=sys.stderr, flush=True,
+        )
+        return False
     os.environ["ADIOS2_IP"] = LOOPBACK  # the address contact files publish; read at the first listen
     _closed = True
     return True
+
+
+def _write_slot(slot: int, value: int, *, writable: bool) -> None:
+    """Store ``value`` in the pointer at address ``slot``. A read-only slot (a library linked with
+    full RELRO, ``-z now``, as conda-forge builds are) is made writable for the store, then
+    read-only again."""
+    if writable:
+        ctypes.c_void_p.from_address(slot).value = value
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = slot & ~(page - 1)
+    pages = 2 if slot + ctypes.sizeof(ctypes.c_void_p) > start + page else 1
+    if _mprotect(start, pages * page, _PROT_READ | _PROT_WRITE) != 0:
+        raise OSError(ctypes.get_errno(), f"its bind slot is read-only and cannot be made writable: "
+                                          f"{os.strerror(ctypes.get_errno())}")
+    try:
+        ctypes.c_void_p.from_address(slot).value = value
+    finally:
+        _mprotect(start, pages * page, _PROT_READ)
