@@ -43,8 +43,10 @@ def test_same_study_started_twice_refuses(tiny_config, tmp_path):
         first.kill()  # kill -9: its lock file stays behind, naming a dead process
     cfg = StudyConfig.load(path)
     assert json.loads(cfg.lock_path.read_text())["pid"] == first.proc.pid
-    # The same study (same lock), members that never come: a short run that takes the lock over.
+    # The same study (same lock), members that never come (no job will start them, as the workflow
+    # notes when it launches no more): a short run that takes the lock over.
     again = tiny_config("again.yaml", stream={"member_timeout_s": 1})
+    cfg.launch_stop_path.write_text('{"reason": "no job in this test starts a member"}')
     proc = datamove("train", "--config", again, check=False, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not cfg.lock_path.exists()  # released at the end

@@ -102,14 +102,14 @@ def test_members_that_never_connect_are_timed_out(tiny_config, tmp_path):
 def test_members_never_started_are_pending_however_long(tiny_config, tmp_path):
     """A member that no job has started (it waits in Snakemake's or the cluster's queue) is
     pending, not lost, for longer than stream.member_timeout_s; started later, it completes."""
-    path = tiny_config(ensemble={"n_members": 2}, stream={"member_timeout_s": 3})
+    path = tiny_config(ensemble={"n_members": 2}, stream={"member_timeout_s": 6})
     cfg = StudyConfig.load(path)
     datamove("make-heldout", "--config", path)
     trainer = popen_datamove("train", "--config", path, "--threads", 1, log=tmp_path / "train.log")
     try:
         datamove("wait-trainer", "--config", path, "--timeout", 60)
         datamove("simulate", "--config", path, "--member", 0, "--wait-trainer", "--marker", cfg.member_marker(0))
-        time.sleep(3 * cfg.stream.member_timeout_s)  # member 1 waits in a queue meanwhile
+        time.sleep(2 * cfg.stream.member_timeout_s)  # member 1 waits in a queue meanwhile
         assert trainer.proc.poll() is None, trainer.output
         assert read_heartbeat(cfg.heartbeat_path)["status"]["pending"] == 1
         datamove("simulate", "--config", path, "--member", 1, "--wait-trainer", "--marker", cfg.member_marker(1))

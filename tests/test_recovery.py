@@ -463,7 +463,7 @@ os.execv(sys.executable, [sys.executable, {producer!r}, *args])
 """
 
 
-def _silent_solver_study(tmp_path, *, silent=(), short=(), n_members=4):
+def _silent_solver_study(tmp_path, *, silent=(), short=(), n_members=4, retries=1):
     from test_external_solver import COMMAND, PRODUCER, study_of
 
     flag = tmp_path / "broken"
@@ -472,7 +472,7 @@ def _silent_solver_study(tmp_path, *, silent=(), short=(), n_members=4):
     wrapper.write_text(SILENT_SOLVER.format(flag=str(flag), silent=set(silent) or "()", short=set(short) or "()",
                                             producer=str(PRODUCER)))
     path = study_of(tmp_path, COMMAND.replace(str(PRODUCER), str(wrapper)),
-                    ensemble={"n_members": n_members, "retries": 1},
+                    ensemble={"n_members": n_members, "retries": retries},
                     stream={"member_timeout_s": OPEN_TIMEOUT_S, "open_timeout_s": OPEN_TIMEOUT_S})
     return path, flag
 
@@ -516,14 +516,17 @@ def test_members_snakemake_will_not_launch_end_the_trainer_and_a_rerun_sends_the
     waits for the running ones: the trainer among them. The members it never launched are lost
     with that reason within seconds (not pending forever, the trainer would never end), and the
     same command, rerun, resumes the trainer and sends them."""
-    path, flag = _silent_solver_study(tmp_path, silent={0}, n_members=4)
+    # Members 0-2 exit 0 without streaming, no retry: whichever runs first fails for good, and at
+    # most member 3 ran before it, so two members at least are never launched (whatever the order).
+    path, flag = _silent_solver_study(tmp_path, silent={0, 1, 2}, n_members=4, retries=0)
     cfg = StudyConfig.load(path)
     first = snakemake(tmp_path, path, "--cores", 2, timeout=300)
     assert first.returncode != 0
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
-    assert ledger[0]["status"] == "lost", ledger[0]
-    never = [m for m in (1, 2, 3) if ledger[m]["status"] != "complete"]
-    assert never, ledger  # Snakemake ran member 0 (twice) first, and stopped
+    failed = [m for m in (0, 1, 2) if "without opening its stream" in ledger[m]["reason"]]
+    assert len(failed) == 1 and ledger[failed[0]]["status"] == "lost", ledger
+    never = [m for m in range(4) if ledger[m]["status"] != "complete" and m not in failed]
+    assert len(never) >= 2, ledger
     for m in never:
         assert ledger[m]["status"] == "lost" and "not started: snakemake stopped launching jobs" in ledger[m]["reason"]
         assert "--keep-going" in ledger[m]["reason"] and not cfg.member_marker(m).exists()
@@ -567,3 +570,29 @@ def test_a_damaged_checkpoint_names_the_way_out_and_restart_keeps_every_member(t
     third = snakemake(tmp_path, path, "--cores", 2, "--rerun-incomplete")
     assert third.returncode == 0, third.stdout + third.stderr
     _assert_finished(cfg)
+
+
+def test_the_launch_watch_reads_when_snakemake_launches_no_more_members():
+    """datamove.run.launches on the scheduler's state (the attributes Snakemake 9's JobScheduler
+    keeps; a stand-in with the same names): launching, stopped after a failure without
+    --keep-going, interrupted, and under --keep-going with no member job left."""
+    from types import SimpleNamespace
+
+    from datamove.run.launches import stopped_launching
+
+    job = lambda rule: SimpleNamespace(rule=rule)  # noqa: E731
+    rules = {"simulate_member"}
+    base = dict(_user_kill=None, _executor_error=None, _errors=False, keepgoing=False, failed=set(),
+                remaining_jobs=[job("simulate_member"), job("evaluate_model")], running=[job("train_online")])
+    state = lambda **over: SimpleNamespace(**{**base, **over})  # noqa: E731
+    assert stopped_launching(None, rules) is None
+    assert stopped_launching(state(), rules) is None
+    failed = [job("simulate_member")]
+    assert "--keep-going" in stopped_launching(state(_errors=True, failed=failed), rules)
+    assert stopped_launching(state(_user_kill="graceful"), rules) == "snakemake was interrupted"
+    # --keep-going: a member job left (ready, or running) keeps it launching; none left ends it.
+    assert stopped_launching(state(_errors=True, keepgoing=True, failed=failed), rules) is None
+    only_others = dict(remaining_jobs=[job("evaluate_model")], running=[job("train_online")])
+    assert "no member job left" in stopped_launching(state(_errors=True, keepgoing=True, failed=failed, **only_others), rules)
+    # Nothing failed: the members' jobs are all done, not lost.
+    assert stopped_launching(state(keepgoing=True, **only_others), rules) is None

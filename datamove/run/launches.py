@@ -6,8 +6,9 @@ Light on purpose (no torch): the workflow's Snakemake process imports it when it
 A member's job notes when it starts the member (``members/member-K.started.json``,
 :func:`datamove.ensemble.members.note_start`); until then the member is ``pending`` in the ledger,
 however long Snakemake's or the cluster's queue holds it. But Snakemake stops launching jobs after
-one fails for good unless it runs with ``--keep-going`` (and on an interrupt): the members it will
-never launch would then keep the trainer waiting forever. :func:`watch_launches`, started by the
+one fails for good unless it runs with ``--keep-going`` (and on an interrupt), and with it, a member
+whose job failed without a word (killed before it could note it) has no job left: the members it
+will never launch would then keep the trainer waiting forever. :func:`watch_launches`, started by the
 workflow's ``onstart``, writes ``launches.stopped.json`` (:attr:`StudyConfig.launch_stop_path`) as
 soon as Snakemake's scheduler decides so; the trainer then ends the members that have not started as
 lost, with the reason, and finishes. The same command, rerun, resumes it and sends them
@@ -24,12 +25,14 @@ from datamove.run.files import write_json
 POLL_S = 0.5  # between two looks at the scheduler
 
 
-def stopped_launching(scheduler) -> str | None:
-    """Why Snakemake's job ``scheduler`` launches no more jobs, or None while it does.
+def stopped_launching(scheduler, member_rules=()) -> str | None:
+    """Why Snakemake's job ``scheduler`` launches no more members, or None while it may.
 
     It reads the scheduler's own state (``snakemake.scheduling.job_scheduler.JobScheduler``: the
-    flags its loop tests before it decides to wait for the running jobs and exit); a Snakemake
-    whose scheduler lacks them is taken to keep launching."""
+    flags its loop tests before it decides to wait for the running jobs and exit, and the jobs it
+    has left); a Snakemake whose scheduler lacks them is taken to keep launching. Besides a stop,
+    no job of ``member_rules`` left to run or running (they failed with their retries spent, under
+    --keep-going) means the same for the members not started."""
     if scheduler is None:
         return None
     if getattr(scheduler, "_user_kill", None):
@@ -41,17 +44,25 @@ def stopped_launching(scheduler) -> str | None:
         which = f" ({', '.join(failed[:3])}{' ...' if len(failed) > 3 else ''})" if failed else ""
         return (f"snakemake stopped launching jobs after a job failed{which}: it waits for the running "
                 "ones only (run it with --keep-going to launch the others past a failed job)")
+    if member_rules and getattr(scheduler, "failed", None):
+        try:
+            left = [*scheduler.remaining_jobs, *list(scheduler.running)]
+        except Exception:  # noqa: BLE001 - read beside the scheduler's thread: look again later
+            return None
+        if not any(str(getattr(job, "rule", "")) in member_rules for job in left):
+            return "snakemake has no member job left to run (the failed ones spent their retries)"
     return None
 
 
-def watch_launches(workflow, paths) -> threading.Thread:
+def watch_launches(workflow, paths, member_rules=()) -> threading.Thread:
     """From Snakemake's ``onstart``: a daemon thread that writes ``{"reason": ...}`` to each of
     ``paths`` (the online trainers' :attr:`StudyConfig.launch_stop_path`) once ``workflow``'s
-    scheduler launches no more jobs."""
+    scheduler launches no more members (``member_rules``: the names of the rules that stream them)."""
+    member_rules = frozenset(member_rules)
 
     def watch() -> None:
         while True:
-            why = stopped_launching(getattr(workflow, "scheduler", None))
+            why = stopped_launching(getattr(workflow, "scheduler", None), member_rules)
             if why is not None:
                 for path in paths:
                     try:

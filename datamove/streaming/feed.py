@@ -111,6 +111,7 @@ class MemberFeed:
         self._starts: dict[int, int] = {}  # member -> starts seen
         self._starts_base: dict[int, int] = {}  # member -> starts when it became unassigned
         self._started_at: dict[int, float] = {}  # member -> monotonic time such a start was seen
+        self._lost_at: dict[int, float] = {}  # member -> monotonic time its stream was lost, in this run
         self._last_busy = 0.0  # monotonic time every ingest worker was last seen busy
         self._launch_stop: float | None = None  # monotonic time the workflow was seen to stop launching
         self._launch_stop_why = ""
@@ -362,6 +363,7 @@ class MemberFeed:
         elif rec.attempts <= self.cfg.retries and not ev.final:
             self.ledger.ended(ev.member, "retrying", ev.reason)
             self._unassign(ev.member)
+            self._lost_at[ev.member] = time.monotonic()
             self.say(f"member {ev.member} lost after {rec.steps_received} steps: {ev.reason}; waiting for a rerun")
         else:
             self.ledger.ended(ev.member, "lost", ev.reason)
@@ -398,6 +400,7 @@ class MemberFeed:
             if member in self.unassigned:
                 self.unassigned.remove(member)
                 self._started_at.pop(member, None)
+                self._lost_at.pop(member, None)
             else:
                 self._rereading.add(member)
                 self.say(f"member {member}: a rerun of a complete member; reading it as duplicates")
@@ -415,20 +418,26 @@ class MemberFeed:
         nothing (its worker is stopped; the member ends lost through the pool), and a member whose
         job started it (:meth:`_read_starts`) but whose stream has not appeared that long after,
         while an ingest worker was free to read it. A member not started waits: it is ``pending``
-        (or ``retrying``) in the ledger however long its job waits in a queue, until the workflow
-        stops launching (:meth:`_read_launch_stop`)."""
+        in the ledger however long its job waits in a queue, until the workflow stops launching
+        (:meth:`_read_launch_stop`). A member whose stream was lost in this run waits that long for
+        its rerun to start (a solver killed on its last attempt leaves no word)."""
         limit = self.cfg.stream.member_timeout_s
         self.pool.stop_silent(limit)
         if self.pool.busy:
             return
-        late = [m for m in self.unassigned
-                if m in self._started_at and now - max(self._started_at[m], self._last_busy) > limit]
-        for m in late:
+        for m in list(self.unassigned):
             rec = self.ledger[m]
-            if rec.status == "retrying":
-                reason = f"{rec.reason}; its rerun started but did not connect within {limit:g} s"
+            if m in self._started_at:
+                if now - max(self._started_at[m], self._last_busy) <= limit:
+                    continue
+                reason = (f"{rec.reason}; its rerun started but did not connect within {limit:g} s"
+                          if rec.status == "retrying" else f"never connected (started, no stream within {limit:g} s)")
+            elif m in self._lost_at:
+                if now - max(self._lost_at[m], self._last_busy) <= limit:
+                    continue
+                reason = f"{rec.reason}; no rerun within {limit:g} s"
             else:
-                reason = f"never connected (started, no stream within {limit:g} s)"
+                continue  # pending: not started yet
             self._lose(m, reason)
 
     def _lose(self, member: int, reason: str) -> None:
@@ -437,6 +446,7 @@ class MemberFeed:
         self.say(f"member {member} lost: {reason}")
         self.unassigned.remove(member)
         self._started_at.pop(member, None)
+        self._lost_at.pop(member, None)
         self._changed = True
 
     def _read_starts(self) -> None:
@@ -512,6 +522,7 @@ class MemberFeed:
                 if member in self.unassigned:
                     self.unassigned.remove(member)
                     self._started_at.pop(member, None)
+                    self._lost_at.pop(member, None)
                 self.say(f"member {member} lost: {reason}")
             elif rec.status in ("pending", "retrying"):
                 self.ledger.ended(member, "retrying", reason)

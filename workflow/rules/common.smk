@@ -197,7 +197,9 @@ onstart:
         # --keep-going, an interrupt); until then a member not started is pending, however long
         # it waits in the queue (datamove.run.launches).
         _online.launch_stop_path.unlink(missing_ok=True)
-        watch_launches(workflow, [_online.launch_stop_path])
+        _members = ("simulate_member", "simulate_members")
+        watch_launches(workflow, [_online.launch_stop_path],
+                       member_rules=[f"online_{r}" for r in _members] if COMPARISON else _members)
     # Snakemake interrupted alone (kill -INT, SIGTERM) waits for its jobs without signalling them:
     # pass it on to the trainer (it checkpoints and stops; --rerun-incomplete resumes it) and the
     # solvers. A Ctrl-C in a terminal reaches them all anyway; a second SIGTERM does no harm.
