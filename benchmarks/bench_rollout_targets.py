@@ -5,8 +5,9 @@ one-step rel_l2 and the rollout rel_l2 (mean over steps, and at the last step) o
 
     PYTHONPATH=. python benchmarks/bench_rollout_targets.py OUT_DIR BATCHES
 """
-import sys, shutil
-import numpy as np, torch, yaml
+import sys
+import torch
+import yaml
 from datamove.config import StudyConfig
 from datamove.ensemble.members import make_heldout, make_testset, run_member
 from datamove.training.offline import train_offline
