@@ -6,6 +6,8 @@ one-step rel_l2 and the rollout rel_l2 (mean over steps, and at the last step) o
     PYTHONPATH=. python benchmarks/bench_rollout_targets.py OUT_DIR BATCHES
 """
 import sys
+from pathlib import Path
+
 import torch
 import yaml
 from datamove.config import StudyConfig
@@ -16,6 +18,7 @@ from datamove.evaluation.errors import evaluate_members
 
 torch.set_num_threads(1)
 root = sys.argv[1]
+Path(root).mkdir(parents=True, exist_ok=True)
 batches = int(sys.argv[2])
 base = {
     "study": "m", "results_dir": f"{root}/results", "data_dir": f"{root}/data",
