@@ -168,6 +168,17 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
             f"key 'reservoir.watermark': {res['watermark']} exceeds reservoir.capacity {res['capacity']}"
         )
     tr = cfg["trainer"]
+    if tr["sample"] == "direct":
+        if tr["target"] == "delta":
+            problems.append(
+                "key 'trainer.target': delta needs trainer.sample autoregressive (a direct sample has no input "
+                "fields to change from): set trainer.target to state, or trainer.sample to autoregressive"
+            )
+        if tr["input_noise"] > 0:
+            problems.append(
+                f"key 'trainer.input_noise': {tr['input_noise']} needs trainer.sample autoregressive (a direct "
+                "sample has no input fields to add noise to): set trainer.input_noise to 0"
+            )
     if tr["slots"] < tr["ingest_workers"]:
         problems.append(
             f"key 'trainer.slots': {tr['slots']} is fewer than trainer.ingest_workers {tr['ingest_workers']} "
@@ -311,6 +322,8 @@ class TrainerConfig:
     model_args: Mapping[str, Any]
     sample: str  # direct | autoregressive (datamove.problems.samples.SampleSpec)
     sample_stride: int  # autoregressive: step k -> step k + sample_stride
+    target: str  # state | delta: what the network predicts (datamove.models.Surrogate)
+    input_noise: float  # autoregressive: std of the noise on the train step's input fields, normalised
     precision: str  # fp32 | bf16 | fp16: the train step's autocast (datamove.training.step.MixedPrecision)
     batch_size: int
     lr: float

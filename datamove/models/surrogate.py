@@ -19,12 +19,20 @@ class Surrogate(nn.Module):
     units, normalised like its outputs; a stored sample's y then holds input and target fields
     stacked (:meth:`split`, see :mod:`datamove.problems.samples`).
 
+    With ``delta_scale`` (``trainer.target: delta``, autoregressive only) the network predicts the
+    change from its input fields on a per-field scale, and the surrogate adds it back: a prediction
+    is ``fields + delta_scale * network(x, fields)``, a state as with ``target: state``, so that
+    whatever calls the surrogate (validation, evaluation, rollout, figures) sees no difference.
+
     Args:
         network: maps [batch, in_dim] (and fields [batch, in_fields, ny, nx]) to [batch, n_fields, ny, nx].
         x_low, x_high: [in_dim] bounds of the inputs.
         y_low, y_high: [n_fields] bounds of each field (a scalar: one field).
         in_fields: fields of a step the network takes (0: direct samples; else n_fields).
         stride: autoregressive samples: steps from the input fields to the target (0: direct).
+        delta_scale: [n_fields] the scale of a field's change over ``stride`` steps (raw units,
+            :func:`datamove.training.step.delta_scale`): the network then predicts changes; None:
+            states.
     """
 
     def __init__(
@@ -37,6 +45,7 @@ class Surrogate(nn.Module):
         y_high: Sequence[float] | float,
         in_fields: int = 0,
         stride: int = 0,
+        delta_scale: Sequence[float] | None = None,
     ):
         super().__init__()
         self.network = network
@@ -53,6 +62,14 @@ class Surrogate(nn.Module):
         self.register_buffer("y_span", torch.clamp(y_span, min=1e-12))
         if self.in_fields not in (0, y_low_t.shape[0]):
             raise ValueError(f"in_fields must be 0 or the {y_low_t.shape[0]} field(s) of a sample, got {in_fields}")
+        self.delta = delta_scale is not None
+        if self.delta:
+            if not self.in_fields:
+                raise ValueError("delta targets need autoregressive samples (in_fields > 0): a change from what?")
+            scale = torch.as_tensor(delta_scale, dtype=torch.float32).reshape(-1, 1, 1)
+            if scale.shape[0] != y_low_t.shape[0] or not bool(torch.all(scale > 0)):
+                raise ValueError(f"delta_scale must hold one positive scale per field, got {list(delta_scale)}")
+            self.register_buffer("delta_scale", scale)  # [n_fields, 1, 1]
 
     def normalise_y(self, y: torch.Tensor) -> torch.Tensor:
         return (y - self.y_low) / self.y_span
@@ -63,17 +80,40 @@ class Surrogate(nn.Module):
             return None, y
         return y[:, : self.in_fields], y[:, self.in_fields :]
 
-    def forward_normalised(self, x: torch.Tensor, fields: torch.Tensor | None = None) -> torch.Tensor:
-        """x [batch, in_dim] raw (and fields [batch, in_fields, ny, nx] raw) -> normalised sample
-        [batch, n_fields, ny, nx]."""
+    def network_output(self, x: torch.Tensor, fields: torch.Tensor | None = None) -> torch.Tensor:
+        """x [batch, in_dim] raw (and fields [batch, in_fields, ny, nx] raw) -> what the network
+        predicts, [batch, n_fields, ny, nx]: the normalised state, or with delta targets the change
+        from ``fields`` divided by ``delta_scale``."""
         xn = (x - self.x_low) / self.x_span
         if fields is None:
             return self.network(xn)
         return self.network(xn, self.normalise_y(fields))
 
+    def network_target(self, fields: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
+        """What :meth:`network_output` should be for raw ``target`` [B, n_fields, ny, nx] reached
+        from raw ``fields`` (the loss the train step minimises is the MSE of the two)."""
+        if self.delta:
+            return (target - fields) / self.delta_scale
+        return self.normalise_y(target)
+
+    def state_weight(self) -> torch.Tensor | None:
+        """[n_fields, 1, 1] (delta_scale / y_span)^2: an error of the network output times this is
+        the error on the normalised state scale (None: the two scales are one)."""
+        return (self.delta_scale / self.y_span).square() if self.delta else None
+
+    def forward_normalised(self, x: torch.Tensor, fields: torch.Tensor | None = None) -> torch.Tensor:
+        """x [batch, in_dim] raw (and fields [batch, in_fields, ny, nx] raw) -> normalised sample
+        [batch, n_fields, ny, nx]."""
+        out = self.network_output(x, fields)
+        if self.delta:
+            return self.normalise_y(fields) + out * (self.delta_scale / self.y_span)
+        return out
+
     def forward(self, x: torch.Tensor, fields: torch.Tensor | None = None) -> torch.Tensor:
         """x [batch, in_dim] raw (and fields [batch, in_fields, ny, nx] raw) -> sample
         [batch, n_fields, ny, nx] in physical units."""
+        if self.delta:  # added in raw units: no round trip of the input through the normalised scale
+            return fields + self.network_output(x, fields) * self.delta_scale
         return self.forward_normalised(x, fields) * self.y_span + self.y_low
 
     def sample_error(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

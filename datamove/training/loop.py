@@ -28,6 +28,7 @@ from datamove.training.heldout import load_heldout
 from datamove.training.records import MetricsLog
 from datamove.training.step import (
     build_surrogate,
+    delta_scale,
     evaluate,
     MixedPrecision,
     make_optimizer,
@@ -90,15 +91,23 @@ class Training:
             device = torch.device("cuda", dd.local_rank)
         self.device = device
         val_x, val_y = load_heldout(cfg)
-        inputs, targets = SampleSpec.of(cfg).split(val_y)  # autoregressive: both halves hold steps
+        spec = SampleSpec.of(cfg)
+        inputs, targets = spec.split(val_y)  # autoregressive: both halves hold steps
         steps = targets if inputs is None else torch.cat([inputs, targets])
         norm = cfg.problem.normalisation(times=val_x[:, -1].numpy(), fields=steps.numpy())
+        # Delta targets: their scale from the held-out pairs too, as the normalisation.
+        delta = delta_scale(val_y, spec, norm) if tc.target == "delta" else None
         self.val_x, self.val_y = val_x.to(device), val_y.to(device)
-        self.margs = surrogate_args(cfg, norm)
+        self.margs = surrogate_args(cfg, norm, delta=delta)
         self.model = build_surrogate(self.margs).to(device)
         self.optimizer, self.scheduler = make_optimizer(self.model, cfg)
         self.precision = MixedPrecision(tc.precision, device)
         self.sync = dd.average_gradients if dd.active else None
+        # trainer.input_noise draws from its own generator, seeded from trainer.seed (and the rank):
+        # the runs without noise draw nothing and stay as they were.
+        self.noise_gen = None
+        if tc.input_noise > 0:
+            self.noise_gen = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + 101 + dd.rank)
         self.batch = 0
         self.metrics: MetricsLog | None = None
         self._loss_sum = torch.zeros((), device=device)
@@ -129,6 +138,8 @@ class Training:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.noise_gen is not None and "noise_rng" in ckpt:
+            self.noise_gen.set_state(ckpt["noise_rng"].cpu())
         self.batch = int(ckpt["step"])
 
     def run(self, source: Source, *, checkpoint: Callable[[], None] | None = None,
@@ -168,7 +179,8 @@ class Training:
                 job = self._beside.submit(work) if work is not None else None
                 try:
                     self._loss_sum += train_step(self.model, self.optimizer, x, y, sync_gradients=self.sync,
-                                                 precision=self.precision)
+                                                 precision=self.precision, input_noise=tc.input_noise,
+                                                 generator=self.noise_gen)
                 finally:
                     if job is not None:
                         job.result()  # its exception, if any, is the loop's
@@ -229,7 +241,11 @@ class Training:
         """A self-describing checkpoint of the model (see :func:`datamove.training.step.save_checkpoint`)."""
         save_checkpoint(
             path, model=self.model, optimizer=self.optimizer, model_args=self.margs, config=self.cfg.raw,
-            step=self.batch, extra={"scheduler": self.scheduler.state_dict(), **(extra or {})},
+            step=self.batch, extra={
+                "scheduler": self.scheduler.state_dict(),
+                **({"noise_rng": self.noise_gen.get_state()} if self.noise_gen is not None else {}),
+                **(extra or {}),
+            },
         )
 
     @property

@@ -18,6 +18,8 @@ from datamove.models import Surrogate, build_network
 from datamove.problems import Normalisation
 from datamove.problems.samples import SampleSpec
 
+TARGETS = ("state", "delta")  # trainer.target: what the network of an autoregressive surrogate predicts
+
 
 def pick_device(name: str) -> torch.device:
     """``auto`` is cuda when a GPU is visible, else cpu."""
@@ -29,10 +31,36 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def surrogate_args(cfg: StudyConfig, norm: Normalisation) -> dict[str, Any]:
+def delta_scale(y: torch.Tensor, spec: SampleSpec, norm: Normalisation, *, chunk: int = 1024) -> tuple[float, ...]:
+    """The scale of delta targets (``trainer.target: delta``): per field, the root mean square of
+    its change from input to target over the held-out pairs ``y`` [N, 2 x n_fields, ny, nx] raw
+    (:func:`datamove.training.heldout.load_heldout`), in raw units; [n_fields].
+
+    Measured on the held-out members, as the normalisation is, so that training members never set
+    it. A field that never changes there takes its normalisation span instead (no division by 0).
+    """
+    if not spec.autoregressive:
+        raise ValueError("trainer.target delta needs trainer.sample autoregressive")
+    sq = torch.zeros(spec.n_fields, dtype=torch.float64)
+    for i in range(0, y.shape[0], chunk):  # float64 sums, a chunk at a time: no full-size copy
+        inputs, targets = spec.split(y[i : i + chunk])
+        sq += (targets.double() - inputs.double()).square().sum(dim=(0, 2, 3)).cpu()
+    n = max(y.shape[0], 1) * y[0, 0].numel()
+    rms = (sq / n).sqrt().tolist()
+    spans = [hi - lo for lo, hi in zip(norm.y_low, norm.y_high)]
+    return tuple(r if r > 0 else (span if span > 0 else 1.0) for r, span in zip(rms, spans))
+
+
+def surrogate_args(
+    cfg: StudyConfig, norm: Normalisation, *, delta: Sequence[float] | None = None
+) -> dict[str, Any]:
     """Everything needed to rebuild the model (saved in checkpoints): its name and arguments, the
-    shapes, and the problem's normalisation ``norm`` (from the held-out members, see
-    :meth:`datamove.problems.Problem.normalisation`)."""
+    shapes, the problem's normalisation ``norm`` (from the held-out members, see
+    :meth:`datamove.problems.Problem.normalisation`) and, with ``trainer.target: delta``, the
+    per-field scale of the changes ``delta`` (:func:`delta_scale`)."""
+    target = cfg.trainer.target
+    if (target == "delta") != (delta is not None):
+        raise ValueError(f"trainer.target is {target!r}: a delta scale is needed with delta targets, and only then")
     return {
         "model": cfg.trainer.model,
         "model_args": dict(cfg.trainer.model_args),
@@ -45,11 +73,14 @@ def surrogate_args(cfg: StudyConfig, norm: Normalisation) -> dict[str, Any]:
         "x_high": list(norm.x_high),
         "y_low": list(norm.y_low),
         "y_high": list(norm.y_high),
+        "target": target,
+        **({"delta_scale": [float(v) for v in delta]} if delta is not None else {}),
     }
 
 
 def build_surrogate(args: Mapping[str, Any]) -> Surrogate:
-    """The model of :func:`surrogate_args` (a checkpoint written before sample kinds: direct)."""
+    """The model of :func:`surrogate_args` (a checkpoint written before sample kinds: direct; before
+    delta targets: state)."""
     spec = SampleSpec.make(args.get("sample", "direct"), args.get("sample_stride", 0),
                            n_fields=int(args["out_shape"][0]))
     model_args = dict(args["model_args"])
@@ -59,10 +90,14 @@ def build_surrogate(args: Mapping[str, Any]) -> Surrogate:
         )
     if spec.in_fields:
         model_args["in_fields"] = spec.in_fields
+    target = args.get("target", "state")
+    if target not in TARGETS:
+        raise ValueError(f"trainer.target must be one of {TARGETS}, got {target!r}")
+    delta = args["delta_scale"] if target == "delta" else None
     network = build_network(args["model"], in_dim=args["in_dim"], out_shape=tuple(args["out_shape"]), **model_args)
     return Surrogate(
         network=network, x_low=args["x_low"], x_high=args["x_high"], y_low=args["y_low"], y_high=args["y_high"],
-        in_fields=spec.in_fields, stride=spec.stride,
+        in_fields=spec.in_fields, stride=spec.stride, delta_scale=delta,
     )
 
 
@@ -110,23 +145,39 @@ def train_step(
     *,
     sync_gradients=None,
     precision: MixedPrecision | None = None,
+    input_noise: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One optimisation step on a batch; x [B, in_dim], y [B, n_fields, ny, nx] raw (on the model's device);
     for autoregressive samples y [B, 2 x n_fields, ny, nx], the input fields then the target.
 
     ``sync_gradients(model)``, under data-parallel training, averages the gradients across ranks
     between backward and the optimizer step. ``precision``: autocast and loss scaling
-    (``trainer.precision``, :class:`MixedPrecision`); None is fp32.
+    (``trainer.precision``, :class:`MixedPrecision`); None is fp32. ``input_noise``
+    (``trainer.input_noise``, autoregressive samples): the standard deviation, on the normalised
+    scale, of Gaussian noise added to the input fields, drawn from ``generator`` (on the model's
+    device); the target stays the true next step, so the network learns to undo errors in its input
+    (with delta targets: the change is from the noisy input). Only here: validation and evaluation
+    never see noise.
 
-    Returns the (normalised) MSE as a 0-d tensor, left on the device: calling ``.item()`` here would
-    be a CPU-GPU sync point on every batch.
+    The loss minimised is the MSE of the network's output (:meth:`Surrogate.network_target`: the
+    normalised state, or the change on the delta scale). Returns the MSE on the normalised state
+    scale, as :func:`evaluate` gives it (the same number with state targets), as a 0-d tensor left on
+    the device: calling ``.item()`` here would be a CPU-GPU sync point on every batch.
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
     fields, target = model.split(y)  # autoregressive samples carry their input fields in y
+    if input_noise > 0 and fields is not None:
+        noise = torch.randn(fields.shape, generator=generator, device=fields.device, dtype=fields.dtype)
+        fields = fields + noise * (input_noise * model.y_span)  # normalised units -> raw, per field
     with contextlib.nullcontext() if precision is None else precision.autocast():
-        pred = model.forward_normalised(x, fields)
-    loss = F.mse_loss(pred.float(), model.normalise_y(target))
+        out = model.network_output(x, fields)
+    want = model.network_target(fields, target)
+    loss = F.mse_loss(out.float(), want)
+    weight = model.state_weight()
+    with torch.no_grad():
+        reported = loss.detach() if weight is None else ((out.detach().float() - want).square() * weight).mean()
     scaler = None if precision is None else precision.scaler
     if scaler is None:
         loss.backward()
@@ -141,7 +192,7 @@ def train_step(
             sync_gradients(model)
         scaler.step(optimizer)
         scaler.update()
-    return loss.detach()
+    return reported
 
 
 @torch.no_grad()
