@@ -162,12 +162,23 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
                     f"key 'trainer.sample_stride': {tr['sample_stride']} leaves no autoregressive pair in a "
                     f"member of {problem.n_steps} steps (solver.n_steps): it must be below it"
                 )
+    tr = cfg["trainer"]
+    if tr["val_rollout_every"]:
+        if tr["sample"] != "autoregressive":
+            problems.append(
+                f"key 'trainer.val_rollout_every': {tr['val_rollout_every']} needs autoregressive samples "
+                f"(trainer.sample is {tr['sample']}: a direct model has no rollout); set it to 0"
+            )
+        elif tr["val_rollout_every"] % tr["log_every"]:
+            problems.append(
+                f"key 'trainer.val_rollout_every': {tr['val_rollout_every']} is not a multiple of "
+                f"trainer.log_every {tr['log_every']} (the rollout error is a column of the metrics rows)"
+            )
     res = cfg["reservoir"]
     if res["watermark"] > res["capacity"]:
         problems.append(
             f"key 'reservoir.watermark': {res['watermark']} exceeds reservoir.capacity {res['capacity']}"
         )
-    tr = cfg["trainer"]
     if tr["sample"] == "direct":
         if tr["target"] == "delta":
             problems.append(
@@ -324,6 +335,7 @@ class TrainerConfig:
     sample_stride: int  # autoregressive: step k -> step k + sample_stride
     target: str  # state | delta: what the network predicts (datamove.models.Surrogate)
     input_noise: float  # autoregressive: std of the noise on the train step's input fields, normalised
+    val_rollout_every: int  # autoregressive: batches between two rollouts of the held-out members (0: never)
     precision: str  # fp32 | bf16 | fp16: the train step's autocast (datamove.training.step.MixedPrecision)
     batch_size: int
     lr: float

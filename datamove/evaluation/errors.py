@@ -30,6 +30,7 @@ from datamove.config import SamplingConfig, StudyConfig
 from datamove.data import load_members
 from datamove.models import Surrogate
 from datamove.problems.samples import direct_inputs
+from datamove.training.rollout import rollout  # here too: evaluation's rollouts are the trainer's
 
 
 def map_steps(n_steps: int) -> list[int]:
@@ -112,29 +113,6 @@ def evaluate_members(
             maps.append(_maps(arm, m.member, fields[map_field], m.times[s:], truth[:, map_field], shown[:, map_field],
                               map_max_side, first_step=s + 1))
     return pd.concat(rows, ignore_index=True), pd.concat(maps, ignore_index=True) if maps else pd.DataFrame()
-
-
-@torch.no_grad()
-def rollout(model: Surrogate, x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """An autoregressive surrogate used as a solver: every step predicted from its own predictions.
-
-    Args:
-        model: built with ``in_fields`` and ``stride`` s.
-        x: [n_steps, in_dim] raw inputs of each step of one member (parameters, t_k).
-        first: [s, n_fields, ny, nx] the member's first s true steps (raw).
-
-    Returns:
-        [n_steps, n_fields, ny, nx]: ``first``, then step k (0-based, k >= s) predicted from the
-        prediction of step k - s. s steps at a time: the chains that start at each of the first s
-        steps advance together.
-    """
-    s = model.stride
-    out = torch.empty((x.shape[0], *first.shape[1:]), dtype=first.dtype, device=first.device)
-    out[:s] = first
-    for k in range(s, x.shape[0], s):
-        n = min(s, x.shape[0] - k)
-        out[k : k + n] = model(x[k - s : k - s + n], fields=out[k - s : k - s + n]).to(out.dtype)
-    return out
 
 
 def _maps(arm: str, member: int, field_name: str, times, truth: torch.Tensor, pred: torch.Tensor, max_side: int,

@@ -9,7 +9,8 @@ runs, and on a finished or crashed one:
   ``status``, the trainer's live counters (members by status, samples received, buffer, batch,
   last losses), every beat;
 - ``trainer.lock``: pid and host of the trainer that holds the study (left behind by a kill -9);
-- ``metrics.csv``: losses and rates every ``trainer.log_every`` batches;
+- ``metrics.csv``: losses and rates every ``trainer.log_every`` batches (and the rollout error of
+  the held-out members every ``trainer.val_rollout_every``);
 - ``ledger.csv`` (and ``ledger.rank*.csv`` under data-parallel training): each member's status,
   reason and attempts, at each checkpoint and at the end;
 - ``members/member-K.json`` (the member was sent) and ``members/member-K.failed.json`` (a failed
@@ -105,6 +106,9 @@ class StudyStatus:
     logged_batch: int | None  # the batch of the last metrics row (the losses')
     train_loss: float | None
     val_loss: float | None
+    # trainer.val_rollout_every: the batch and relative L2 at the horizon of the last rollout validation
+    rollout_batch: int | None
+    val_rollout_rel_l2: float | None
     heartbeat_age_s: float | None  # since the trainer's last beat
     heartbeat_clock: str  # how that age was timed
     trainer_pid: int | None
@@ -247,6 +251,7 @@ def read_status(folder: str | Path, *, clock: BeatClock | None = None) -> StudyS
         detail = f"every member ended; training {last_part} (pid {pid})"
 
     last = metrics[-1] if metrics else {}
+    rolled = next((row for row in reversed(metrics) if row.get("val_rollout_rel_l2") is not None), {})
     if use_live:
         samples = live.get("samples_received")
         buffer, batch = live.get("buffer"), live.get("batch")
@@ -272,6 +277,7 @@ def read_status(folder: str | Path, *, clock: BeatClock | None = None) -> StudyS
         batch=None if batch is None else int(batch),
         logged_batch=None if "batch" not in last else int(last["batch"]),
         train_loss=last.get("train_loss"), val_loss=last.get("val_loss"),
+        rollout_batch=rolled.get("batch"), val_rollout_rel_l2=rolled.get("val_rollout_rel_l2"),
         heartbeat_age_s=age, heartbeat_clock=age_clock, trainer_pid=pid, trainer_host=host,
         eta_s=eta, eta_note=eta_note, settled=settled,
         sampling=_sampling(cfg) if cfg.ensemble.adaptive is not None else None,
@@ -611,6 +617,9 @@ def format_status(st: StudyStatus) -> str:
     batch = "-" if st.batch is None else f"{st.batch:,}"
     at = "" if st.logged_batch is None else f" at batch {st.logged_batch:,}"
     rows.append(("batch", f"{batch}; last logged{at}: train loss {_num(st.train_loss)}, val loss {_num(st.val_loss)}"))
+    if st.rollout_batch is not None:
+        rows.append(("rollout", f"held-out rollout relative L2 {_num(st.val_rollout_rel_l2)} at the last step "
+                                f"(at batch {st.rollout_batch:,})"))
     rows.append(("time left", f"{format_duration(st.eta_s)} ({st.eta_note})"))
     if st.sampling is not None:
         sp, d = st.sampling, st.sampling["draws"]

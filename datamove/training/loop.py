@@ -24,8 +24,9 @@ from datamove.config import StudyConfig
 from datamove.problems.samples import SampleSpec
 from datamove.run.signals import Interrupted, StopSignals  # noqa: F401  (the trainers' too)
 from datamove.training.distributed import Dist
-from datamove.training.heldout import load_heldout
+from datamove.training.heldout import heldout_members, load_heldout, Trajectories
 from datamove.training.records import MetricsLog
+from datamove.training.rollout import rollout_rel_l2
 from datamove.training.step import (
     build_surrogate,
     delta_scale,
@@ -90,7 +91,8 @@ class Training:
         if dd.active and device.type == "cuda":
             device = torch.device("cuda", dd.local_rank)
         self.device = device
-        val_x, val_y = load_heldout(cfg)
+        members = heldout_members(cfg)  # read once: the validation samples and the trajectories
+        val_x, val_y = load_heldout(cfg, members)
         spec = SampleSpec.of(cfg)
         inputs, targets = spec.split(val_y)  # autoregressive: both halves hold steps
         steps = targets if inputs is None else torch.cat([inputs, targets])
@@ -98,6 +100,10 @@ class Training:
         # Delta targets: their scale from the held-out pairs too, as the normalisation.
         delta = delta_scale(val_y, spec, norm) if tc.target == "delta" else None
         self.val_x, self.val_y = val_x.to(device), val_y.to(device)
+        # trainer.val_rollout_every: the members whole, for rollouts (rank 0 validates alone)
+        self.val_traj = Trajectories.of(members, device) if tc.val_rollout_every and dd.main else None
+        #: (batch, rollout relative L2 at the horizon, over the trajectory) of the last rollout validation
+        self.last_rollout: tuple[int, float, float] | None = None
         self.margs = surrogate_args(cfg, norm, delta=delta)
         self.model = build_surrogate(self.margs).to(device)
         self.optimizer, self.scheduler = make_optimizer(self.model, cfg)
@@ -206,6 +212,8 @@ class Training:
         loss_total, n_total = self.dd.all_sum(float(self._loss_sum), self._loss_n)
         extra = source.metrics()
         val = evaluate(self.model, self.val_x, self.val_y) if self.dd.main else float("nan")
+        every = self.cfg.trainer.val_rollout_every
+        rolled = self.rollout_columns() if every and (final or self.batch % every == 0) else {}
         row = {
             "batch": self.batch,
             "wall_s": round(self.wall_s, 4),
@@ -214,6 +222,7 @@ class Training:
             "batches_per_s": rate,
             "samples_per_s": rate * self.cfg.trainer.batch_size * self.dd.world,  # every rank's batch
             "lr": self.optimizer.param_groups[0]["lr"],
+            **rolled,
             **extra,
         }
         self.metrics.log(row)
@@ -222,8 +231,24 @@ class Training:
             part = source.progress(row)
             self.say(
                 f"batch {self.batch:6d} | {row['wall_s']:7.1f} s | train {row['train_loss']:.3e} | val {val:.3e} | "
+                + (f"rollout {rolled['val_rollout_rel_l2']:.3e} | " if rolled else "")
                 + (f"{part} | " if part else "") + f"{rate:6.1f} batch/s" + (" | final" if final else "")
             )
+
+    def rollout_columns(self) -> dict[str, float]:
+        """Rollout validation (``trainer.val_rollout_every``): every held-out member rolled out from
+        its first s true steps to its last, all members in one batch, without gradients; the
+        relative L2 at the last step and over every predicted step. Rank 0 only (the others: {})."""
+        if self.val_traj is None:
+            return {}
+        training = self.model.training
+        self.model.eval()
+        try:
+            horizon, whole = rollout_rel_l2(self.model, self.val_traj.x, self.val_traj.fields)
+        finally:
+            self.model.train(training)
+        self.last_rollout = (self.batch, horizon, whole)
+        return {"val_rollout_rel_l2": horizon, "val_rollout_rel_l2_traj": whole}
 
     def finish(self, source: Source) -> None:
         """The final metrics row. When the last batch logged one already, that row is brought up to
@@ -232,6 +257,8 @@ class Training:
         rows = self.metrics.rows
         if rows and rows[-1]["batch"] == self.batch:
             extra = source.metrics()  # every rank calls it: it may sum over ranks
+            if self.cfg.trainer.val_rollout_every and "val_rollout_rel_l2" not in rows[-1]:
+                extra.update(self.rollout_columns())  # the final model's rollout, always
             self.metrics.replace_last({**rows[-1], **extra})
         else:
             self.log_row(source, final=True)

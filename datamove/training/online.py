@@ -66,7 +66,7 @@ class Heartbeat:
         """The live counters of a trainer, for ``status``: members of this process by status
         (``members``: how many it reads, the whole ensemble but under data-parallel training),
         members retried (not lost: streamed again, or waiting for a rerun), samples received, buffer length and capacity, the batch,
-        and the batch and losses of the last metrics row. Counts, never per-member lists: the
+        and the batch and losses of the last metrics row (and of the last rollout validation). Counts, never per-member lists: the
         file is rewritten every beat. Read from the heartbeat thread: plain ints and a list's last
         item, no torch call (which could wait on the device)."""
 
@@ -88,6 +88,9 @@ class Heartbeat:
                 "samples_received": received, "buffer": len(buffer), "capacity": buffer.capacity,
                 "batch": training.batch, "logged_batch": last.get("batch"),
                 "train_loss": finite(last.get("train_loss")), "val_loss": finite(last.get("val_loss")),
+                **({} if training.last_rollout is None else {
+                    "rollout_batch": training.last_rollout[0], "val_rollout_rel_l2": finite(training.last_rollout[1]),
+                }),
             }
 
         return status

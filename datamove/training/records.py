@@ -172,6 +172,10 @@ METRIC_COLUMNS = (
     "evicted_unseen",
     "members_held",
     "step_mean",
+    # trainer.val_rollout_every (autoregressive): relative L2 of the held-out members' rollouts from
+    # their first steps, at their last step and over every predicted step; empty in rows without one.
+    "val_rollout_rel_l2",
+    "val_rollout_rel_l2_traj",
 )
 
 
