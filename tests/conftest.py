@@ -164,6 +164,17 @@ def popen_datamove(*args, log: Path) -> Background:
 
 
 @pytest.fixture
+def one_thread():
+    """Torch in one thread for the test, as before it afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def env_no_gpu():
     env = dict(os.environ)
     env["CUDA_VISIBLE_DEVICES"] = ""

@@ -4,8 +4,6 @@ member feed and from the files by the offline dataset; rollouts in evaluation; e
 from __future__ import annotations
 
 import csv
-import threading
-import time
 from collections import Counter
 
 import numpy as np
@@ -21,7 +19,7 @@ from datamove.reservoir import make_buffer
 from datamove.streaming.events import Ended, Info, Opened, Step
 from datamove.streaming.feed import MemberFeed
 from datamove.training.records import Ledger
-from datamove.training.step import build_surrogate, load_surrogate, surrogate_args, train_step
+from datamove.training.step import build_surrogate, load_surrogate, surrogate_args
 
 SMALL = {
     "fc": {"hidden": 32, "layers": 2},
@@ -31,12 +29,8 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small models train fastest in one thread (and do not contend with the processes beside them).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_ledger(path):

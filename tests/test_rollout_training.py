@@ -30,12 +30,8 @@ from datamove.training.step import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small models train fastest in one thread (and do not contend with the processes beside them).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ar_config(tiny_config, name="config.yaml", **trainer):
