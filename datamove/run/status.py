@@ -30,7 +30,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
