@@ -596,3 +596,37 @@ def test_the_launch_watch_reads_when_snakemake_launches_no_more_members():
     assert "no member job left" in stopped_launching(state(_errors=True, keepgoing=True, failed=failed, **only_others), rules)
     # Nothing failed: the members' jobs are all done, not lost.
     assert stopped_launching(state(keepgoing=True, **only_others), rules) is None
+
+
+@pytest.mark.slow
+def test_a_solver_frozen_as_it_opens_fails_once_the_trainer_drops_its_stream(tiny_config, tmp_path):
+    """A solver frozen the moment its stream appears (in Open, or at its first steps): the trainer
+    drops the stream after stream.member_timeout_s (no step), and says so in the member's receipt;
+    the solver's watchdog reads it and ends the solver at once, frozen or not, instead of leaving
+    it in Open until stream.open_timeout_s (300 s here). Its rerun completes the member."""
+    path = tiny_config(ensemble={"n_members": 1, "retries": 1},
+                       stream={"member_timeout_s": 6, "open_timeout_s": OPEN_TIMEOUT_S})
+    cfg = StudyConfig.load(path)
+    datamove("make-heldout", "--config", path)
+    trainer = popen_datamove("train", "--config", path, "--threads", 1, log=tmp_path / "train.log")
+    try:
+        datamove("wait-trainer", "--config", path, "--timeout", 60)
+        solver = popen_datamove("simulate", "--config", path, "--member", 0, "--wait-trainer", log=tmp_path / "sim.log")
+        _wait(lambda: contact_file(cfg.stream_dir, 0).exists(), 60, "the member's contact file")
+        os.kill(solver.proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            code = solver.wait(timeout=60)
+        finally:
+            os.kill(solver.proc.pid, signal.SIGCONT) if solver.proc.poll() is None else None
+        assert code != 0 and time.monotonic() - t0 < 30, solver.output
+        assert "the trainer dropped this stream (no step for 6 s" in solver.output, solver.output
+        rerun = datamove("simulate", "--config", path, "--member", 0, "--wait-trainer",
+                         "--marker", cfg.member_marker(0), timeout=120)
+        assert "steps sent" in rerun.stderr
+        assert trainer.wait(timeout=60) == 0, trainer.output
+    finally:
+        trainer.kill()
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    # (attempts counts the streams the trainer opened: the frozen one may not have opened yet)
+    assert ledger[0]["status"] == "complete" and int(ledger[0]["steps_received"]) == 20, ledger[0]

@@ -124,12 +124,20 @@ def test_status_of_a_study_without_rollouts_says_nothing_of_them(tiny_config):
 
 @pytest.mark.slow
 def test_online_study_logs_rollouts(tiny_config, tmp_path):
-    """A real online study (Snakemake, SST streams): the same columns from the same loop, and the
-    trainer's last heartbeat carries the last rollout error."""
-    path = ar_config(tiny_config)
+    """A real online study (Snakemake, SST streams), with delta targets and input noise besides
+    (one study for the three, to keep the suite short): the same columns from the same loop, the
+    trainer's last heartbeat carries the last rollout error, and the delta model is saved and
+    evaluated (its rollouts finite)."""
+    path = ar_config(tiny_config, trainer={"target": "delta", "input_noise": 0.02},
+                     evaluation={"enabled": True}, test={"n_members": 2})
     cfg = StudyConfig.load(path)
     proc = snakemake(tmp_path, path, "--cores", 2, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    model, ckpt = load_surrogate(cfg.study_dir / "model.pt")
+    assert model.delta and ckpt["config"]["trainer"]["input_noise"] == 0.02
+    with open(cfg.study_dir / "evaluation.csv") as fh:
+        ev = list(csv.DictReader(fh))
+    assert ev and all(math.isfinite(float(r["rollout_rel_l2"])) for r in ev)
     rows = metrics_rows(cfg)
     last = int(rows[-1]["batch"])
     for r in rows:

@@ -85,9 +85,13 @@ def _kill_first_member_to_stream(cfg: StudyConfig, deadline: float) -> int | Non
     """
     while time.monotonic() < deadline:
         streams = sorted(cfg.stream_dir.glob("member-*.sst")) if cfg.stream_dir.exists() else []
-        if streams:
+        beat = read_heartbeat(cfg.heartbeat_path) or {}
+        # A stream the trainer has opened (counted in the member's attempts), not a member still
+        # in Open: killed there, it never opened for the trainer, and its rerun would be its first
+        # attempt. One solver runs at a time (--cores 2): the stream there is that one.
+        if streams and beat.get("status", {}).get("streaming", 0) >= 1:
             member = int(streams[0].name.split("-")[1].split(".")[0])
-            time.sleep(0.3)
+            time.sleep(0.1)
             pids = pids_running(cfg.study_dir, "datamove simulate", f"--member {member:06d}")
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)

@@ -85,7 +85,7 @@ def run_member(
         trainer = TrainerCheck(cfg.heartbeat_path, pid=trainer_pid, quiet_s=lost_after(cfg))
     writer = MemberWriter(
         stream=stream, stream_dir=stream_dir, member=member, attributes=attributes, watchdog=watchdog,
-        trainer=trainer,
+        trainer=trainer, receipt=cfg.member_receipt(member) if trainer is not None else None,
     )
     with writer:
         t_open = time.perf_counter() - t0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 
 from datamove.config import StudyConfig
 from datamove.problems.samples import SampleSpec
+from datamove.run.lock import lock_alive
 from datamove.streaming.contract import Expectation, remove_contact_files
 from datamove.streaming.events import Done, Ended, Event, Fatal, Info, Opened, Step
 from datamove.streaming.ingest import contact_signature, streams_present
@@ -112,6 +114,7 @@ class MemberFeed:
         self._starts_base: dict[int, int] = {}  # member -> starts when it became unassigned
         self._started_at: dict[int, float] = {}  # member -> monotonic time such a start was seen
         self._lost_at: dict[int, float] = {}  # member -> monotonic time its stream was lost, in this run
+        self._start_jobs: dict[int, dict] = {}  # member -> its last start note (the job's host and pid)
         self._last_busy = 0.0  # monotonic time every ingest worker was last seen busy
         self._launch_stop: float | None = None  # monotonic time the workflow was seen to stop launching
         self._launch_stop_why = ""
@@ -433,6 +436,9 @@ class MemberFeed:
                 reason = (f"{rec.reason}; its rerun started but did not connect within {limit:g} s"
                           if rec.status == "retrying" else f"never connected (started, no stream within {limit:g} s)")
             elif m in self._lost_at:
+                if self._job_alive(m):
+                    self._lost_at[m] = now  # its job has not ended (a frozen solver): no rerun yet
+                    continue
                 if now - max(self._lost_at[m], self._last_busy) <= limit:
                     continue
                 reason = f"{rec.reason}; no rerun within {limit:g} s"
@@ -441,8 +447,10 @@ class MemberFeed:
             self._lose(m, reason)
 
     def _lose(self, member: int, reason: str) -> None:
-        """End a member that waits for a stream as lost."""
+        """End a member that waits for a stream as lost; its receipt will say so (a rerun that
+        comes after all fails at once instead of waiting in Open for a reader that never comes)."""
         self.ledger.ended(member, "lost", reason)
+        self.newly_rejected.append((member, reason, None))
         self.say(f"member {member} lost: {reason}")
         self.unassigned.remove(member)
         self._started_at.pop(member, None)
@@ -455,13 +463,21 @@ class MemberFeed:
         now = time.monotonic()
         for member, path in self._note_files("started.json"):
             try:
-                starts = int(json.loads(path.read_text())["starts"])
+                note = json.loads(path.read_text())
+                starts = int(note["starts"])
             except (FileNotFoundError, ValueError, KeyError, TypeError):
                 continue
             self._starts[member] = starts
+            self._start_jobs[member] = note
             if (member in self.unassigned and member not in self._started_at
                     and starts > self._starts_base.get(member, 0)):
                 self._started_at[member] = now
+
+    def _job_alive(self, member: int) -> bool:
+        """Whether the process that last started ``member`` may still run (its start note's pid on
+        this host exists; on another host it cannot be checked: taken as ended)."""
+        note = self._start_jobs.get(member)
+        return bool(note) and note.get("host") == socket.gethostname() and lock_alive(note)
 
     def _read_launch_stop(self, now: float) -> None:
         """Once the workflow launches no more jobs (``launches.stopped.json``, written by
@@ -519,6 +535,7 @@ class MemberFeed:
             if final and rec.status != "streaming":
                 self._changed = True
                 self.ledger.ended(member, "lost", reason)
+                self.newly_rejected.append((member, reason, None))
                 if member in self.unassigned:
                     self.unassigned.remove(member)
                     self._started_at.pop(member, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 from datamove.config import StreamConfig
 from datamove.streaming.adios import disable_nagle, make_io
 from datamove.streaming.contract import TIME, StreamError, remove_contact_files, stream_name, stream_path
+from datamove.streaming.ingest import contact_signature
 from datamove.streaming.watchdog import Explained, Watchdog
 
 
@@ -26,6 +28,11 @@ class MemberWriter:
         attributes: contract attributes (member, params, param_names, solver) and solver constants.
         watchdog: guards ``Open``, which for SST waits for the trainer without any timeout, and,
             given ``trainer``, the whole stream after it (every step and ``close``).
+        receipt: the member's receipt file (:func:`datamove.run.receipts.write_receipt`): a
+            trainer that dropped this very stream (its reader stopped after
+            ``stream.member_timeout_s``: the solver was frozen, in ``Open`` or between steps) says
+            so there, and the watchdog ends the solver at once, instead of leaving it in ``Open``
+            until ``stream.open_timeout_s`` or blocked in a step for good.
         trainer: a check of the trainer (:class:`datamove.run.heartbeat.TrainerCheck`, returns why it is gone
             or None) that the watchdog calls while ``Open`` waits: a member fails within seconds
             of its trainer, not after ``stream.open_timeout_s``. Once open, the watchdog keeps
@@ -46,9 +53,11 @@ class MemberWriter:
         attributes: Mapping[str, Any],
         watchdog: Watchdog | None = None,
         trainer=None,
+        receipt: str | Path | None = None,
     ):
         self.stream = stream
         self.trainer = trainer
+        self.receipt = None if receipt is None else Path(receipt)
         self.stream_dir = Path(stream_dir)
         self.member = member
         self.attributes = dict(attributes)
@@ -70,7 +79,8 @@ class MemberWriter:
                 f"{self.stream.open_timeout_s:g} s (stream.open_timeout_s). Is the trainer running "
                 f"and reading {self.stream_dir}?",
                 check=None if self.trainer is None else Explained(
-                    self.trainer, f"member {self.member}: {{why}} while the member waited to open stream {path}"),
+                    _Either(self.trainer, StreamDropped(self.receipt, self.stream_dir, self.member)),
+                    f"member {self.member}: {{why}} while the member waited to open stream {path}"),
             )
         try:
             self._stream = adios2.Stream(io, str(path), "w")
@@ -85,7 +95,7 @@ class MemberWriter:
             disable_nagle()  # the reader's connection exists now (Open waited for it)
         if self.watchdog is not None and self.trainer is not None:
             self.watchdog.arm(None, check=Explained(
-                self.trainer.streaming_check(),
+                _Either(self.trainer.streaming_check(), StreamDropped(self.receipt, self.stream_dir, self.member)),
                 f"member {self.member}: {{why}} while the member streamed to it ({path}); the solver is "
                 f"stopped (a streaming member fails once its trainer's heartbeat stands still for "
                 f"{self.trainer.quiet_s:g} s: max(10 x trainer.heartbeat_s, 10 s))",
@@ -127,6 +137,45 @@ class MemberWriter:
 
     def __repr__(self) -> str:
         return f"MemberWriter({stream_name(self.member)}, engine={self.stream.engine})"
+
+
+class StreamDropped:
+    """A picklable check (for the watchdog, in its own process) of whether the trainer reads this
+    stream no more: the member's receipt (``receipt``) says the member is lost for good, or that
+    the stream of the contact file there now (its signature, ``contact``) ended without all its
+    steps. Why, or None. (Receipts of an earlier trainer run are gone: a trainer that starts or
+    resumes removes those of the members it does not hold.)"""
+
+    def __init__(self, receipt: Path | None, stream_dir: Path, member: int):
+        self.receipt, self.stream_dir, self.member = receipt, stream_dir, member
+
+    def __call__(self) -> str | None:
+        if self.receipt is None:
+            return None
+        try:
+            word = json.loads(self.receipt.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not isinstance(word, dict):
+            return None
+        if word.get("status") == "lost":  # for good: no stream of the member is read any more
+            return f"the trainer ended the member for good ({word.get('reason')})"
+        if word.get("status") != "retrying" or not word.get("contact"):
+            return None
+        if list(contact_signature(self.stream_dir, self.member) or ()) != word["contact"]:
+            return None  # an earlier stream's word
+        return f"the trainer dropped this stream ({word.get('reason')})"
+
+
+class _Either:
+    """The watchdog's check while a stream is open or opening: the trainer gone, or this stream
+    dropped by it (the trainer reads no more of it; an SST writer would wait for it forever)."""
+
+    def __init__(self, trainer, dropped: StreamDropped):
+        self.trainer, self.dropped = trainer, dropped
+
+    def __call__(self) -> str | None:
+        return self.trainer() or self.dropped()
 
 
 def _attribute_value(value: Any):

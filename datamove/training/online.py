@@ -389,6 +389,7 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
     try:
         run.run(source, checkpoint=checkpoint, idle=idle, stop=stop)
         finished = True
+        rejections()  # the members ended last (a solver may still be waiting)
         # Samples never drawn when training ends (the newest of a replacing buffer; of a consuming
         # one, those trainer.extra_batches did not reach) were received but not trained on.
         unused = buffer.held_members()[buffer.seen_counts() == 0]
