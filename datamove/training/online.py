@@ -485,6 +485,10 @@ def _finish(cfg: StudyConfig, dd: Dist, run: Training, source: OnlineSource, led
         run.save(study_dir / "model.pt", extra={"ledger": ledger.state()})
         receipts()
         if resumable:
+            # The gate names this trainer: the rerun that resumes it must open the gate anew, or its
+            # members would find this run's gate (Snakemake keeps a temp output of a failed run)
+            # and fail on a trainer that has finished.
+            cfg.gate_path.unlink(missing_ok=True)
             write_json(cfg.resume_path, {"members": lost, "batch": run.batch, "checkpoint": str(ckpt_path),
                                          "time": time.time()})
             _say(f"{len(lost)} member(s) lost (members {lost[:8]}{' ...' if len(lost) > 8 else ''}): the same "
