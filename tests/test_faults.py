@@ -91,7 +91,8 @@ def test_silent_member_is_timed_out(tiny_config, tmp_path):
         trainer.kill()
         solver.kill()
     rec = read_ledger(cfg.study_dir / "ledger.csv")[0]
-    assert rec["status"] == "lost" and "no step for 1 s" in rec["reason"]
+    # Silent after its stream appeared: no step (or, on a loaded machine, its reader not open yet).
+    assert rec["status"] == "lost" and ("no step for 1 s" in rec["reason"] or "no stream within 1 s" in rec["reason"]), rec
     assert int(rec["steps_received"]) < cfg.problem.n_steps
 
 

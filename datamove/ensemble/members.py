@@ -83,6 +83,7 @@ def run_member(
     trainer = None
     if trainer_pid is not None and stream.engine.upper() == "SST":
         trainer = TrainerCheck(cfg.heartbeat_path, pid=trainer_pid, quiet_s=lost_after(cfg))
+        note_start(cfg, member)  # right before its Open: the trainer's clock measures the open alone
     writer = MemberWriter(
         stream=stream, stream_dir=stream_dir, member=member, attributes=attributes, watchdog=watchdog,
         trainer=trainer, receipt=cfg.member_receipt(member) if trainer is not None else None,
@@ -146,6 +147,8 @@ def run_command(
     what = f"member {member}: solver command `{shlex.join(argv)}`"
     print(f"[simulate] {what} ({engine})", file=sys.stderr, flush=True)
     t0 = time.monotonic()
+    if engine == "SST" and trainer_pid is not None:
+        note_start(cfg, member)  # the trainer's "never connected" clock runs from here
     try:
         # A session of its own: a stop kills the command and whatever it started.
         proc = subprocess.Popen(argv, start_new_session=True)
@@ -276,7 +279,6 @@ def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int
         # wait in Open for a reader that never comes.
         note_failure(cfg, member, str(refused), final=True)
         raise refused
-    note_start(cfg, member)
     try:
         # sampler adaptive: drawn now, from the trainer's latest proposal (a rerun: its earlier draw).
         params = draw_member(cfg, member, label=label).params if cfg.ensemble.adaptive is not None else None
