@@ -508,6 +508,11 @@ class StudyConfig:
         """Written by the workflow's simulate_member job once the member has been sent."""
         return self.study_dir / "members" / f"member-{member:06d}.json"
 
+    def job_marker(self, job: int) -> Path:
+        """Written by the workflow's simulate_members job (ensemble.members_per_job > 1) once its
+        members have been sent."""
+        return self.study_dir / "members" / f"job-{job:06d}.json"
+
     def member_failure(self, member: int) -> Path:
         """Written by a failed launch of the member's solver: attempt, reason, whether it was the last."""
         return self.study_dir / "members" / f"member-{member:06d}.failed.json"

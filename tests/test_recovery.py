@@ -91,6 +91,22 @@ def _popen_snakemake(workdir: Path, config: Path, *args, log: Path, **kw) -> sub
     )
 
 
+def _interrupt_once_a_member_is_held(tmp_path, path, cfg) -> float:
+    """Run the study (log: first.log) and, once a member is held (its marker), kill -INT
+    Snakemake's pid only (not its process group); the seconds Snakemake took to exit after it."""
+    proc = _popen_snakemake(tmp_path, path, "--cores", 2, log=tmp_path / "first.log")
+    try:
+        n = cfg.ensemble.n_members
+        _wait(lambda: any(cfg.member_marker(m).exists() for m in range(n)), 180, "a member's marker")
+        os.kill(proc.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        proc.wait(timeout=60)
+        return time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.slow
 def test_sigterm_stops_the_trainer_cleanly_and_a_rerun_resumes(tiny_config, tmp_path):
     path = _study(tiny_config, n_members=2)
@@ -141,17 +157,7 @@ def test_sigterm_stops_the_trainer_cleanly_and_a_rerun_resumes(tiny_config, tmp_
 def test_interrupting_snakemake_alone_reaches_the_trainer(tiny_config, tmp_path):
     path = _study(tiny_config, n_members=6)
     cfg = StudyConfig.load(path)
-    proc = _popen_snakemake(tmp_path, path, "--cores", 2, log=tmp_path / "first.log")
-    try:
-        # kill -INT of Snakemake's pid only (not its process group), once a member is held.
-        _wait(lambda: any(cfg.member_marker(m).exists() for m in range(6)), 180, "a member's marker")
-        os.kill(proc.pid, signal.SIGINT)
-        t0 = time.monotonic()
-        proc.wait(timeout=60)
-        assert time.monotonic() - t0 < 30, "Snakemake waited on its jobs"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    assert _interrupt_once_a_member_is_held(tmp_path, path, cfg) < 30, "Snakemake waited on its jobs"
     log = (tmp_path / "first.log").read_text()
     assert not pids_running(cfg.study_dir, "datamove"), "a datamove process outlived the interrupt"
     train_log = (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()
@@ -543,14 +549,7 @@ def test_a_damaged_checkpoint_names_the_way_out_and_restart_keeps_every_member(t
     complete (before: the members with markers ended lost, and no rerun finished the study)."""
     path = _study(tiny_config, n_members=4)
     cfg = StudyConfig.load(path)
-    proc = _popen_snakemake(tmp_path, path, "--cores", 2, log=tmp_path / "first.log")
-    try:
-        _wait(lambda: any(cfg.member_marker(m).exists() for m in range(4)), 180, "a member's marker")
-        os.kill(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _interrupt_once_a_member_is_held(tmp_path, path, cfg)
     assert cfg.checkpoint_path.exists(), (tmp_path / "first.log").read_text()
     sent = [m for m in range(4) if cfg.member_marker(m).exists()]
     assert sent

@@ -401,9 +401,7 @@ class MemberFeed:
                     continue  # still the dead writer's file: wait for the rerun's
                 del self._dead_contact[member]
             if member in self.unassigned:
-                self.unassigned.remove(member)
-                self._started_at.pop(member, None)
-                self._lost_at.pop(member, None)
+                self._take(member)
             else:
                 self._rereading.add(member)
                 self.say(f"member {member}: a rerun of a complete member; reading it as duplicates")
@@ -446,22 +444,31 @@ class MemberFeed:
                 continue  # pending: not started yet
             self._lose(m, reason)
 
+    def _take(self, member: int) -> None:
+        """``member`` waits for a stream no more (it is read, or ended): out of the list, its clocks gone."""
+        self.unassigned.remove(member)
+        self._started_at.pop(member, None)
+        self._lost_at.pop(member, None)
+
     def _lose(self, member: int, reason: str) -> None:
-        """End a member that waits for a stream as lost; its receipt will say so (a rerun that
+        """End a member that has no stream being read as lost; its receipt will say so (a rerun that
         comes after all fails at once instead of waiting in Open for a reader that never comes)."""
         self.ledger.ended(member, "lost", reason)
         self.newly_rejected.append((member, reason, None))
         self.say(f"member {member} lost: {reason}")
-        self.unassigned.remove(member)
-        self._started_at.pop(member, None)
-        self._lost_at.pop(member, None)
+        if member in self.unassigned:
+            self._take(member)
         self._changed = True
 
-    def _read_starts(self) -> None:
-        """The starts the members' jobs noted (:func:`datamove.ensemble.members.note_start`): a
-        member waiting for a stream whose count rose since it began waiting has been started now."""
+    def _read_starts(self, files: list[tuple[int, Path]] | None = None) -> None:
+        """The starts the members' jobs noted (:func:`datamove.ensemble.members.note_start`; ``files``:
+        those a listing found, else a listing now): a member waiting for a stream whose count rose
+        since it began waiting has been started now."""
         now = time.monotonic()
-        for member, path in self._note_files("started.json"):
+        if files is None:
+            suffix = self._suffix(self.cfg.member_start)
+            files = self._note_files(suffix)[suffix]
+        for member, path in files:
             try:
                 note = json.loads(path.read_text())
                 starts = int(note["starts"])
@@ -496,30 +503,38 @@ class MemberFeed:
         for m in [m for m in self.unassigned if m not in self._started_at]:
             self._lose(m, f"not started: {self._launch_stop_why}; the same command, rerun, sends it")
 
-    def _note_files(self, suffix: str = "failed.json") -> list[tuple[int, Path]]:
-        """(member, path) of this trainer's members that have a note ``member-K.<suffix>`` (a
-        failure note, a start): one directory listing (not one stat per member of a large ensemble)."""
+    @staticmethod
+    def _suffix(path_of) -> str:
+        """The suffix of a kind of member note, from the config's path for it (member-K.<suffix>)."""
+        return path_of(0).name.split(".", 1)[1]
+
+    def _note_files(self, *suffixes: str) -> dict[str, list[tuple[int, Path]]]:
+        """suffix -> (member, path) of this trainer's members that have a note ``member-K.<suffix>``
+        (a start, a failure): one directory listing for all (not one stat per member of a large
+        ensemble)."""
         folder = self.cfg.member_failure(0).parent
         mine = set(self.members)
+        found: dict[str, list[tuple[int, Path]]] = {suffix: [] for suffix in suffixes}
         try:
             entries = list(os.scandir(folder))
         except FileNotFoundError:
-            return []
-        found = []
+            return found
         for entry in entries:
             stem, _, rest = entry.name.partition(".")
-            if rest == suffix and stem.startswith("member-") and stem[7:].isdigit() and int(stem[7:]) in mine:
-                found.append((int(stem[7:]), Path(entry.path)))
+            if rest in found and stem.startswith("member-") and stem[7:].isdigit() and int(stem[7:]) in mine:
+                found[rest].append((int(stem[7:]), Path(entry.path)))
         return found
 
     def _read_notes(self) -> None:
         """Apply the notes of failed solver launches: the reason goes into the ledger; a launch that
         was the last attempt (``final``) ends a member that has not completed as lost at once.
         And the starts, and whether the workflow still launches members."""
-        self._read_starts()
+        started, failed = self._suffix(self.cfg.member_start), self._suffix(self.cfg.member_failure)
+        notes = self._note_files(started, failed)
+        self._read_starts(notes[started])
         if not self._finished:
             self._read_launch_stop(time.monotonic())
-        for member, path in self._note_files():
+        for member, path in notes[failed]:
             try:
                 note = json.loads(path.read_text())
                 attempt, reason, final = int(note["attempt"]), str(note["reason"]), bool(note["final"])
@@ -533,14 +548,7 @@ class MemberFeed:
                 continue
             reason = reason if not rec.reason or reason in rec.reason else f"{reason} ({rec.reason})"
             if final and rec.status != "streaming":
-                self._changed = True
-                self.ledger.ended(member, "lost", reason)
-                self.newly_rejected.append((member, reason, None))
-                if member in self.unassigned:
-                    self.unassigned.remove(member)
-                    self._started_at.pop(member, None)
-                    self._lost_at.pop(member, None)
-                self.say(f"member {member} lost: {reason}")
+                self._lose(member, reason)
             elif rec.status in ("pending", "retrying"):
                 self.ledger.ended(member, "retrying", reason)
             else:

@@ -541,8 +541,7 @@ def _unmark(cfg: StudyConfig, member: int) -> None:
     next run sends it again."""
     cfg.member_marker(member).unlink(missing_ok=True)
     if cfg.members_per_job > 1:
-        job = member // cfg.members_per_job
-        (cfg.study_dir / "members" / f"job-{job:06d}.json").unlink(missing_ok=True)
+        cfg.job_marker(member // cfg.members_per_job).unlink(missing_ok=True)
 
 
 def _sync_receipts(cfg: StudyConfig, ledger: Ledger) -> None:
