@@ -35,10 +35,15 @@ SIDE = 128
 CAPACITY = 16
 SLOTS = 8
 QUEUE_LIMIT = 4
+# The lossy test's model: a training step that costs more than reading a step in. With hidden 32, a
+# loaded machine (both cores busy, as in CI) slowed the ingest side more than the training loop: the
+# SST queues, not the buffer, filled, the solvers waited and nothing was dropped (CI, 0 of 1500;
+# reproduced with two busy loops). With 256, 814 of 1500 dropped under the same load, 1222 without.
+HIDDEN = 256
 
 
-def study(tiny_config, **reservoir):
-    """128 x 128 fields (64 KiB a step), a trainer of about 300 samples/s on one thread."""
+def study(tiny_config, *, hidden=32, **reservoir):
+    """128 x 128 fields (64 KiB a step), a trainer of about 300 samples/s on one thread (hidden 32)."""
     return tiny_config(
         solver={"nx": SIDE, "ny": SIDE, "n_steps": N_STEPS},
         # Niceness 0: a niced solver's solve time would include its wait for a core under load,
@@ -47,7 +52,7 @@ def study(tiny_config, **reservoir):
         heldout={"n_members": 1},
         reservoir={"policy": "fifo", "capacity": CAPACITY, "watermark": 1, **reservoir},
         trainer={"batch_size": 1, "extra_batches": 10 * CAPACITY, "log_every": 100, "slots": SLOTS,
-                 "ingest_workers": N_MEMBERS, "model_args": {"hidden": 32, "layers": 1}},
+                 "ingest_workers": N_MEMBERS, "model_args": {"hidden": hidden, "layers": 1}},
         stream={"parameters": {"RendezvousReaderCount": "1", "QueueLimit": str(QUEUE_LIMIT),
                                "QueueFullPolicy": "Block", "DataTransport": "WAN"}},
     )
@@ -203,7 +208,7 @@ def test_solvers_outrunning_the_trainer_wait_and_nothing_is_lost(tiny_config, tm
 @pytest.mark.slow
 def test_lossy_on_full_counts_every_dropped_step_in_the_ledger(tiny_config, tmp_path):
     with RssMonitor() as monitor:
-        run = run_study(study(tiny_config, on_full="drop_oldest"), tmp_path, monitor)
+        run = run_study(study(tiny_config, hidden=HIDDEN, on_full="drop_oldest"), tmp_path, monitor)
     total = N_MEMBERS * N_STEPS
     assert [int(r["steps_received"]) for r in run.ledger.values()] == [N_STEPS] * N_MEMBERS, run.out
     dropped = sum(int(r["steps_dropped"]) for r in run.ledger.values())
