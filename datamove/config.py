@@ -157,11 +157,21 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
                     f"(fields: {', '.join(problem.fields)})"
                 )
             tr = cfg["trainer"]
-            if tr["sample"] == "autoregressive" and tr["sample_stride"] >= problem.n_steps:
-                problems.append(
-                    f"key 'trainer.sample_stride': {tr['sample_stride']} leaves no autoregressive pair in a "
-                    f"member of {problem.n_steps} steps (solver.n_steps): it must be below it"
-                )
+            window = tr["history"] + tr["unroll"] * tr["bundle"]
+            if tr["sample"] == "autoregressive" and (window - 1) * tr["sample_stride"] >= problem.n_steps:
+                if window == 2:
+                    problems.append(
+                        f"key 'trainer.sample_stride': {tr['sample_stride']} leaves no autoregressive pair in a "
+                        f"member of {problem.n_steps} steps (solver.n_steps): it must be below it"
+                    )
+                else:
+                    most = (problem.n_steps - 1) // tr["sample_stride"] + 1
+                    problems.append(
+                        f"key 'trainer.unroll': a window of trainer.history + trainer.unroll x trainer.bundle = "
+                        f"{tr['history']} + {tr['unroll']} x {tr['bundle']} = {window} steps, {tr['sample_stride']} "
+                        f"apart (trainer.sample_stride), is longer than a member of {problem.n_steps} steps "
+                        f"(solver.n_steps): windows of at most {most} steps fit"
+                    )
     tr = cfg["trainer"]
     if tr["val_rollout_every"]:
         if tr["sample"] != "autoregressive":
@@ -180,6 +190,12 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
             f"key 'reservoir.watermark': {res['watermark']} exceeds reservoir.capacity {res['capacity']}"
         )
     if tr["sample"] == "direct":
+        for key in ("history", "bundle", "unroll"):
+            if tr[key] > 1:
+                problems.append(
+                    f"key 'trainer.{key}': {tr[key]} needs trainer.sample autoregressive (a direct sample is "
+                    f"one step, from its time alone): set trainer.{key} to 1, or trainer.sample to autoregressive"
+                )
         if tr["target"] == "delta":
             problems.append(
                 "key 'trainer.target': delta needs trainer.sample autoregressive (a direct sample has no input "
@@ -195,15 +211,18 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
             f"key 'trainer.slots': {tr['slots']} is fewer than trainer.ingest_workers {tr['ingest_workers']} "
             "(each ingest worker owns at least one slot)"
         )
-    elif tr["sample"] == "autoregressive" and tr["slots"] // tr["ingest_workers"] <= tr["sample_stride"]:
-        # A worker's member keeps its last sample_stride steps in their slots until their pairs
-        # arrive: with no slot beyond those, the next step could never be read.
-        problems.append(
-            f"key 'trainer.slots': {tr['slots']} gives each of the {tr['ingest_workers']} ingest workers "
-            f"{tr['slots'] // tr['ingest_workers']} slots; autoregressive samples keep a member's last "
-            f"{tr['sample_stride']} steps (trainer.sample_stride) in their slots, so each worker needs at least "
-            f"{tr['sample_stride'] + 1}: set trainer.slots to {tr['ingest_workers'] * (tr['sample_stride'] + 1)} or more"
-        )
+    elif tr["sample"] == "autoregressive":
+        # A worker's member keeps its last (L - 1) s steps in their slots until the windows they
+        # start are complete: with no slot beyond those, the next step could never be read.
+        kept = (tr["history"] + tr["unroll"] * tr["bundle"] - 1) * tr["sample_stride"]
+        if tr["slots"] // tr["ingest_workers"] <= kept:
+            problems.append(
+                f"key 'trainer.slots': {tr['slots']} gives each of the {tr['ingest_workers']} ingest workers "
+                f"{tr['slots'] // tr['ingest_workers']} slots; autoregressive samples keep a member's last "
+                f"{kept} steps in their slots (a window of trainer.history + trainer.unroll x trainer.bundle steps, "
+                f"trainer.sample_stride apart, less one), so each worker needs at least {kept + 1}: set "
+                f"trainer.slots to {tr['ingest_workers'] * (kept + 1)} or more"
+            )
     if cfg["heldout"]["seed"] == cfg["ensemble"]["seed"]:
         problems.append(
             "key 'heldout.seed': equals ensemble.seed, so held-out members would repeat training members"
@@ -333,6 +352,11 @@ class TrainerConfig:
     model_args: Mapping[str, Any]
     sample: str  # direct | autoregressive (datamove.problems.samples.SampleSpec)
     sample_stride: int  # autoregressive: step k -> step k + sample_stride
+    history: int  # autoregressive: h, the input steps of one application of the model
+    bundle: int  # autoregressive: K, the steps one application predicts
+    unroll: int  # autoregressive: n, applications a training sample spans (windows of h + n K steps)
+    pushforward: bool  # unroll: gradients through the last application only
+    unroll_warmup: int  # unroll: batches over which the unroll grows from 1 to n (0: none)
     target: str  # state | delta: what the network predicts (datamove.models.Surrogate)
     input_noise: float  # autoregressive: std of the noise on the train step's input fields, normalised
     val_rollout_every: int  # autoregressive: batches between two rollouts of the held-out members (0: never)

@@ -9,9 +9,10 @@ Definitions (the same for every arm):
   field of a sample. Aggregates over several samples pool the sums (``sqrt(sum err^2 / sum truth^2)``),
   so they weigh every grid point alike.
 
-An autoregressive surrogate (``trainer.sample: autoregressive``, stride s) predicts a step from the
-true step s earlier: ``mse`` and ``rel_l2`` are that one-step error, for steps s+1..n (the first s
-steps are its inputs and get no row). It is also rolled out from the member's first s true steps,
+An autoregressive surrogate (``trainer.sample: autoregressive``, stride s, history h) predicts a
+step from the h true steps before it, s apart: ``mse`` and ``rel_l2`` are that one-step error (the
+first of a bundle's K steps), for steps h s + 1..n (the first h s steps are its inputs and get no
+row; written s below). It is also rolled out from the member's first h s true steps,
 each prediction the input of the next (:func:`rollout`): ``rollout_mse``, ``rollout_rel_l2`` and
 ``rollout_sq_err`` are the errors of that trajectory, whose growth with the step is the error
 growth of the surrogate used as a solver.
@@ -30,7 +31,7 @@ from datamove.config import SamplingConfig, StudyConfig
 from datamove.data import load_members
 from datamove.models import Surrogate
 from datamove.problems.samples import direct_inputs
-from datamove.training.rollout import rollout  # here too: evaluation's rollouts are the trainer's
+from datamove.training.rollout import one_step, rollout  # here too: evaluation's rollouts are the trainer's
 
 
 def map_steps(n_steps: int) -> list[int]:
@@ -71,12 +72,12 @@ def evaluate_members(
     span = model.y_span.reshape(-1).to(torch.float64)  # [n_fields]
     rows, maps = [], []
     missing = "run `datamove make-testset --config ...`"
-    s = model.stride if getattr(model, "in_fields", 0) else 0  # autoregressive: steps 1..s are inputs only
+    s = model.warmup  # autoregressive: the first h s steps (history x stride) are inputs only
     for m in load_members(cfg, folder, sampling, missing=missing):
         truth_all = torch.from_numpy(m.fields).to(device)  # [n_steps, n_fields, ny, nx]
         x = direct_inputs(m.params, m.times).to(device)
         if s:
-            pred = model(x[:-s], fields=truth_all[:-s]).to(torch.float64)  # steps s+1..n, one step ahead
+            pred = one_step(model, x, truth_all).to(torch.float64)  # steps s+1..n, one step ahead
             rolled = rollout(model, x, truth_all[:s])[s:].to(torch.float64)
         else:
             pred, rolled = model(x).to(torch.float64), None

@@ -4,11 +4,14 @@ Two kinds (``trainer.sample``), one stored layout so that the reservoir, the off
 validation set hold either without knowing which:
 
 - ``direct``: x = (params..., t_k) [n_params + 1], y = the fields of step k [n_fields, ny, nx].
-- ``autoregressive`` with stride s (``trainer.sample_stride``): x = (params..., t_k), and y = the
-  fields of step k and of step k + s stacked on the field axis, [2 * n_fields, ny, nx]: the first
-  half is the model's input, the second its target (:meth:`SampleSpec.split`). A member of n steps
-  gives n - s pairs; its first s steps are inputs only. A pair belongs to its *target* step (the
-  ledger counts it there, the reservoir records that step).
+- ``autoregressive``: a *window* of L = h + n K steps of one member, s apart (``trainer.history``
+  h, ``trainer.bundle`` K, ``trainer.unroll`` n, ``trainer.sample_stride`` s), stacked in time
+  order on the field axis: y [L x n_fields, ny, nx]. The first h steps are the model's input; each
+  of the n applications of the model predicts the next K steps from the h before them (its own
+  predictions after the first, :meth:`SampleSpec.split`). x = (params..., the time of each
+  application's last input step) [n_params + n]. h = K = n = 1 is a pair: step k -> step k + s.
+  A member of N steps gives N - (L - 1) s windows; its first (L - 1) s steps end none. A window
+  belongs to its *last* step (the ledger counts it there, the reservoir records that step).
 
 Here, beside the problems whose steps it cuts into samples, so that the member feed (streaming/),
 the stored members (data/) and training/ read one layout without a lower layer importing a higher
@@ -38,54 +41,113 @@ class SampleSpec:
 
     Attributes:
         kind: ``direct`` or ``autoregressive``.
-        stride: s, steps from input to target (0 for direct samples).
-        n_fields: fields of one step.
+        stride: s, steps between two consecutive steps of a window (0 for direct samples).
+        n_fields: F, fields of one step.
+        history: h, input steps of one application of the model (1 for direct samples).
+        bundle: K, steps one application predicts (1 for direct samples).
+        unroll: n, applications of the model a sample trains (1 for direct samples).
     """
 
     kind: str
     stride: int
     n_fields: int
+    history: int = 1
+    bundle: int = 1
+    unroll: int = 1
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"trainer.sample must be one of {KINDS}, got {self.kind!r}")
         if self.autoregressive and self.stride < 1:
             raise ValueError(f"trainer.sample_stride must be >= 1 for autoregressive samples, got {self.stride}")
+        for key in ("history", "bundle", "unroll"):
+            value = getattr(self, key)
+            if value < 1:
+                raise ValueError(f"trainer.{key} must be >= 1, got {value}")
+            if value > 1 and not self.autoregressive:
+                raise ValueError(f"trainer.{key} {value} needs autoregressive samples (trainer.sample is {self.kind})")
 
     @classmethod
-    def of(cls, cfg) -> SampleSpec:
-        """The spec of a :class:`~datamove.config.StudyConfig`."""
+    def of(cls, cfg, *, unroll: int | None = None) -> SampleSpec:
+        """The spec of a :class:`~datamove.config.StudyConfig` (``unroll``: another n, e.g. 1 for
+        the one-application validation samples)."""
         t = cfg.trainer
-        return cls.make(t.sample, t.sample_stride, n_fields=len(cfg.problem.field_names))
+        return cls.make(t.sample, t.sample_stride, n_fields=len(cfg.problem.field_names), history=t.history,
+                        bundle=t.bundle, unroll=t.unroll if unroll is None else unroll)
 
     @classmethod
-    def make(cls, kind: str, stride: int, *, n_fields: int) -> SampleSpec:
-        return cls(kind=kind, stride=stride if kind == "autoregressive" else 0, n_fields=n_fields)
+    def make(cls, kind: str, stride: int, *, n_fields: int, history: int = 1, bundle: int = 1,
+             unroll: int = 1) -> SampleSpec:
+        if kind != "autoregressive":
+            return cls(kind=kind, stride=0, n_fields=n_fields)
+        return cls(kind=kind, stride=stride, n_fields=n_fields, history=history, bundle=bundle, unroll=unroll)
+
+    def with_unroll(self, unroll: int) -> SampleSpec:
+        """This spec with n = ``unroll`` (windows of h + unroll K steps)."""
+        return SampleSpec.make(self.kind, self.stride, n_fields=self.n_fields, history=self.history,
+                               bundle=self.bundle, unroll=unroll)
 
     @property
     def autoregressive(self) -> bool:
         return self.kind == "autoregressive"
 
     @property
+    def window(self) -> int:
+        """L, steps of one sample: h + n K (1 for direct samples)."""
+        return self.history + self.unroll * self.bundle if self.autoregressive else 1
+
+    @property
+    def span(self) -> int:
+        """Steps from a window's first step to its last: (L - 1) s; a member's first ``span`` steps
+        end no window."""
+        return (self.window - 1) * self.stride
+
+    @property
     def in_fields(self) -> int:
-        """Fields the model takes with x: n_fields for autoregressive samples, else 0."""
-        return self.n_fields if self.autoregressive else 0
+        """Fields the model takes with x: h x n_fields for autoregressive samples, else 0."""
+        return self.history * self.n_fields if self.autoregressive else 0
+
+    @property
+    def out_fields(self) -> int:
+        """Fields one application of the model predicts: K x n_fields."""
+        return self.bundle * self.n_fields
+
+    @property
+    def n_times(self) -> int:
+        """Times in a sample's x: one per application (n), after the parameters."""
+        return self.unroll if self.autoregressive else 1
+
+    @property
+    def time_positions(self) -> list[int]:
+        """Window positions (0-based) of the steps whose times x holds: each application's last
+        input step, h - 1 + j K for j < n (direct: the step itself)."""
+        if not self.autoregressive:
+            return [0]
+        return [self.history - 1 + j * self.bundle for j in range(self.unroll)]
 
     def stored_shape(self, step_shape: Sequence[int]) -> tuple[int, ...]:
-        """The stored y of one sample: ``step_shape`` [n_fields, ny, nx], doubled on the field axis
-        for autoregressive samples."""
+        """The stored y of one sample: ``step_shape`` [n_fields, ny, nx] times L on the field axis."""
         n_fields, *grid = step_shape
-        return (2 * n_fields if self.autoregressive else n_fields, *grid)
+        return (self.window * n_fields, *grid)
+
+    def x_dim(self, n_inputs: int) -> int:
+        """The length of a sample's x, for a problem of ``n_inputs`` (parameters, then t)."""
+        return n_inputs - 1 + self.n_times
 
     def samples_per_member(self, n_steps: int) -> int:
-        return n_steps - self.stride
+        return n_steps - self.span
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Stored y [B, stored fields, ny, nx] -> (input fields [B, n_fields, ny, nx] or None, target
-        [B, n_fields, ny, nx]); views, no copy."""
+        """Stored y [B, L x n_fields, ny, nx] -> (input fields [B, h x n_fields, ny, nx] or None,
+        targets [B, n K x n_fields, ny, nx]: the steps the n applications predict, in order); views,
+        no copy."""
         if not self.autoregressive:
             return None, y
-        return y[:, : self.n_fields], y[:, self.n_fields :]
+        return y[:, : self.in_fields], y[:, self.in_fields :]
+
+    def window_offsets(self) -> torch.Tensor:
+        """[L] 0-based step offsets of a window's steps from its last step: -(L-1)s, ..., -s, 0."""
+        return torch.arange(-(self.window - 1), 1) * max(self.stride, 1) if self.autoregressive else torch.zeros(1, dtype=torch.int64)
 
     def member_samples(
         self, params: Sequence[float], times: Sequence[float] | torch.Tensor, fields: torch.Tensor
@@ -96,15 +158,16 @@ class SampleSpec:
             params: [n_params]; times: [n_steps]; fields: [n_steps, n_fields, ny, nx].
 
         Returns:
-            x [n, n_params + 1], y [n, stored fields, ny, nx] and the 0-based index of each sample's
-            target step [n]; n = n_steps - stride.
+            x [N, n_params + n_times], y [N, L x n_fields, ny, nx] and the 0-based index of each
+            sample's last step [N]; N = n_steps - (L - 1) s.
         """
-        s = self.stride
         times = torch.as_tensor(times, dtype=torch.float32)
         n_steps = fields.shape[0]
-        if n_steps <= s:
-            raise ValueError(f"a member of {n_steps} steps has no sample with stride {s}")
-        target = torch.arange(s, n_steps)
-        x = direct_inputs(params, times[: n_steps - s])
-        y = fields if not self.autoregressive else torch.cat([fields[: n_steps - s], fields[s:]], dim=1)
-        return x, y, target
+        if n_steps <= self.span:
+            raise ValueError(f"a member of {n_steps} steps has no window of {self.window} steps {self.stride} apart")
+        last = torch.arange(self.span, n_steps)
+        idx = last[:, None] + self.window_offsets()[None, :]  # [N, L] steps of each window
+        p = torch.as_tensor(params, dtype=torch.float32).reshape(1, -1).expand(len(last), -1)
+        x = torch.cat([p, times[idx[:, self.time_positions]]], dim=1)
+        y = fields[idx].flatten(1, 2)  # [N, L, F, ny, nx] -> [N, L F, ny, nx]
+        return x, y, last

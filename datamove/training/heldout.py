@@ -24,13 +24,14 @@ def heldout_members(cfg: StudyConfig) -> list[StoredMember]:
 
 def load_heldout(cfg: StudyConfig, members: Sequence[StoredMember] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All held-out samples of the study's kind (trainer.sample): x [N, n_params + 1], y [N, n_fields,
-    ny, nx] (autoregressive: [N, 2 x n_fields, ny, nx], input and target), N = members x samples
-    per member (steps, or steps - sample_stride). ``members``: as :func:`heldout_members` gives them
+    ny, nx] (autoregressive: windows of one application, [N, (h + K) x n_fields, ny, nx], input and
+    target steps, whatever trainer.unroll), N = members x samples per member (steps, or steps -
+    (h + K - 1) sample_stride). ``members``: as :func:`heldout_members` gives them
     (read here when None).
 
     Raises DatasetError naming a missing or mismatched member file (run ``datamove make-heldout``).
     """
-    spec = SampleSpec.of(cfg)
+    spec = SampleSpec.of(cfg, unroll=1)  # one application: validation's one-step error, and less memory
     xs, ys = [], []
     for m in heldout_members(cfg) if members is None else members:
         x, y, _ = spec.member_samples(m.params, m.times, torch.from_numpy(m.fields))

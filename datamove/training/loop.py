@@ -37,6 +37,7 @@ from datamove.training.step import (
     save_checkpoint,
     surrogate_args,
     train_step,
+    unroll_now,
 )
 
 
@@ -93,9 +94,8 @@ class Training:
         self.device = device
         members = heldout_members(cfg)  # read once: the validation samples and the trajectories
         val_x, val_y = load_heldout(cfg, members)
-        spec = SampleSpec.of(cfg)
-        inputs, targets = spec.split(val_y)  # autoregressive: both halves hold steps
-        steps = targets if inputs is None else torch.cat([inputs, targets])
+        spec = SampleSpec.of(cfg, unroll=1)  # validation: the first application of each window
+        steps = val_y.reshape(-1, spec.n_fields, *val_y.shape[2:])  # a window's steps, each a sample's fields
         norm = cfg.problem.normalisation(times=val_x[:, -1].numpy(), fields=steps.numpy())
         # Delta targets: their scale from the held-out pairs too, as the normalisation.
         delta = delta_scale(val_y, spec, norm) if tc.target == "delta" else None
@@ -122,6 +122,14 @@ class Training:
         self._wall0 = 0.0  # wall_s already spent by the run this one resumes
         self._last = (self._t0, 0)
         self._beside: ThreadPoolExecutor | None = None  # the thread of source.meanwhile(), made on first use
+
+    def unroll_now(self) -> int | None:
+        """The applications the next batch trains (trainer.unroll, grown over trainer.unroll_warmup
+        batches); None: direct samples."""
+        tc = self.cfg.trainer
+        if tc.sample != "autoregressive":
+            return None
+        return unroll_now(self.batch, unroll=tc.unroll, warmup=tc.unroll_warmup)
 
     def say(self, msg: str) -> None:
         print(f"[{self.label}] {msg}", flush=True)
@@ -186,7 +194,8 @@ class Training:
                 try:
                     self._loss_sum += train_step(self.model, self.optimizer, x, y, sync_gradients=self.sync,
                                                  precision=self.precision, input_noise=tc.input_noise,
-                                                 generator=self.noise_gen)
+                                                 generator=self.noise_gen, pushforward=tc.pushforward,
+                                                 unroll=self.unroll_now())
                 finally:
                     if job is not None:
                         job.result()  # its exception, if any, is the loop's

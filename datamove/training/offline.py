@@ -182,7 +182,7 @@ def train_offline(
     ledger = Ledger(members=members, steps_expected=cfg.problem.n_steps)
     for member in members:
         ledger[member].steps_received = cfg.problem.n_steps
-        ledger[member].steps_unpaired = dataset.spec.stride  # autoregressive: the first steps are inputs only
+        ledger[member].steps_unpaired = dataset.spec.span  # autoregressive: the first steps end no window
         ledger.ended(member, "complete")
     run.open_metrics(study_dir / "metrics.csv")
     if dd.active:

@@ -286,8 +286,8 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
         cfg.reservoir.policy,
         capacity=cfg.reservoir.capacity,
         watermark=cfg.reservoir.watermark,
-        x_dim=problem.n_inputs,
-        y_shape=SampleSpec.of(cfg).stored_shape(problem.sample_shape),  # autoregressive: pairs
+        x_dim=SampleSpec.of(cfg).x_dim(problem.n_inputs),  # windows: a time per application
+        y_shape=SampleSpec.of(cfg).stored_shape(problem.sample_shape),  # autoregressive: windows
         seed=tc.seed + dd.rank,
         device=run.device,
         on_full=cfg.reservoir.on_full,
@@ -502,8 +502,9 @@ def _check_buffer_memory(cfg: StudyConfig, device: torch.device) -> None:
     """Refuse, before allocating it, a reservoir larger than the memory left on its device (rather
     than an allocator's error for terabytes in the middle of a study)."""
     res, problem = cfg.reservoir, cfg.problem
-    shape = SampleSpec.of(cfg).stored_shape(problem.sample_shape)
-    need = buffer_bytes(capacity=res.capacity, x_dim=problem.n_inputs, y_shape=shape)
+    spec = SampleSpec.of(cfg)
+    shape = spec.stored_shape(problem.sample_shape)  # windows: h + n K steps a sample
+    need = buffer_bytes(capacity=res.capacity, x_dim=spec.x_dim(problem.n_inputs), y_shape=shape)
     free = available_bytes(device)
     if free is not None and need > free:
         raise ConfigError(

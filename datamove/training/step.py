@@ -33,7 +33,8 @@ def pick_device(name: str) -> torch.device:
 
 def delta_scale(y: torch.Tensor, spec: SampleSpec, norm: Normalisation, *, chunk: int = 1024) -> tuple[float, ...]:
     """The scale of delta targets (``trainer.target: delta``): per field, the root mean square of
-    its change from input to target over the held-out pairs ``y`` [N, 2 x n_fields, ny, nx] raw
+    its change over one stride (a window's last two steps) over the held-out samples ``y``
+    [N, L x n_fields, ny, nx] raw
     (:func:`datamove.training.heldout.load_heldout`), in raw units; [n_fields].
 
     Measured on the held-out members, as the normalisation is, so that training members never set
@@ -41,10 +42,12 @@ def delta_scale(y: torch.Tensor, spec: SampleSpec, norm: Normalisation, *, chunk
     """
     if not spec.autoregressive:
         raise ValueError("trainer.target delta needs trainer.sample autoregressive")
-    sq = torch.zeros(spec.n_fields, dtype=torch.float64)
+    nf = spec.n_fields
+    sq = torch.zeros(nf, dtype=torch.float64)
     for i in range(0, y.shape[0], chunk):  # float64 sums, a chunk at a time: no full-size copy
-        inputs, targets = spec.split(y[i : i + chunk])
-        sq += (targets.double() - inputs.double()).square().sum(dim=(0, 2, 3)).cpu()
+        # The change over one stride: each window's last two steps (a pair: its input and target).
+        yb = y[i : i + chunk]
+        sq += (yb[:, -nf:].double() - yb[:, -2 * nf : -nf].double()).square().sum(dim=(0, 2, 3)).cpu()
     n = max(y.shape[0], 1) * y[0, 0].numel()
     rms = (sq / n).sqrt().tolist()
     spans = [hi - lo for lo, hi in zip(norm.y_low, norm.y_high)]
@@ -68,6 +71,8 @@ def surrogate_args(
         "out_shape": list(cfg.problem.sample_shape),
         "sample": cfg.trainer.sample,
         "sample_stride": SampleSpec.of(cfg).stride,
+        "history": SampleSpec.of(cfg).history,
+        "bundle": SampleSpec.of(cfg).bundle,
         "fields": list(cfg.problem.field_names),
         "x_low": list(norm.x_low),
         "x_high": list(norm.x_high),
@@ -82,7 +87,8 @@ def build_surrogate(args: Mapping[str, Any]) -> Surrogate:
     """The model of :func:`surrogate_args` (a checkpoint written before sample kinds: direct; before
     delta targets: state)."""
     spec = SampleSpec.make(args.get("sample", "direct"), args.get("sample_stride", 0),
-                           n_fields=int(args["out_shape"][0]))
+                           n_fields=int(args["out_shape"][0]), history=int(args.get("history", 1)),
+                           bundle=int(args.get("bundle", 1)))
     model_args = dict(args["model_args"])
     if "in_fields" in model_args:
         raise ValueError(
@@ -94,10 +100,12 @@ def build_surrogate(args: Mapping[str, Any]) -> Surrogate:
     if target not in TARGETS:
         raise ValueError(f"trainer.target must be one of {TARGETS}, got {target!r}")
     delta = args["delta_scale"] if target == "delta" else None
-    network = build_network(args["model"], in_dim=args["in_dim"], out_shape=tuple(args["out_shape"]), **model_args)
+    n_fields, *grid = args["out_shape"]
+    # Temporal bundling: the network predicts K steps, K x n_fields channels.
+    network = build_network(args["model"], in_dim=args["in_dim"], out_shape=(spec.out_fields, *grid), **model_args)
     return Surrogate(
         network=network, x_low=args["x_low"], x_high=args["x_high"], y_low=args["y_low"], y_high=args["y_high"],
-        in_fields=spec.in_fields, stride=spec.stride, delta_scale=delta,
+        in_fields=spec.in_fields, stride=spec.stride, history=spec.history, bundle=spec.bundle, delta_scale=delta,
     )
 
 
@@ -137,6 +145,14 @@ class MixedPrecision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
 
+def unroll_now(batch: int, *, unroll: int, warmup: int) -> int:
+    """``trainer.unroll_warmup``: the applications batch ``batch`` (0-based) trains, growing evenly
+    from 1 at the first batch to ``unroll`` after ``warmup`` batches (always ``unroll`` for 0)."""
+    if warmup <= 0 or unroll <= 1:
+        return unroll
+    return min(unroll, 1 + (batch * unroll) // warmup)
+
+
 def train_step(
     model: Surrogate,
     optimizer: torch.optim.Optimizer,
@@ -147,37 +163,70 @@ def train_step(
     precision: MixedPrecision | None = None,
     input_noise: float = 0.0,
     generator: torch.Generator | None = None,
+    unroll: int | None = None,
+    pushforward: bool = True,
 ) -> torch.Tensor:
-    """One optimisation step on a batch; x [B, in_dim], y [B, n_fields, ny, nx] raw (on the model's device);
-    for autoregressive samples y [B, 2 x n_fields, ny, nx], the input fields then the target.
+    """One optimisation step on a batch; x [B, in_dim], y [B, n_fields, ny, nx] raw (on the model's
+    device); for autoregressive samples windows: x [B, n_params + n] (the parameters, then the time
+    of each application's last input step), y [B, (h + n K) x n_fields, ny, nx], the h input steps
+    then the n K steps the applications predict (:mod:`datamove.problems.samples`).
+
+    ``unroll``: the applications trained (at most the n of the windows; None: all n, see
+    :func:`unroll_now` for the curriculum). The model is applied to its own outputs: application j
+    takes the last h steps of the input and the predictions so far. ``pushforward`` (with more than
+    one application): the earlier applications run without gradients and the loss is the last
+    one's (Brandstetter et al. 2022); without it the gradient flows through every application and
+    the loss is their mean.
 
     ``sync_gradients(model)``, under data-parallel training, averages the gradients across ranks
     between backward and the optimizer step. ``precision``: autocast and loss scaling
     (``trainer.precision``, :class:`MixedPrecision`); None is fp32. ``input_noise``
     (``trainer.input_noise``, autoregressive samples): the standard deviation, on the normalised
-    scale, of Gaussian noise added to the input fields, drawn from ``generator`` (on the model's
-    device); the target stays the true next step, so the network learns to undo errors in its input
+    scale, of Gaussian noise added to the true input steps, drawn from ``generator`` (on the model's
+    device); the targets stay the true steps, so the network learns to undo errors in its input
     (with delta targets: the change is from the noisy input). Only here: validation and evaluation
     never see noise.
 
     The loss minimised is the MSE of the network's output (:meth:`Surrogate.network_target`: the
-    normalised state, or the change on the delta scale). Returns the MSE on the normalised state
-    scale, as :func:`evaluate` gives it (the same number with state targets), as a 0-d tensor left on
-    the device: calling ``.item()`` here would be a CPU-GPU sync point on every batch.
+    normalised states, or the changes on the delta scale). Returns the MSE on the normalised state
+    scale of the applications in the loss, as :func:`evaluate` gives it for one application (the
+    same number with state targets), as a 0-d tensor left on the device: calling ``.item()`` here
+    would be a CPU-GPU sync point on every batch.
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    fields, target = model.split(y)  # autoregressive samples carry their input fields in y
+    fields, targets = model.split(y)  # autoregressive samples carry their input steps in y
     if input_noise > 0 and fields is not None:
         noise = torch.randn(fields.shape, generator=generator, device=fields.device, dtype=fields.dtype)
-        fields = fields + noise * (input_noise * model.y_span)  # normalised units -> raw, per field
-    with contextlib.nullcontext() if precision is None else precision.autocast():
-        out = model.network_output(x, fields)
-    want = model.network_target(fields, target)
-    loss = F.mse_loss(out.float(), want)
+        fields = fields + noise * (input_noise * model._tile(model.y_span, fields.shape[1]))  # normalised -> raw
+    if fields is None:
+        n_apply = 1
+    else:
+        n_windows = targets.shape[1] // model.out_fields
+        n_apply = n_windows if unroll is None else unroll
+        if not 1 <= n_apply <= n_windows:
+            raise ValueError(f"unroll {n_apply}: the samples' windows hold {n_windows} application(s)")
     weight = model.state_weight()
-    with torch.no_grad():
-        reported = loss.detach() if weight is None else ((out.detach().float() - want).square() * weight).mean()
+    losses, reported = [], []
+    for j in range(n_apply):
+        last = j == n_apply - 1
+        with_grad = last or not pushforward
+        target = targets if fields is None else targets[:, j * model.out_fields : (j + 1) * model.out_fields]
+        xj = model.application_x(x, j) if fields is not None else x
+        with torch.set_grad_enabled(with_grad):
+            with contextlib.nullcontext() if precision is None else precision.autocast():
+                out = model.network_output(xj, fields)
+            if with_grad:
+                want = model.network_target(fields, target)
+                losses.append(F.mse_loss(out.float(), want))
+                with torch.no_grad():
+                    reported.append(losses[-1].detach() if weight is None
+                                    else ((out.detach().float() - want).square() * weight).mean())
+            if not last:  # the next application's input: the last h steps, predictions included
+                pred = model.from_network_output(out.float(), fields)
+                fields = model.next_fields(fields, pred.detach() if pushforward else pred)
+    loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+    reported = reported[0] if len(reported) == 1 else torch.stack(reported).mean()
     scaler = None if precision is None else precision.scaler
     if scaler is None:
         loss.backward()
@@ -198,7 +247,8 @@ def train_step(
 @torch.no_grad()
 def evaluate(model: Surrogate, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> float:
     """Normalised MSE over a whole set of stored samples; x [N, in_dim], y [N, n_fields, ny, nx] raw
-    (autoregressive: [N, 2 x n_fields, ny, nx], the MSE of the one-step prediction)."""
+    (autoregressive: windows [N, L x n_fields, ny, nx], the MSE of the first application: the
+    steps predicted from the true history)."""
     model.eval()
     total, n = 0.0, 0
     for i in range(0, x.shape[0], batch_size):
