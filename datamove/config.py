@@ -136,6 +136,42 @@ def validate_config(raw: Mapping[str, Any] | None, *, source: str = "config") ->
     return cfg
 
 
+def _window_too_long(tr: Mapping[str, Any], n_steps: int) -> str:
+    """The message for an autoregressive window longer than a member (``n_steps``): it names the key
+    to change and a value that fits: a smaller unroll, else bundle, else history; or the largest
+    sample_stride that fits the window as it is."""
+    h, k, n, s = tr["history"], tr["bundle"], tr["unroll"], tr["sample_stride"]
+    window = h + n * k
+    stride_fits = (n_steps - 1) // (window - 1)  # the largest s with (L - 1) s < n_steps, or 0
+
+    def upto(v: int) -> str:
+        return f"{v}" if v == 1 else f"{v} or less"
+
+    stride_fix = f"trainer.sample_stride to {upto(stride_fits)}"
+    if window == 2:
+        return (
+            f"key 'trainer.sample_stride': {s} leaves no autoregressive pair in a member of {n_steps} steps "
+            f"(solver.n_steps): set {stride_fix}"
+        )
+    most = (n_steps - 1) // s + 1  # the longest window that fits, s apart
+    if most < 2:  # not even a pair: only a smaller stride helps
+        key, fix = "sample_stride", stride_fix if stride_fits >= 1 else f"trainer.sample_stride to {upto(n_steps - 1)}"
+    elif (most - h) // k >= 1:
+        key, fix = "unroll", f"trainer.unroll to {upto((most - h) // k)}"
+    elif most - h >= 1:
+        key, fix = "bundle", f"trainer.unroll to 1 and trainer.bundle to {upto(most - h)}"
+    else:
+        key, fix = "history", f"trainer.unroll and trainer.bundle to 1 and trainer.history to {upto(most - 1)}"
+    also = f", or {stride_fix}" if key != "sample_stride" and stride_fits >= 1 else ""
+    return (
+        f"key 'trainer.{key}': {tr[key]}: a window of trainer.history + trainer.unroll x trainer.bundle = "
+        f"{h} + {n} x {k} = {window} steps, {s} apart (trainer.sample_stride), is longer than a member of "
+        f"{n_steps} steps (solver.n_steps): "
+        + (f"windows of at most {most} steps fit" if most > 1 else "not even a pair fits")
+        + f": set {fix}{also}"
+    )
+
+
 def _check_semantics(cfg: dict[str, Any], source: str) -> None:
     """What JSON schema cannot say: relations between values."""
     problems = []
@@ -159,19 +195,7 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
             tr = cfg["trainer"]
             window = tr["history"] + tr["unroll"] * tr["bundle"]
             if tr["sample"] == "autoregressive" and (window - 1) * tr["sample_stride"] >= problem.n_steps:
-                if window == 2:
-                    problems.append(
-                        f"key 'trainer.sample_stride': {tr['sample_stride']} leaves no autoregressive pair in a "
-                        f"member of {problem.n_steps} steps (solver.n_steps): it must be below it"
-                    )
-                else:
-                    most = (problem.n_steps - 1) // tr["sample_stride"] + 1
-                    problems.append(
-                        f"key 'trainer.unroll': a window of trainer.history + trainer.unroll x trainer.bundle = "
-                        f"{tr['history']} + {tr['unroll']} x {tr['bundle']} = {window} steps, {tr['sample_stride']} "
-                        f"apart (trainer.sample_stride), is longer than a member of {problem.n_steps} steps "
-                        f"(solver.n_steps): windows of at most {most} steps fit"
-                    )
+                problems.append(_window_too_long(tr, problem.n_steps))
     tr = cfg["trainer"]
     if tr["val_rollout_every"]:
         if tr["sample"] != "autoregressive":

@@ -9,24 +9,41 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamove.config import StudyConfig
 from datamove.data.files import DatasetError, open_checked
-from datamove.problems.samples import SampleSpec, direct_inputs
+from datamove.problems.samples import SampleSpec
 from datamove.streaming.contract import StreamError
 from datamove.streaming.files import MemberFile
 
 
-class MemberDataset(Dataset):
-    """Samples of BP5 member files, indexed ``i = position * per_member + j``.
+def window_inputs(spec: SampleSpec, params: Sequence[float], times: Sequence[float]) -> torch.Tensor:
+    """x of every sample of one member, in the order of their first steps: [per_member, x_dim], the
+    member's parameters then the times at the window positions ``spec.time_positions`` (direct: the
+    step's time); ``times`` [n_steps]. The same x as :meth:`SampleSpec.member_samples`."""
+    t = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
+    first = torch.arange(spec.samples_per_member(len(t)))
+    at = first[:, None] + torch.tensor(spec.time_positions)[None, :] * spec.stride  # [per_member, n_times]
+    p = torch.as_tensor(params, dtype=torch.float32).reshape(1, -1).expand(len(first), -1)
+    return torch.cat([p, t[at]], dim=1)
 
-    Each item is ``(x [n_inputs], y [stored fields, ny, nx], i)``; a batch fetched by a ``DataLoader``
-    (through ``__getitems__``) is ``(x [B, n_inputs], y [B, stored fields, ny, nx], i [B])``. Samples
-    are of the study's kind (``spec``, :mod:`datamove.problems.samples`): direct, y the fields of step
-    j [n_fields, ny, nx], ``per_member = n_steps``; or autoregressive with stride s, y the fields of
-    steps j and j + s of one member [2 n_fields, ny, nx], ``per_member = n_steps - s``: the same
-    pairs as the online trainer builds from the streams.
+
+class MemberDataset(Dataset):
+    """Samples of BP5 member files, indexed ``i = position * per_member + j``: the sample of the
+    member at ``position`` (in ``files``) whose window starts at its 0-based step j.
+
+    Each item is ``(x [x_dim], y [L x n_fields, ny, nx], i)``; a batch fetched by a ``DataLoader``
+    (through ``__getitems__``) is ``(x [B, x_dim], y [B, L x n_fields, ny, nx], i [B])``. Samples
+    are of the study's kind (``spec``, :mod:`datamove.problems.samples`), the same as the online
+    trainer builds from the streams and as :meth:`SampleSpec.member_samples` cuts of a whole member:
+
+    - direct: L = 1, y the fields of step j [n_fields, ny, nx], x = (params..., t_j)
+      [n_params + 1]; ``per_member = n_steps``.
+    - autoregressive: a window of L = h + n K steps j, j + s, ..., j + (L - 1) s, stacked in time
+      order on the field axis [L x n_fields, ny, nx]; x = (params..., the times of the window
+      positions ``spec.time_positions``) [n_params + n]; ``per_member = n_steps - (L - 1) s``.
 
     ``reader="memory"`` reads each member file once, whole, in each process that serves samples
-    (a DataLoader worker keeps its own copy); ``reader="file"`` reads every step with an ADIOS2
-    step selection from files kept open per process. Files are opened lazily in the process that
+    (a DataLoader worker keeps its own copy), and gathers a batch's windows in one index;
+    ``reader="file"`` reads the steps of a batch with ADIOS2 step selections from files kept open
+    per process, each distinct step of a batch once. Files are opened lazily in the process that
     reads them: ADIOS2 objects are never pickled or inherited.
 
     Use :meth:`from_config`, which refuses files that do not match the config.
@@ -40,14 +57,15 @@ class MemberDataset(Dataset):
             raise ValueError(f"reader must be 'memory' or 'file', got {reader!r}")
         self.files = list(files)
         self.spec = spec or SampleSpec.make("direct", 0, n_fields=int(sample_shape[0]))
-        self.x = x  # [n_members * per_member, n_inputs]
+        self.x = x  # [n_members * per_member, x_dim]
         self.n_steps = n_steps
         self.per_member = self.spec.samples_per_member(n_steps)
         self.sample_shape = tuple(sample_shape)  # of one step [n_fields, ny, nx]
         self.reader = reader
+        # Steps of a window from its first: 0, s, ..., (L - 1) s [L] (direct: [0]).
+        self._offsets = self.spec.window_offsets() + self.spec.span
         # memory reader: every step in one tensor [members x n_steps, n_fields, ny, nx], filled member
-        # by member as they are first touched, so that a batch is one gather (as from the online
-        # reservoir), two for pairs.
+        # by member as they are first touched, so that a batch is one gather of [B, L] rows.
         self._fields: torch.Tensor | None = None
         self._loaded = torch.zeros(len(self.files), dtype=torch.bool)
 
@@ -66,7 +84,7 @@ class MemberDataset(Dataset):
                 missing=(f"member {member} of {cfg.ensemble.n_members}: run its simulation with stream.engine BP5 "
                          f"(`datamove simulate --config ... --member {member}`)"),
             )
-            xs.append(direct_inputs(mf.info.params, mf.times[: spec.samples_per_member(len(mf.times))]))
+            xs.append(window_inputs(spec, mf.info.params, mf.times))
             mf.close()
             files.append(mf)
         if not files:
@@ -78,9 +96,10 @@ class MemberDataset(Dataset):
         return len(self.files) * self.per_member
 
     def _steps(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample indices [n] -> (member positions, 0-based input steps) [n]; the target step is
-        the input step + stride (the same step for direct samples)."""
-        return idx // self.per_member, idx % self.per_member
+        """Sample indices [n] -> (member positions [n], 0-based steps of each window [n, L], in
+        time order: j, j + s, ..., j + (L - 1) s for the window starting at j; direct: [n, 1])."""
+        pos, first = idx // self.per_member, idx % self.per_member
+        return pos, first[:, None] + self._offsets[None, :]
 
     def _load(self, positions: torch.Tensor) -> None:
         """Memory reader: read the members at ``positions`` that this process has not read yet."""
@@ -93,19 +112,19 @@ class MemberDataset(Dataset):
             self._loaded[pos] = True
 
     def _y(self, idx: torch.Tensor) -> torch.Tensor:
-        """The stored y of the samples ``idx`` [n] -> [n, stored fields, ny, nx]."""
-        pos, step = self._steps(idx)
-        targets = step + self.spec.stride
+        """The stored y of the samples ``idx`` [n] -> [n, L x n_fields, ny, nx]."""
+        pos, steps = self._steps(idx)
+        rows = pos[:, None] * self.n_steps + steps  # [n, L] rows of every step in member order
         if self.reader == "memory":
             self._load(pos)
-            rows = pos * self.n_steps
-            y = self._fields[rows + targets]
-            return torch.cat([self._fields[rows + step], y], dim=1) if self.spec.autoregressive else y
-        read = lambda p, k: torch.from_numpy(self._file(p).read_step(k))  # noqa: E731
-        pairs = zip(pos.tolist(), step.tolist(), targets.tolist())
-        if self.spec.autoregressive:
-            return torch.stack([torch.cat([read(p, k), read(p, t)]) for p, k, t in pairs])
-        return torch.stack([read(p, t) for p, _, t in pairs])
+            return self._fields[rows].flatten(1, 2)  # [n, L, F, ny, nx] -> [n, L F, ny, nx]
+        # file reader: windows of a batch overlap (a step is in up to L windows of its member):
+        # read each distinct step once, then gather the windows from them.
+        unique, where = torch.unique(rows, return_inverse=True)  # [U], [n, L] into unique
+        read = torch.stack([
+            torch.from_numpy(self._file(r // self.n_steps).read_step(r % self.n_steps)) for r in unique.tolist()
+        ])  # [U, F, ny, nx]
+        return read[where].flatten(1, 2)
 
     def _file(self, pos: int) -> MemberFile:
         mf = self.files[pos]
