@@ -342,14 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     help_ = (
         "One table of a study of studies run in parts (<section>.only, other folders or machines): reads "
         "each part's CSV files and writes every file of the kind's target (compare_models, diversity, "
-        "compare_sampling, compare_policies) from them."
+        "compare_sampling, compare_policies, compare_rollouts) from them."
     )
     p = sub.add_parser("study-table", help=help_, description=help_)
-    p.add_argument("kind", help="the kind of study: models, diversity, sampling or policies (datamove.studies.KINDS)")
+    p.add_argument("kind", help="the kind of study: models, diversity, sampling, policies or rollouts (datamove.studies.KINDS)")
     p.add_argument("parts", nargs="+", help="folders holding a part's CSV files (its target's folder, or a copy of them)")
     p.add_argument("--out", required=True, help="folder for the table's files")
     p.add_argument("--bootstrap", type=int, default=2000,
-                   help="models and diversity: resamples of the test members for the 95 %% intervals (<section>.bootstrap)")
+                   help="models, diversity and rollouts: resamples of the test members for the 95 %% intervals (<section>.bootstrap)")
     p.set_defaults(func=cmd_study_table)
     help_ = "The data-diversity table from a study run in parts: `study-table diversity`."
     p = sub.add_parser("diversity-table", help=help_, description=help_)

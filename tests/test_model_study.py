@@ -221,7 +221,7 @@ def test_a_study_in_parts_is_one_table_again(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "joined" / "models.csv"),
                                   pd.read_csv(tmp_path / "whole" / "models.csv"))
     bad = datamove("study-table", "modles", tmp_path / "part0", "--out", tmp_path / "x", check=False)
-    assert bad.returncode != 0 and "no study kind 'modles' (one of models, diversity, sampling, policies)" in bad.stderr
+    assert bad.returncode != 0 and "no study kind 'modles' (one of models, diversity, sampling, policies, rollouts)" in bad.stderr
 
 
 def test_arms_with_different_test_members_are_refused(tmp_path):

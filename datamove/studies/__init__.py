@@ -8,9 +8,11 @@ entry here, its schema section and a tiny config.
 
 from __future__ import annotations
 
-from datamove.studies import diversity, models, policies, sampling
+from datamove.studies import diversity, models, policies, rollouts, sampling
 from datamove.studies.sweep import StudyKind
 
-KINDS: dict[str, StudyKind] = {kind.name: kind for kind in (models.KIND, diversity.KIND, sampling.KIND, policies.KIND)}
+KINDS: dict[str, StudyKind] = {
+    kind.name: kind for kind in (models.KIND, diversity.KIND, sampling.KIND, policies.KIND, rollouts.KIND)
+}
 
 __all__ = ["KINDS", "StudyKind"]

@@ -60,37 +60,43 @@ def collect(runs: Mapping[tuple[str, str, int], str | Path]) -> dict[str, pd.Dat
             "members": pd.concat(sums, ignore_index=True)[["problem", "model", "seed", "arm", "member", *SUMS]]}
 
 
-def _arrays(members: pd.DataFrame, seeds: Sequence[int]) -> dict[str, np.ndarray]:
-    """The sums of one (problem, model) as arrays [seeds, arms, members]; the same members in every
-    seed and arm, or ValueError."""
+def _arrays(members: pd.DataFrame, seeds: Sequence[int], sums: Sequence[str] = SUMS) -> dict[str, np.ndarray]:
+    """The ``sums`` of one (problem, model) as arrays [seeds, arms, members]; the same members in
+    every seed and arm, or ValueError."""
     ids = sorted(set(members["member"]))
-    out = {k: np.empty((len(seeds), len(ARMS), len(ids))) for k in SUMS}
+    out = {k: np.empty((len(seeds), len(ARMS), len(ids))) for k in sums}
     for i, seed in enumerate(seeds):
         for j, arm in enumerate(ARMS):
             part = members[(members["seed"] == seed) & (members["arm"] == arm)].sort_values("member")
             if part["member"].tolist() != ids:
                 raise ValueError(f"seed {seed}, arm {arm}: test members {part['member'].tolist()} differ from {ids}")
-            for k in SUMS:
+            for k in sums:
                 out[k][i, j] = part[k].to_numpy()
     return out
 
 
-def improvements(members: pd.DataFrame, *, resamples: int = 2000, rng_seed: int = 0) -> pd.DataFrame:
+def improvements(members: pd.DataFrame, *, resamples: int = 2000, rng_seed: int = 0,
+                 by: Sequence[str] = ("problem", "model"), stats: Mapping[str, str] = STATS,
+                 sums: Sequence[str] = SUMS) -> pd.DataFrame:
     """Per (problem, model) and statistic of :data:`STATS` the model has (rollouts only for an
     autoregressive one): online and offline mean and standard deviation over seeds; the improvement
     1 - online / offline per seed, its mean and standard deviation over seeds and the seeds it won;
     and the 2.5 and 97.5 percentiles of the mean improvement over ``resamples`` bootstrap resamples
-    of the test members (``ci_low``, ``ci_high``)."""
+    of the test members (``ci_low``, ``ci_high``).
+
+    Another kind groups by more fields (``by``: the rollout study's (problem, model, training)) and
+    compares other statistics of :func:`datamove.studies.stats.pooled_stats` (``stats``), pooled
+    from the per member ``sums`` they need."""
     rows = []
     rng = np.random.default_rng(rng_seed)
-    for (problem, model), part in members.groupby(["problem", "model"], sort=False):
+    for key, part in members.groupby(list(by), sort=False):
         seeds = sorted(set(part["seed"]))
-        arrays = _arrays(part, seeds)
+        arrays = _arrays(part, seeds, sums)
         n_members = arrays["n"].shape[-1]
         weights = bootstrap_weights(rng, n_members, resamples)
         full = pooled_stats(arrays)  # [seeds, arms]
         boot = pooled_stats(arrays, weights)  # [seeds, arms, resamples]
-        for stat, what in STATS.items():
+        for stat in stats:
             values = full[stat]
             if np.isnan(values).all():
                 continue  # a direct model: no rollout
@@ -98,7 +104,7 @@ def improvements(members: pd.DataFrame, *, resamples: int = 2000, rng_seed: int 
             boot_gain = (1.0 - boot[stat][:, 0] / boot[stat][:, 1]).mean(0)
             lo, hi = np.percentile(boot_gain, [2.5, 97.5])
             rows.append({
-                "problem": problem, "model": model, "stat": stat, "seeds": len(seeds), "test_members": n_members,
+                **dict(zip(by, key)), "stat": stat, "seeds": len(seeds), "test_members": n_members,
                 "online_mean": float(values[:, 0].mean()), "online_std": std(values[:, 0]),
                 "offline_mean": float(values[:, 1].mean()), "offline_std": std(values[:, 1]),
                 "gain_mean": float(gain.mean()), "gain_std": std(gain), "wins": int((gain > 0).sum()),

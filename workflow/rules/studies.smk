@@ -1,11 +1,12 @@
-# Studies of studies (datamove.studies; docs/models.md, docs/sampling.md, docs/reservoir.md): each
-# kind a sweep of complete studies of this workflow over named axes, each run in a nested snakemake,
-# compared in one table and one figure. Not part of the default target:
+# Studies of studies (datamove.studies; docs/models.md, docs/sampling.md, docs/reservoir.md,
+# docs/rollouts.md): each kind a sweep of complete studies of this workflow over named axes, each
+# run in a nested snakemake, compared in one table and one figure. Not part of the default target:
 #
 #     snakemake --cores 2 compare_models --configfile config/models.yaml      # online against offline, per model
 #     snakemake --cores 2 diversity --configfile config/diversity.yaml        # error against distinct members
 #     snakemake --cores 2 compare_sampling --configfile config/sampling.yaml  # halton against adaptive
 #     snakemake --cores 2 compare_policies                                    # the reservoir policies
+#     snakemake --cores 2 compare_rollouts --configfile config/rollouts.yaml  # one-step against rollout training
 #
 # The same three rules for every kind, made from its declaration (datamove.studies.KINDS):
 # write_<rule>_config writes a run's config (its only input: a run added to a study, or done again,
