@@ -99,14 +99,16 @@ def measured(stamps, sample_bytes: int, monitor: h.CpuMonitor) -> Measure:
 
 
 def store_for(cfg) -> h.Store:
-    """Preallocated storage in place of the reservoir (of the stored sample's shape: autoregressive
-    pairs are twice a step), its pages touched now: the first write to a page faults it in, and
-    that must not fall into a measurement (a trainer's reservoir is warm)."""
+    """Preallocated storage in place of the reservoir (of the stored sample's shape and x: an
+    autoregressive window is L steps, its x one time per application), its pages touched now: the
+    first write to a page faults it in, and that must not fall into a measurement (a trainer's
+    reservoir is warm)."""
     from datamove.problems.samples import SampleSpec
 
-    shape = SampleSpec.of(cfg).stored_shape(cfg.problem.sample_shape)
+    spec = SampleSpec.of(cfg)
+    shape = spec.stored_shape(cfg.problem.sample_shape)
     sample_bytes = 4 * int(np.prod(shape))
-    store = h.Store(min(1024, max(STORE_BYTES // sample_bytes, 64)), cfg.problem.n_inputs, shape)
+    store = h.Store(min(1024, max(STORE_BYTES // sample_bytes, 64)), spec.x_dim(cfg.problem.n_inputs), shape)
     store.x.zero_()
     store.y.zero_()
     return store
@@ -157,7 +159,7 @@ def run_datamove(
                 pool.expect({"written": members})
         finally:
             ingest.close()
-    expected = members * SampleSpec.of(cfg).samples_per_member(steps)  # autoregressive: steps - stride each
+    expected = members * SampleSpec.of(cfg).samples_per_member(steps)  # autoregressive: steps - (L - 1) stride each
     if ingest.lost or len(stamps) != expected:
         raise RuntimeError(f"datamove ingest lost data: {len(stamps)}/{expected} samples, ends {ingest.ends}")
     return measured(stamps, nx * nx * 4, monitor)

@@ -1,9 +1,14 @@
-"""Autoregressive samples (trainer.sample): pairs of one member's steps, built from the streams by the
-member feed and from the files by the offline dataset; rollouts in evaluation; every step counted once."""
+"""Autoregressive samples (trainer.sample): pairs and windows of one member's steps, built from the
+streams by the member feed and from the files by the offline dataset; rollouts in evaluation; every
+step counted once."""
 
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -11,11 +16,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import snakemake, write_study
+from conftest import pids_running, snakemake, write_study
 from datamove.config import ConfigError, StudyConfig
 from datamove.evaluation.errors import evaluate_members, rollout
 from datamove.problems.samples import SampleSpec
 from datamove.reservoir import make_buffer
+from datamove.streaming.contract import contact_file
 from datamove.streaming.events import Ended, Info, Opened, Step
 from datamove.streaming.feed import MemberFeed
 from datamove.training.records import Ledger
@@ -38,8 +44,9 @@ def read_ledger(path):
         return {int(r["member"]): r for r in csv.DictReader(fh)}
 
 
-def ar_config(tiny_config, model="fc", stride=1, **overrides):
-    path = tiny_config(trainer={"model": model, "sample": "autoregressive", "sample_stride": stride}, **overrides)
+def ar_config(tiny_config, model="fc", stride=1, trainer=None, **overrides):
+    path = tiny_config(trainer={"model": model, "sample": "autoregressive", "sample_stride": stride, **(trainer or {})},
+                       **overrides)
     raw = yaml.safe_load(path.read_text())
     raw["trainer"]["model_args"] = SMALL[model]  # in place of TINY's fc args (the fixture merges dicts)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -89,7 +96,7 @@ def test_config_keys_and_their_checks(tiny_config):
         build_surrogate(surrogate_args(cfg, norm))
 
 
-# -- pairs from the streams ---------------------------------------------------------------------------
+# -- pairs and windows from the streams ---------------------------------------------------------------
 
 
 class _Slots:
@@ -110,7 +117,7 @@ class _Slots:
     def release(self, slots) -> None:
         slots = np.asarray(slots).tolist()
         assert not set(slots) & set(self.free), "a slot released twice"
-        self.slots[slots] = np.nan  # a pair read from a slot after its release would show it
+        self.slots[slots] = np.nan  # a pair or window read from a slot after its release would show it
         self.released += slots
         self.free += slots
 
@@ -177,8 +184,89 @@ def test_feed_pairs_steps_of_one_attempt_and_counts_each_once(tiny_config, strid
         assert rec.steps_received + rec.steps_duplicate == sent[m]
     assert ledger[1].steps_duplicate == 5
     assert sorted(pool.free) == list(range(16))  # every slot back
-    assert not feed._uses  # no slot is still counted as kept
+    assert not feed._leaving[1] and feed._put == feed._made  # no slot still waits to go back
     assert not feed._history.get(1) or max(feed._history[1]) <= n_steps
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_feed_windows_of_one_attempt_from_the_slots(tiny_config, stride):
+    """Windows of h = 2, K = 2, n = 2 (L = 6 steps, s apart). Three members interleaved: member 1
+    is lost after span + 3 steps and rerun (those steps resent), member 2's stream misses a step.
+    Every window in the buffer is its member's L steps k - (L - 1) s, ..., k of one attempt, in
+    time order, with the times of steps h - 1 + j K in x; no window is lost or put twice; each step
+    is received once; the first span steps of a member, and those whose earlier steps are missing,
+    end no window (steps_unpaired); every slot goes back, no use left."""
+    h, bundle, unroll = 2, 2, 2
+    cfg = StudyConfig.load(tiny_config(trainer={"sample": "autoregressive", "sample_stride": stride,
+                                                "history": h, "bundle": bundle, "unroll": unroll}))
+    spec = SampleSpec.of(cfg)
+    window, span = spec.window, spec.span
+    assert (window, span) == (6, 5 * stride)
+    n_steps, f = cfg.problem.n_steps, len(cfg.problem.field_names)
+    shape, n_params = cfg.problem.sample_shape, cfg.problem.n_inputs - 1
+    ledger = Ledger(members=[0, 1, 2], steps_expected=n_steps)
+    said = []
+    feed = MemberFeed(cfg=cfg, members=[0, 1, 2], ledger=ledger, clean=False, say=said.append)
+    feed.pool = pool = _Slots(48, shape)
+    buf = make_buffer("fifo", capacity=200, watermark=1, x_dim=spec.x_dim(cfg.problem.n_inputs),
+                      y_shape=spec.stored_shape(shape))
+    sent = Counter()
+    cut, gap = span + 3, span + 2  # member 1's first attempt ends after step cut; member 2 skips step gap
+
+    def send(member, step, attempt):
+        slot = pool.take(value(member, step, attempt))
+        feed._handle(Step(member, step, 0.01 * step, slot))
+        assert len(feed._history.get(member, ())) <= span  # what the config leaves a worker slots for
+        sent[member] += 1
+        if len(pool.free) < 6:
+            feed.intake(buf)
+
+    for m in (0, 1, 2):
+        feed._handle(Opened(m, 0))
+        feed._handle(Info(m, [float(m)] * n_params))
+    for k in range(1, cut + 1):
+        send(0, k, 1)
+        send(1, k, 1)
+        if k != gap:
+            send(2, k, 1)
+    feed.intake(buf)
+    feed._handle(Ended(member=1, status="lost", reason="killed", steps=cut, worker=0))
+    feed._handle(Opened(1, 0))  # the rerun: steps 1.. again
+    for k in range(1, n_steps + 1):
+        send(1, k, 2)
+        if k + cut <= n_steps:
+            send(0, k + cut, 1)
+            send(2, k + cut, 1)
+    while feed.waiting:
+        feed.intake(buf)
+    for m in (0, 1, 2):
+        feed._handle(Ended(member=m, status="complete", reason="", steps=n_steps, worker=0))
+
+    missing = [gap + j * stride for j in range(window) if gap + j * stride <= n_steps]  # windows with step gap
+    expected = {0: set(range(span + 1, n_steps + 1)), 1: set(range(span + 1, n_steps + 1)),
+                2: set(range(span + 1, n_steps + 1)) - set(missing)}
+    n = len(buf)
+    assert n == sum(map(len, expected.values()))
+    y, x = buf._y[:n, ::f, 0, 0], buf._x[:n]  # the first field of each of the L steps
+    members, steps = buf._member[:n].tolist(), buf._step[:n].tolist()
+    assert Counter(zip(members, steps)) == Counter((m, k) for m, ks in expected.items() for k in ks)  # once each
+    for i, (m, k) in enumerate(zip(members, steps)):
+        attempt = 2 if (m == 1 and k > cut) else 1  # the rerun's windows: all of its own steps
+        window_steps = [k - (window - 1 - p) * stride for p in range(window)]
+        assert y[i].tolist() == [value(m, j, attempt) for j in window_steps], (m, k)
+        assert x[i, :n_params].tolist() == [float(m)] * n_params
+        times = [0.01 * window_steps[p] for p in spec.time_positions]
+        assert x[i, n_params:].tolist() == pytest.approx(times), (m, k)
+    for m in (0, 1):
+        rec = ledger[m]
+        assert rec.steps_received == n_steps and rec.steps_unpaired == span
+        assert rec.steps_received + rec.steps_duplicate == sent[m]
+    assert ledger[1].steps_duplicate == cut
+    # Member 2: one step short; the steps after the gap whose windows would take it end none.
+    assert ledger[2].steps_received == n_steps - 1 and ledger[2].steps_unpaired == span + len(missing) - 1
+    assert f"member 2: step {gap + stride} arrived without step {gap} of its stream; counted unpaired" in said
+    assert sorted(pool.free) == list(range(48))  # every slot back
+    assert not feed._leaving[1] and not feed._history  # no slot still kept, or waiting to go back
 
 
 def test_rollout_feeds_each_prediction_back(tiny_config):
@@ -294,3 +382,52 @@ def test_online_autoregressive_study_end_to_end(problem, model, tiny_config, tmp
     table = (cfg.study_dir / "results.md").read_text()
     assert "test rollout MSE" in table and "test MSE" in table
     assert (cfg.study_dir / "figures" / "test_error.png").stat().st_size > 0 or list(cfg.study_dir.rglob("test_error.*"))
+
+
+def _kill_when_streaming(cfg, member: int, killed: list, deadline: float) -> None:
+    """SIGKILL ``member``'s solver (its Python processes, this study's own) a second after its
+    stream appears: mid-stream, with most of its steps still to come."""
+    while time.monotonic() < deadline and not killed:
+        if contact_file(cfg.stream_dir, member).exists():
+            victims = pids_running(cfg.stream_dir.parent, "datamove simulate", f"--member {member:06d}")
+            if victims:
+                time.sleep(1.0)
+                for pid in victims:
+                    os.kill(pid, signal.SIGKILL)
+                killed.extend(victims)
+                return
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_online_windows_lose_none_when_a_killed_member_is_rerun(tiny_config, tmp_path):
+    """A real online study (Snakemake, SST streams) with windows of h = 2, K = 2, n = 2 (L = 6
+    steps): member 1's solver is killed mid-stream and rerun. Every window is put once (n_put), none
+    crosses the two attempts (the rerun's resent steps are duplicates, yet earlier steps of its
+    windows), and a fifo buffer that holds them all trains each: per member, every step received
+    once, the first span end no window, the other n_steps - span are trained."""
+    path = ar_config(tiny_config, "fc", stride=1, solver={"nx": 8, "ny": 8, "n_steps": 40, "step_delay_s": 0.05},
+                     ensemble={"retries": 1}, reservoir={"policy": "fifo", "capacity": 200, "watermark": 10},
+                     trainer={"history": 2, "bundle": 2, "unroll": 2, "extra_batches": 20})
+    cfg = StudyConfig.load(path)
+    spec = SampleSpec.of(cfg)
+    n_steps, span = cfg.problem.n_steps, spec.span
+    assert span == 5
+    killed: list[int] = []
+    watcher = threading.Thread(target=_kill_when_streaming, args=(cfg, 1, killed, time.monotonic() + 240))
+    watcher.start()
+    proc = snakemake(tmp_path, path, "--cores", 2, timeout=400)
+    watcher.join()
+    assert killed, "the member was never seen streaming"
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ledger = read_ledger(cfg.study_dir / "ledger.csv")
+    for m, r in ledger.items():
+        assert r["status"] == "complete", (m, r)
+        assert int(r["steps_received"]) == n_steps and int(r["steps_unpaired"]) == span, (m, r)
+        assert all(int(r[c]) == 0 for c in ("steps_dropped", "steps_evicted", "steps_unused")), (m, r)
+    assert int(ledger[1]["attempts"]) == 2 and 0 < int(ledger[1]["steps_duplicate"]) < n_steps  # resent by the rerun
+    with open(cfg.study_dir / "metrics.csv") as fh:
+        final = list(csv.DictReader(fh))[-1]
+    assert int(float(final["n_put"])) == cfg.ensemble.n_members * (n_steps - span)  # one window a step after span
+    assert int(float(final["n_sampled"])) >= int(float(final["n_put"]))
+    assert "waiting for a rerun" in (cfg.study_dir / "logs" / "train_online" / "train_online.log").read_text()

@@ -9,8 +9,10 @@
 
 It dispatches a member to an idle ingest worker once its stream appears (never a dead writer's
 contact file), counts every step in the ledger once (a rerun's duplicates are counted and dropped),
-retries a lost member (``ensemble.retries``: the workflow reruns its solver), times out members with
-one ``stream.member_timeout_s`` (a silent stream's worker is stopped; a member started by its job
+builds autoregressive windows (``trainer.sample``: L steps of one attempt of a member, each left in
+its shared-memory slot until the intake's put gathers it), retries a lost member
+(``ensemble.retries``: the workflow reruns its solver), times out members with one
+``stream.member_timeout_s`` (a silent stream's worker is stopped; a member started by its job
 whose stream never appears is lost; a member still in a queue is not), and reads the notes the
 members' jobs leave (``members/member-K.started.json`` when a job starts a member,
 ``members/member-K.failed.json`` when a launch fails, see :mod:`datamove.ensemble.members`) and the
@@ -24,6 +26,7 @@ import json
 import os
 import socket
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -51,8 +54,9 @@ LAUNCH_GRACE_S = 10.0
 TIMEOUT_CHECK_S = 0.1  # between two checks for silent streams (a timeout is seconds or more)
 
 
-class _Input(NamedTuple):
-    """The input half of an autoregressive pair: a step's time and the slot that still holds its fields."""
+class _Kept(NamedTuple):
+    """A step kept for the autoregressive windows it may still start or continue: its time and the
+    slot that still holds its fields."""
 
     time: float
     slot: int
@@ -91,16 +95,26 @@ class MemberFeed:
         self.clean = clean
         self.unassigned: list[int] = ledger.unfinished()  # members not handed to an ingest worker
         self.waiting: list[Step] = []  # steps received, not yet in the buffer, in order
-        # Autoregressive samples (trainer.sample): a waiting step is the target of a pair whose
-        # input, the step trainer.sample_stride earlier of the same attempt, waits beside it. Each
-        # streaming member's last steps wait in _history until the step they pair with arrives,
-        # in their own slots: a slot goes back to its worker once no pair needs it (_uses), so an
-        # intake's put gathers both halves of each pair straight from the slots, and no step is
-        # copied before it (the config checks that each worker has a slot more than it keeps).
-        self.spec = SampleSpec.of(cfg)
-        self.waiting_inputs: list[_Input] = []
-        self._history: dict[int, dict[int, _Input]] = {}  # member -> step -> its input half
-        self._uses: dict[int, int] = {}  # slot -> uses left: its step waiting for an intake, kept as an input
+        # Autoregressive samples (trainer.sample): a waiting step is the last step of a window of
+        # L = h + n K steps s apart (SampleSpec) whose L - 1 earlier steps, of the same attempt,
+        # wait beside it in waiting_windows: (their slots in time order, then the times x takes,
+        # at SampleSpec.time_positions). Each streaming member's last (L - 1) s steps wait in
+        # _history, in their own slots, while a later window can still take them, so an intake's
+        # put gathers the L steps of each window straight from the slots, and no step is copied
+        # before it (the config checks that each worker has a slot more than it keeps).
+        # A slot goes back once its step is neither kept nor waiting: the windows are put in the
+        # order they were made, so a step that leaves _history (or is not kept) when `_made`
+        # windows have been made is in none made after, and its slot goes back once `_put` reaches
+        # that count (_leaving: those counts, in order, and the slots).
+        self.spec = spec = SampleSpec.of(cfg)
+        self.waiting_windows: list[tuple[float, ...]] = []
+        self._history: dict[int, dict[int, _Kept]] = {}  # member -> step -> the kept step, in arrival order
+        self._made = self._put = 0  # windows made, and put, so far
+        self._leaving: tuple[list[int], list[int]] = ([], [])  # (windows made when it left, slot), in order
+        # What each arriving step needs of the spec (a property call costs more than the lookup).
+        self._span, self._positions = spec.span, spec.time_positions
+        self._offsets = [(spec.window - 1 - p) * spec.stride for p in range(spec.window - 1)]  # (L-1)s .. s back
+        self._last_kept = cfg.problem.n_steps - spec.stride  # later steps end the member's last windows
         self._waiting_since = 0.0  # monotonic time the oldest of them arrived
         self.n_workers = max(1, min(cfg.trainer.ingest_workers, len(self.unassigned)))
         self.pool: IngestPool | None = None
@@ -206,8 +220,9 @@ class MemberFeed:
 
         A fixed number of numpy calls whatever the number of steps: the fields go from their
         shared-memory slots straight into the buffer's storage (``put_many(y_rows=...)``: one
-        gather, no copy of ours first; an autoregressive pair's two halves from their two slots),
-        and the slots go back once it returns (a step kept as a later pair's input keeps its slot).
+        gather, no copy of ours first; an autoregressive window's L steps from their L slots, one
+        part each), and the slots go back once it returns (a step kept for a later window keeps its
+        slot).
         """
         if not self.waiting or not self._due(buffer):
             return 0
@@ -219,20 +234,23 @@ class MemberFeed:
         del self.waiting[:n]
         member, step, time_, slot = np.array(steps, dtype=np.float64).T  # Step's fields, in order
         members, slots = member.astype(np.int64), slot.astype(np.int64)
-        x = np.empty((n, self.cfg.problem.n_inputs), dtype=np.float32)
+        n_params = self.cfg.problem.n_inputs - 1
+        x = np.empty((n, self.spec.x_dim(self.cfg.problem.n_inputs)), dtype=np.float32)
         ids, which = np.unique(members, return_inverse=True)  # a few members per intake
-        x[:, :-1] = np.stack([self.params[m] for m in ids.tolist()])[which]
+        x[:, :n_params] = np.stack([self.params[m] for m in ids.tolist()])[which]
         if self.spec.autoregressive:
-            inputs = self.waiting_inputs[:n]
-            del self.waiting_inputs[:n]
-            x[:, -1] = [a.time for a in inputs]  # the input step's time: (params, t_k, fields_k) -> fields_k+s
-            kept = np.fromiter((a.slot for a in inputs), dtype=np.int64, count=n)
-            # The pair [2 n_fields, ny, nx]: the input's fields, then the target's, each from its slot.
+            windows = np.array(self.waiting_windows[:n], dtype=np.float64)  # [n, L - 1 slots + n_times]
+            del self.waiting_windows[:n]
+            earlier = windows[:, : self.spec.window - 1].T.astype(np.int64)  # [L - 1, n] slots, in time order
+            x[:, n_params:] = windows[:, self.spec.window - 1 :]  # each application's last input step's time
+            # The window [L n_fields, ny, nx]: its L steps in time order, each from its slot.
             pool = torch.from_numpy(self.pool.slots)
             displaced = buffer.put_many(
-                torch.from_numpy(x), (pool, pool), member=members, step=step.astype(np.int64), y_rows=(kept, slots),
+                torch.from_numpy(x), (pool,) * self.spec.window, member=members, step=step.astype(np.int64),
+                y_rows=(*earlier, slots),
             )
-            self._let_go(slots.tolist() + kept.tolist())
+            self._put += n
+            self._let_go()
         else:
             x[:, -1] = time_
             displaced = buffer.put_many(
@@ -244,37 +262,47 @@ class MemberFeed:
             self.ledger.untrained(m, reason)
         return n
 
-    def _let_go(self, slots: list[int]) -> None:
-        """Autoregressive samples: one use of each of `slots` (a slot may come twice) is over; those
-        that no pair needs any more go back to their workers, in one release."""
-        uses, free = self._uses, []
-        for slot in slots:
-            left = uses[slot] - 1
-            if left:
-                uses[slot] = left
-            else:
-                del uses[slot]
-                free.append(slot)
-        if free:
-            self.pool.release(free)
+    def _leave(self, slot: int) -> None:
+        """Autoregressive samples: ``slot``'s step is kept no more (or was not kept): no window made
+        from now on takes it, so it goes back to its worker once every window made so far has been
+        put (its own, if it ends one, included): at once if they have, else after the intake that
+        puts the last of them (:meth:`_let_go`)."""
+        if self._put == self._made:
+            self.pool.release((slot,))
+        else:
+            made, slots = self._leaving
+            made.append(self._made)
+            slots.append(slot)
+
+    def _let_go(self) -> None:
+        """Autoregressive samples: the slots whose steps no window that is still waiting takes go
+        back to their workers, in one release (a bisection and a slice)."""
+        made, slots = self._leaving
+        cut = bisect_right(made, self._put)
+        if cut:
+            self.pool.release(slots[:cut])
+            del made[:cut], slots[:cut]
 
     def _forget(self, member: int) -> None:
-        """Drop a member's kept steps (a new attempt, or its end): their slots go back."""
+        """Drop a member's kept steps (a new attempt, or its end): their slots go back once no
+        waiting window takes them."""
         kept = self._history.pop(member, None)
-        if kept:
-            self._let_go([a.slot for a in kept.values()])
+        for step in (kept or {}).values():
+            self._leave(step.slot)
 
     def _due(self, buffer) -> bool:
         """Whether the waiting steps go into the buffer now: always once the streams have ended or
         while training waits for the buffer, else once they are a quarter of the slots, a worker
-        has half its slots waiting here (it must never run out while its stream has steps), or
-        the oldest has waited INTAKE_WAIT_S."""
+        has half its slots waiting here (it must never run out while its stream has steps; with
+        autoregressive samples, half of those beyond the (L - 1) s its member keeps for later
+        windows), or the oldest has waited INTAKE_WAIT_S."""
         pool = self.pool
         if self._finished or not buffer.ready() or 4 * len(self.waiting) >= pool.n_slots:
             return True
         if time.monotonic() - self._waiting_since >= INTAKE_WAIT_S:
             return True
-        half = max(1, pool.per_worker // 2)
+        kept = self._span
+        half = kept + max(1, (pool.per_worker - kept) // 2)
         return any(len(held) >= half for held in pool.held)
 
     # -- events -----------------------------------------------------------------------------------
@@ -285,7 +313,7 @@ class MemberFeed:
         elif isinstance(ev, Info):
             self.params[ev.member] = np.asarray(ev.params, dtype=np.float32)
         elif isinstance(ev, Opened):
-            self._forget(ev.member)  # never a pair across attempts
+            self._forget(ev.member)  # never a window across attempts
             if ev.member in self._rereading:
                 self.ledger[ev.member].attempts += 1  # stays complete: every step will be a duplicate
             else:
@@ -299,9 +327,9 @@ class MemberFeed:
 
     def _step(self, ev: Step) -> None:
         """An arriving step: counted once in the ledger; waiting for the next intake if new (with
-        autoregressive samples: if it ends a pair), its slot returned at once otherwise (a rerun
+        autoregressive samples: if it ends a window), its slot returned at once otherwise (a rerun
         resending a step already received is not used twice; an autoregressive step may still be
-        kept in its slot as a later pair's input)."""
+        kept in its slot as an earlier step of later windows)."""
         new = self.ledger.received(ev.member, ev.step)
         if not self.spec.autoregressive:
             if new:
@@ -309,19 +337,19 @@ class MemberFeed:
             else:
                 self.pool.release((ev.slot,))
             return
-        self._uses[ev.slot] = 1  # this arrival's; _keep adds one if a later pair takes it as its input
-        source = self._keep(ev)
-        if new and source is not None:
+        window = self._window(ev) if new else None
+        if window is not None:
             self._wait(ev)
-            self.waiting_inputs.append(source)
-            return
-        if new:  # the target of no pair: a member's first s steps
+            self.waiting_windows.append(window)
+            self._made += 1
+        elif new:  # the last step of no window: a member's first (L - 1) s steps, or after a gap
             self.ledger.unpaired(ev.member)
-            if ev.step > self.spec.stride:
-                self.say(f"member {ev.member}: step {ev.step} arrived without step {ev.step - self.spec.stride} of "
-                         "its stream; counted unpaired")
-        # Not put: this arrival's use of its slot is over, and so is a duplicate's pair's input's.
-        self._let_go([ev.slot] if source is None else [ev.slot, source.slot])
+            if ev.step > self._span:
+                history = self._history.get(ev.member, {})
+                missing = next(ev.step - d for d in self._offsets if ev.step - d not in history)
+                self.say(f"member {ev.member}: step {ev.step} arrived without step {missing} of its stream; "
+                         "counted unpaired")
+        self._keep(ev)
 
     def _wait(self, ev: Step) -> None:
         """A new step goes into the next intake."""
@@ -329,24 +357,47 @@ class MemberFeed:
             self._waiting_since = time.monotonic()
         self.waiting.append(ev)
 
-    def _keep(self, ev: Step) -> _Input | None:
-        """Autoregressive samples: keep ``ev`` (in its slot) as the input of the pair that ends
-        trainer.sample_stride steps later; the input of the pair that ends at ``ev`` (None: none).
+    def _window(self, ev: Step) -> tuple[float, ...] | None:
+        """Autoregressive samples: the window that ends at ``ev`` (None: an earlier step of it is
+        not kept), as it waits in ``waiting_windows``: the slots of its L - 1 earlier steps in time
+        order, then the times x takes."""
+        history = self._history.get(ev.member)
+        if not history:
+            return None
+        k = ev.step
+        earlier = [history.get(k - d) for d in self._offsets]
+        if None in earlier:
+            return None
+        return (*[e.slot for e in earlier], *[earlier[p].time for p in self._positions])
+
+    def _keep(self, ev: Step) -> None:
+        """Autoregressive samples: keep ``ev`` (in its slot) while a later window may take it, until
+        step ``ev.step`` + (L - 1) s arrives; the steps no later window takes leave (:meth:`_leave`),
+        and so does ``ev`` if none does.
 
         Kept per attempt (see ``_forget``): a rerun's resent steps are duplicates in the ledger but
-        still inputs, since a rerun resends from step 1, so its new steps pair with its own earlier
-        ones, never with the lost attempt's. A rerun of a complete member brings nothing new."""
+        still earlier steps of windows, since a rerun resends from step 1, so its new steps end
+        windows of its own steps, never of the lost attempt's. A rerun of a complete member brings
+        nothing new."""
         if ev.member in self._rereading:
-            return None
-        s = self.spec.stride
+            self._leave(ev.slot)
+            return
         history = self._history.setdefault(ev.member, {})
-        source = history.pop(ev.step - s, None)
-        if ev.step + s <= self.cfg.problem.n_steps:
-            if ev.step in history:  # the same step twice in one attempt: the later one is kept
-                self._let_go([history[ev.step].slot])
-            history[ev.step] = _Input(time=ev.time, slot=ev.slot)
-            self._uses[ev.slot] += 1
-        return source
+        k = ev.step
+        if k in history:  # the same step twice in one attempt: the later one is kept
+            self._leave(history.pop(k).slot)
+        if k <= self._last_kept:
+            history[k] = _Kept(ev.time, ev.slot)
+        else:
+            self._leave(ev.slot)
+        # The first step of a window that ends at k, and any before it (left by a gap), start no
+        # later window.
+        oldest = k - self._span
+        while history:
+            first = next(iter(history))
+            if first > oldest:
+                break
+            self._leave(history.pop(first).slot)
 
     def _ended(self, ev: Ended) -> None:
         self._changed = True

@@ -26,9 +26,11 @@ class MemberRecord:
     trained on at least once are ``steps_received - steps_dropped - steps_evicted - steps_unused
     - steps_unpaired`` (`steps_trained`).
 
-    Autoregressive samples (``trainer.sample``) pair step k with step k + s of one attempt of a
-    member, and a pair counts at its target step: the member's first s steps end no pair and are
-    counted in ``steps_unpaired`` (they are inputs of the pairs that start there, never targets).
+    Autoregressive samples (``trainer.sample``) are windows of L steps s apart of one attempt of a
+    member (:class:`datamove.problems.samples.SampleSpec`), and a window counts at its last step:
+    the steps that end no window, the member's first (L - 1) s (and, streamed, any whose earlier
+    steps are missing from its attempt), are counted in ``steps_unpaired`` (they are earlier steps
+    of the windows that follow, never the last).
 
     Under ``parameters.sampler: adaptive`` the row also says how the member's parameters were drawn
     (``draw``, ``proposal_version``, ``draw_seed``) and its last loss statistic (``loss``,
@@ -45,7 +47,7 @@ class MemberRecord:
     steps_dropped: int = 0  # received, then discarded untrained by reservoir.on_full=drop_oldest
     steps_evicted: int = 0  # received, then replaced untrained by reservoir/balanced
     steps_unused: int = 0  # received, never drawn: still in the buffer when training ended
-    steps_unpaired: int = 0  # autoregressive: received, the target of no pair (a member's first steps)
+    steps_unpaired: int = 0  # autoregressive: received, the last step of no window (a member's first steps)
     # parameters.sampler adaptive (datamove.sampling.proposals): how the member's parameters were drawn ...
     draw: str = ""  # base | proposal | fallback ("": another sampler, or no draw recorded)
     proposal_version: int = 0  # the proposal drawn from (0: none)
@@ -99,7 +101,7 @@ class Ledger:
             raise ValueError(f"unknown reason {reason!r} for an untrained step of member {member}")
 
     def unpaired(self, member: int) -> None:
-        """Count a received step of ``member`` that ends no autoregressive pair (an input only)."""
+        """Count a received step of ``member`` that ends no autoregressive window (an earlier step only)."""
         self.records[member].steps_unpaired += 1
 
     def unused(self, members) -> None:
