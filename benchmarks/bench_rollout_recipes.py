@@ -56,6 +56,10 @@ RECIPES = {
     "delta+bundle2": {"target": "delta", "bundle": 2},
     "delta+h2+bundle2": {"target": "delta", "history": 2, "bundle": 2},
     "delta+noise+unroll2": {"target": "delta", "input_noise": 0.01, "unroll": 2},
+    "delta+noise+unroll4": {"target": "delta", "input_noise": 0.01, "unroll": 4},
+    "delta+noise0.03": {"target": "delta", "input_noise": 0.03},
+    "delta+noise+bundle2": {"target": "delta", "input_noise": 0.01, "bundle": 2},
+    "delta+noise+bundle2+unroll2": {"target": "delta", "input_noise": 0.01, "bundle": 2, "unroll": 2},
 }
 
 
@@ -110,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     def cfg_of(name: str, **trainer) -> StudyConfig:
         """One study name, so that the held-out and test members (data_dir/<study>/) are shared;
         each recipe's results in a folder of its own, its training members linked to the data's."""
-        raw = yaml.safe_load(yaml.safe_dump(raw0))
+        raw = yaml.safe_load(yaml.safe_dump(raw0, sort_keys=False))
         raw["results_dir"] = f"{root}/results/{name}"
         raw["trainer"].update(trainer)
         path = root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(raw))
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
         return StudyConfig.load(path)
 
     cfg = cfg_of("data")
