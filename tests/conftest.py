@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +125,26 @@ def pids_running(study_dir, *needles: str) -> list[int]:
         if Path(argv[0]).name.startswith("python") and all(n in cmd for n in (str(study_dir), *needles)):
             found.append(int(pid))
     return found
+
+
+def kill_member_when_streaming(stream_dir: Path, member: int, killed: list, deadline: float) -> None:
+    """SIGKILL ``member``'s solver once its stream appears (run in a thread): its Python processes
+    (it and its watchdog), not the shell around them, and the study's own (its folder holds the
+    stream folder). The pids go into ``killed``; gives up at monotonic time ``deadline``."""
+    from datamove.streaming.contract import contact_file  # here: conftest imports no datamove at load
+
+    while time.monotonic() < deadline and not killed:
+        if contact_file(stream_dir, member).exists():
+            victims = pids_running(stream_dir.parent, "datamove simulate", f"--member {member:06d}")
+            if victims:
+                # Let a few steps through (the open itself takes up to ~0.5 s on a loaded machine):
+                # killed mid-stream, with most of its steps still to come.
+                time.sleep(1.2)
+                for pid in victims:
+                    os.kill(pid, signal.SIGKILL)
+                killed.extend(victims)
+                return
+        time.sleep(0.02)
 
 
 def datamove(*args, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -17,12 +15,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import pids_running, snakemake, write_study
+from conftest import kill_member_when_streaming, snakemake, write_study
 from datamove.config import ConfigError, StudyConfig
 from datamove.evaluation.errors import evaluate_members, rollout
 from datamove.problems.samples import SampleSpec
 from datamove.reservoir import make_buffer
-from datamove.streaming.contract import contact_file
 from datamove.streaming.events import Ended, Info, Opened, Step
 from datamove.streaming.feed import MemberFeed
 from datamove.training.records import Ledger
@@ -397,21 +394,6 @@ def test_online_autoregressive_study_end_to_end(problem, model, tiny_config, tmp
     assert (cfg.study_dir / "figures" / "test_error.png").stat().st_size > 0 or list(cfg.study_dir.rglob("test_error.*"))
 
 
-def _kill_when_streaming(cfg, member: int, killed: list, deadline: float) -> None:
-    """SIGKILL ``member``'s solver (its Python processes, this study's own) a second after its
-    stream appears: mid-stream, with most of its steps still to come."""
-    while time.monotonic() < deadline and not killed:
-        if contact_file(cfg.stream_dir, member).exists():
-            victims = pids_running(cfg.stream_dir.parent, "datamove simulate", f"--member {member:06d}")
-            if victims:
-                time.sleep(1.0)
-                for pid in victims:
-                    os.kill(pid, signal.SIGKILL)
-                killed.extend(victims)
-                return
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
 def test_online_windows_lose_none_when_a_killed_member_is_rerun(tiny_config, tmp_path):
     """A real online study (Snakemake, SST streams) with windows of h = 2, K = 2, n = 2 (L = 6
@@ -427,7 +409,7 @@ def test_online_windows_lose_none_when_a_killed_member_is_rerun(tiny_config, tmp
     n_steps, span = cfg.problem.n_steps, spec.span
     assert span == 5
     killed: list[int] = []
-    watcher = threading.Thread(target=_kill_when_streaming, args=(cfg, 1, killed, time.monotonic() + 240))
+    watcher = threading.Thread(target=kill_member_when_streaming, args=(cfg.stream_dir, 1, killed, time.monotonic() + 240))
     watcher.start()
     proc = snakemake(tmp_path, path, "--cores", 2, timeout=400)
     watcher.join()

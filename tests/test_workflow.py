@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import pids_running, snakemake
+from conftest import kill_member_when_streaming, snakemake
 from datamove.config import StudyConfig
-from datamove.streaming.contract import contact_file
 
 def read_ledger(path):
     with open(path) as fh:
@@ -74,30 +71,13 @@ def test_lint_and_dry_run(tiny_config, tmp_path):
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-def _kill_member_when_streaming(stream_dir: Path, member: int, killed: list, deadline: float) -> None:
-    while time.monotonic() < deadline and not killed:
-        if contact_file(stream_dir, member).exists():
-            # The solver's Python processes (it and its watchdog), not the shell around them; the
-            # study's own (its folder holds the stream folder).
-            victims = pids_running(stream_dir.parent, "datamove simulate", f"--member {member:06d}")
-            if victims:
-                # Let a few steps through (the open itself takes up to ~0.5 s on a loaded machine):
-                # killed mid-stream, with most of its 3 s of steps still to come.
-                time.sleep(1.2)
-                for pid in victims:
-                    os.kill(pid, signal.SIGKILL)
-                killed.extend(victims)
-                return
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
 def test_killed_solver_does_not_stop_the_study(tiny_config, tmp_path):
     path = tiny_config(solver={"n_steps": 60, "step_delay_s": 0.05}, ensemble={"retries": 0})
     cfg = StudyConfig.load(path)
     killed: list[int] = []
     watcher = threading.Thread(
-        target=_kill_member_when_streaming, args=(cfg.stream_dir, 1, killed, time.monotonic() + 240)
+        target=kill_member_when_streaming, args=(cfg.stream_dir, 1, killed, time.monotonic() + 240)
     )
     watcher.start()
     proc = snakemake(tmp_path, path, "--cores", 2, "--keep-going")
@@ -119,7 +99,7 @@ def test_killed_solver_is_rerun_without_counting_steps_twice(tiny_config, tmp_pa
     cfg = StudyConfig.load(path)
     killed: list[int] = []
     watcher = threading.Thread(
-        target=_kill_member_when_streaming, args=(cfg.stream_dir, 1, killed, time.monotonic() + 240)
+        target=kill_member_when_streaming, args=(cfg.stream_dir, 1, killed, time.monotonic() + 240)
     )
     watcher.start()
     proc = snakemake(tmp_path, path, "--cores", 2)
