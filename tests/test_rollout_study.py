@@ -67,8 +67,8 @@ def test_the_full_study_plans_every_problem_model_training_and_seed(tmp_path):
         assert cfg["comparison"]["enabled"] and cfg["rollout_study"]["trainings"] == {}
         sc = StudyConfig.from_dict(cfg)
         assert tests.setdefault(problem, sc.test) == sc.test and sc.test.n_members == 50
-    assert st["trainings"]["rollout"]["trainer"] == {"target": "delta", "input_noise": 0.01, "history": 1, "bundle": 1,
-                                                     "unroll": 2, "pushforward": True, "unroll_warmup": 0,
+    assert st["trainings"]["rollout"]["trainer"] == {"target": "delta", "input_noise": 0.01, "history": 1, "bundle": 2,
+                                                     "unroll": 1, "pushforward": True, "unroll_warmup": 0,
                                                      "val_rollout_every": 0}
 
 
