@@ -72,7 +72,7 @@ def evaluate_members(
     span = model.y_span.reshape(-1).to(torch.float64)  # [n_fields]
     rows, maps = [], []
     missing = "run `datamove make-testset --config ...`"
-    s = model.warmup  # autoregressive: the first h s steps (history x stride) are inputs only
+    s = getattr(model, "warmup", 0)  # autoregressive: the first h s steps (history x stride) are inputs only
     for m in load_members(cfg, folder, sampling, missing=missing):
         truth_all = torch.from_numpy(m.fields).to(device)  # [n_steps, n_fields, ny, nx]
         x = direct_inputs(m.params, m.times).to(device)
