@@ -42,12 +42,13 @@ def test_the_full_study_plans_every_problem_model_training_and_seed(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     runs = run_keys(KIND, base)
-    assert len(runs) == 2 * 3 * 2 * 3 == len(st["problems"]) * len(st["models"]) * len(st["trainings"]) * len(st["seeds"])
-    assert set(st["models"]) == {"fno", "unet", "mppde"} and set(st["trainings"]) == {"one-step", "rollout"}
+    assert len(runs) == 2 * 3 * 3 * 3 == len(st["problems"]) * len(st["models"]) * len(st["trainings"]) * len(st["seeds"])
+    assert set(st["models"]) == {"fno", "unet", "mppde"}
+    assert set(st["trainings"]) == {"one-step", "rollout", "rollout-unroll"}
     for problem, model, training, seed in runs:
         assert f"run={problem}.{model}.{training}.seed{seed}" in out
-    assert planned_jobs(out) == {"write_rollout_config": 36, "run_rollout_study": 36, "compare_rollouts": 1,
-                                 "total": 73}, out[-3000:]
+    assert planned_jobs(out) == {"write_rollout_config": 54, "run_rollout_study": 54, "compare_rollouts": 1,
+                                 "total": 109}, out[-3000:]
     # Each run's config carries its training's trainer keys (and the one-step runs today's training),
     # its model's, and is a comparison study tested on its problem's test members.
     models = load_config(REPO / "config" / "models.yaml")["model_study"]["models"]
@@ -70,6 +71,9 @@ def test_the_full_study_plans_every_problem_model_training_and_seed(tmp_path):
     assert st["trainings"]["rollout"]["trainer"] == {"target": "delta", "input_noise": 0.01, "history": 1, "bundle": 2,
                                                      "unroll": 1, "pushforward": True, "unroll_warmup": 0,
                                                      "val_rollout_every": 0}
+    assert st["trainings"]["rollout-unroll"]["trainer"] == {"target": "delta", "input_noise": 0, "history": 1,
+                                                            "bundle": 1, "unroll": 4, "pushforward": True,
+                                                            "unroll_warmup": 0, "val_rollout_every": 0}
 
 
 def test_only_selects_trainings_and_a_run_does_not_depend_on_the_selection():
