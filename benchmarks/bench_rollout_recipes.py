@@ -19,7 +19,6 @@ models at its widths. Offline from files only: the recipes' train step is the on
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import yaml
 from datamove.config import StudyConfig
 from datamove.ensemble.members import make_heldout, make_testset, run_member
 from datamove.evaluation.errors import evaluate_members
+from datamove.studies.stats import HORIZON_SUMS, SUMS, member_sums, pooled_stats
 from datamove.training.offline import train_offline
 from datamove.training.step import load_surrogate
 
@@ -86,11 +86,10 @@ def base(root: Path, problem: str, model: str, nx: int, steps: int, members: int
 
 def horizon_rel_l2(e) -> tuple[float, float, float]:
     """(one-step rel L2, rollout rel L2 at the last step, rollout rel L2 over every step), pooled
-    over the test members: sqrt(sum squared error / sum squared truth)."""
-    last = e[e["step"] == e["step"].max()]
-    return (math.sqrt(e["sq_err"].sum() / e["sq_truth"].sum()),
-            math.sqrt(last["rollout_sq_err"].sum() / last["sq_truth"].sum()),
-            math.sqrt(e["rollout_sq_err"].sum() / e["sq_truth"].sum()))
+    over the test members as the rollout study pools them (datamove.studies.stats)."""
+    sums = member_sums(e, horizon=True)
+    pooled = pooled_stats({k: sums[k].to_numpy() for k in (*SUMS, *HORIZON_SUMS)})
+    return float(pooled["test_rel_l2"]), float(pooled["horizon_rel_l2"]), float(pooled["rollout_rel_l2"])
 
 
 def main(argv: list[str] | None = None) -> int:

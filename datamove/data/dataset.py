@@ -14,17 +14,6 @@ from datamove.streaming.contract import StreamError
 from datamove.streaming.files import MemberFile
 
 
-def window_inputs(spec: SampleSpec, params: Sequence[float], times: Sequence[float]) -> torch.Tensor:
-    """x of every sample of one member, in the order of their first steps: [per_member, x_dim], the
-    member's parameters then the times at the window positions ``spec.time_positions`` (direct: the
-    step's time); ``times`` [n_steps]. The same x as :meth:`SampleSpec.member_samples`."""
-    t = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
-    first = torch.arange(spec.samples_per_member(len(t)))
-    at = first[:, None] + torch.tensor(spec.time_positions)[None, :] * spec.stride  # [per_member, n_times]
-    p = torch.as_tensor(params, dtype=torch.float32).reshape(1, -1).expand(len(first), -1)
-    return torch.cat([p, t[at]], dim=1)
-
-
 class MemberDataset(Dataset):
     """Samples of BP5 member files, indexed ``i = position * per_member + j``: the sample of the
     member at ``position`` (in ``files``) whose window starts at its 0-based step j.
@@ -84,7 +73,7 @@ class MemberDataset(Dataset):
                 missing=(f"member {member} of {cfg.ensemble.n_members}: run its simulation with stream.engine BP5 "
                          f"(`datamove simulate --config ... --member {member}`)"),
             )
-            xs.append(window_inputs(spec, mf.info.params, mf.times))
+            xs.append(spec.member_inputs(mf.info.params, mf.times))
             mf.close()
             files.append(mf)
         if not files:

@@ -149,6 +149,21 @@ class SampleSpec:
         """[L] 0-based step offsets of a window's steps from its last step: -(L-1)s, ..., -s, 0."""
         return torch.arange(-(self.window - 1), 1) * max(self.stride, 1) if self.autoregressive else torch.zeros(1, dtype=torch.int64)
 
+    def window_steps(self, n_steps: int) -> torch.Tensor:
+        """[N, L] the 0-based steps of every window of a member of ``n_steps``, in order of their
+        last steps (direct: [n_steps, 1]); N = n_steps - (L - 1) s."""
+        if n_steps <= self.span:
+            raise ValueError(f"a member of {n_steps} steps has no window of {self.window} steps {self.stride} apart")
+        return torch.arange(self.span, n_steps)[:, None] + self.window_offsets()[None, :]
+
+    def member_inputs(self, params: Sequence[float], times: Sequence[float] | torch.Tensor) -> torch.Tensor:
+        """x of every sample of one member, in step order: [N, n_params + n_times], the member's
+        parameters then the times at :attr:`time_positions` of each window; ``times`` [n_steps]."""
+        times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
+        idx = self.window_steps(len(times))
+        p = torch.as_tensor(params, dtype=torch.float32).reshape(1, -1).expand(len(idx), -1)
+        return torch.cat([p, times[idx[:, self.time_positions]]], dim=1)
+
     def member_samples(
         self, params: Sequence[float], times: Sequence[float] | torch.Tensor, fields: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -161,13 +176,6 @@ class SampleSpec:
             x [N, n_params + n_times], y [N, L x n_fields, ny, nx] and the 0-based index of each
             sample's last step [N]; N = n_steps - (L - 1) s.
         """
-        times = torch.as_tensor(times, dtype=torch.float32)
-        n_steps = fields.shape[0]
-        if n_steps <= self.span:
-            raise ValueError(f"a member of {n_steps} steps has no window of {self.window} steps {self.stride} apart")
-        last = torch.arange(self.span, n_steps)
-        idx = last[:, None] + self.window_offsets()[None, :]  # [N, L] steps of each window
-        p = torch.as_tensor(params, dtype=torch.float32).reshape(1, -1).expand(len(last), -1)
-        x = torch.cat([p, times[idx[:, self.time_positions]]], dim=1)
+        idx = self.window_steps(fields.shape[0])  # [N, L] steps of each window
         y = fields[idx].flatten(1, 2)  # [N, L, F, ny, nx] -> [N, L F, ny, nx]
-        return x, y, last
+        return self.member_inputs(params, times), y, idx[:, -1]

@@ -113,7 +113,7 @@ class MemberFeed:
         self._leaving: tuple[list[int], list[int]] = ([], [])  # (windows made when it left, slot), in order
         # What each arriving step needs of the spec (a property call costs more than the lookup).
         self._span, self._positions = spec.span, spec.time_positions
-        self._offsets = [(spec.window - 1 - p) * spec.stride for p in range(spec.window - 1)]  # (L-1)s .. s back
+        self._offsets = (-spec.window_offsets()[:-1]).tolist()  # a window's earlier steps: (L-1)s .. s back
         self._last_kept = cfg.problem.n_steps - spec.stride  # later steps end the member's last windows
         self._waiting_since = 0.0  # monotonic time the oldest of them arrived
         self.n_workers = max(1, min(cfg.trainer.ingest_workers, len(self.unassigned)))

@@ -61,7 +61,7 @@ def surrogate_args(
     shapes, the problem's normalisation ``norm`` (from the held-out members, see
     :meth:`datamove.problems.Problem.normalisation`) and, with ``trainer.target: delta``, the
     per-field scale of the changes ``delta`` (:func:`delta_scale`)."""
-    target = cfg.trainer.target
+    target, spec = cfg.trainer.target, SampleSpec.of(cfg)
     if (target == "delta") != (delta is not None):
         raise ValueError(f"trainer.target is {target!r}: a delta scale is needed with delta targets, and only then")
     return {
@@ -70,9 +70,9 @@ def surrogate_args(
         "in_dim": cfg.problem.n_inputs,
         "out_shape": list(cfg.problem.sample_shape),
         "sample": cfg.trainer.sample,
-        "sample_stride": SampleSpec.of(cfg).stride,
-        "history": SampleSpec.of(cfg).history,
-        "bundle": SampleSpec.of(cfg).bundle,
+        "sample_stride": spec.stride,
+        "history": spec.history,
+        "bundle": spec.bundle,
         "fields": list(cfg.problem.field_names),
         "x_low": list(norm.x_low),
         "x_high": list(norm.x_high),
