@@ -114,6 +114,24 @@ def store_for(cfg) -> h.Store:
     return store
 
 
+def buffer_for(cfg, *, steps_once: bool = True):
+    """The trainer's own buffer in place of the Store (bench_pairs.py): the reservoir policy, as
+    many samples as store_for holds, a buffer of windows (each step stored once) where samples are
+    autoregressive, as ``datamove.training.online`` builds it (``steps_once`` False: each window
+    stored whole, as before); its pages touched now."""
+    from datamove.problems.samples import SampleSpec
+    from datamove.reservoir import make_buffer
+
+    spec = SampleSpec.of(cfg)
+    shape = spec.stored_shape(cfg.problem.sample_shape)
+    capacity = min(1024, max(STORE_BYTES // (4 * int(np.prod(shape))), 64))
+    buf = make_buffer("reservoir", capacity=capacity, watermark=1, x_dim=spec.x_dim(cfg.problem.n_inputs),
+                      y_shape=shape, window=spec.window if steps_once else 1, seed=0)
+    buf._x.zero_()
+    (buf._y if buf.window == 1 else buf._store).zero_()
+    return buf
+
+
 def consume(ingest: h.Ingest, store: h.Store) -> list[float]:
     """The trainer's side of the hand-off until every member has ended: the member feed's poll
     (dispatch of appearing streams to idle ingest workers, events) and its intake (the slots of the
@@ -132,11 +150,12 @@ def consume(ingest: h.Ingest, store: h.Store) -> list[float]:
 
 def run_datamove(
     pool: h.Pool, *, nx: int, steps: int, members: int, ingest_workers: int | None = None, slots: int | None = None,
-    trainer: dict | None = None,
+    trainer: dict | None = None, store_of=store_for,
 ) -> Measure:
     """Case (a): contract writers -> ingest process(es) -> shared-memory slots -> this process.
     ``trainer``: keys of the study's trainer section (benchmarks/bench_pairs.py: trainer.sample);
-    ingest_workers and slots None: the config's."""
+    ingest_workers and slots None: the config's; ``store_of``: cfg -> what the samples go into
+    (store_for, or buffer_for: the trainer's buffer)."""
     from datamove.problems.samples import SampleSpec
 
     ids = list(range(members))
@@ -145,7 +164,7 @@ def run_datamove(
             h.study_config(nx=nx, ny=nx, n_steps=steps, n_members=members, trainer=trainer or {}), root,
             ingest_workers=ingest_workers, slots=slots,
         )
-        store = store_for(cfg)
+        store = store_of(cfg)
         ingest = h.Ingest(cfg, ids).start()
         try:
             h.wait_settled(ingest.pids)  # the trainer is up before the solvers

@@ -348,6 +348,8 @@ class Store:
     ``y_rows``, or from each of its parts at theirs, into the ring's slots) and never displaces
     anything."""
 
+    window = 1  # a sample's y is stored whole (Buffer's window)
+
     def __init__(self, size: int, x_dim: int, sample_shape):
         import torch
         from datamove.reservoir.base import RowCopier

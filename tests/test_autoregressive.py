@@ -126,7 +126,8 @@ def value(member: int, step: int, attempt: int) -> float:
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_feed_pairs_steps_of_one_attempt_and_counts_each_once(tiny_config, stride):
+@pytest.mark.parametrize("window_store", [False, True], ids=["whole", "steps-once"])
+def test_feed_pairs_steps_of_one_attempt_and_counts_each_once(tiny_config, stride, window_store):
     """Two members interleaved; member 1 is lost after 5 steps and rerun (its first 5 steps resent).
     Every pair in the buffer is (step k, step k + s) of one member and one attempt; each step is
     received once (the rerun's resent steps are duplicates, yet inputs of the rerun's pairs); the
@@ -138,7 +139,7 @@ def test_feed_pairs_steps_of_one_attempt_and_counts_each_once(tiny_config, strid
     feed = MemberFeed(cfg=cfg, members=[0, 1], ledger=ledger, clean=False, say=lambda msg: None)
     feed.pool = pool = _Slots(16, shape)
     buf = make_buffer("fifo", capacity=200, watermark=1, x_dim=cfg.problem.n_inputs,
-                      y_shape=SampleSpec.of(cfg).stored_shape(shape))
+                      y_shape=SampleSpec.of(cfg).stored_shape(shape), window=2 if window_store else 1)
     sent = Counter()
 
     def send(member, step, attempt):
@@ -166,7 +167,7 @@ def test_feed_pairs_steps_of_one_attempt_and_counts_each_once(tiny_config, strid
         feed.intake(buf)
 
     assert len(buf) == 2 * (n_steps - stride)
-    y = buf._y[: len(buf)]
+    y = buf.held().y  # fifo, nothing drawn: in the order put
     inputs, targets = y[:, :f, 0, 0], y[:, f:, 0, 0]
     members, steps = buf._member[: len(buf)], buf._step[: len(buf)]
     for i in range(len(buf)):
@@ -187,7 +188,8 @@ def test_feed_pairs_steps_of_one_attempt_and_counts_each_once(tiny_config, strid
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_feed_windows_of_one_attempt_from_the_slots(tiny_config, stride):
+@pytest.mark.parametrize("window_store", [False, True], ids=["whole", "steps-once"])
+def test_feed_windows_of_one_attempt_from_the_slots(tiny_config, stride, window_store):
     """Windows of h = 2, K = 2, n = 2 (L = 6 steps, s apart). Three members interleaved: member 1
     is lost after span + 3 steps and rerun (those steps resent), member 2's stream misses a step.
     Every window in the buffer is its member's L steps k - (L - 1) s, ..., k of one attempt, in
@@ -207,7 +209,7 @@ def test_feed_windows_of_one_attempt_from_the_slots(tiny_config, stride):
     feed = MemberFeed(cfg=cfg, members=[0, 1, 2], ledger=ledger, clean=False, say=said.append)
     feed.pool = pool = _Slots(48, shape)
     buf = make_buffer("fifo", capacity=200, watermark=1, x_dim=spec.x_dim(cfg.problem.n_inputs),
-                      y_shape=spec.stored_shape(shape))
+                      y_shape=spec.stored_shape(shape), window=window if window_store else 1)
     sent = Counter()
     cut, gap = span + 3, span + 2  # member 1's first attempt ends after step cut; member 2 skips step gap
 
@@ -245,7 +247,7 @@ def test_feed_windows_of_one_attempt_from_the_slots(tiny_config, stride):
                 2: set(range(span + 1, n_steps + 1)) - set(missing)}
     n = len(buf)
     assert n == sum(map(len, expected.values()))
-    y, x = buf._y[:n, ::f, 0, 0], buf._x[:n]  # the first field of each of the L steps
+    y, x = buf.held().y[:, ::f, 0, 0], buf._x[:n]  # the first field of each of the L steps
     members, steps = buf._member[:n].tolist(), buf._step[:n].tolist()
     assert Counter(zip(members, steps)) == Counter((m, k) for m, ks in expected.items() for k in ks)  # once each
     for i, (m, k) in enumerate(zip(members, steps)):

@@ -930,7 +930,7 @@ def test_put_many_copies_each_field_once_and_only_the_ones_kept(policy, on_full,
         if not calls:  # balanced turned every one away: nothing to copy
             continue
         assert len(calls) == 1
-        _, _, slots, rows = calls[0]
+        _, _, slots, rows, _ = calls[0]
         copied = torch.arange(n) if rows is None else torch.from_numpy(rows)
         # What was copied is exactly what this chunk left held.
         held = buf.held()

@@ -18,6 +18,17 @@ long as samples only leave from the front. Removing samples from the middle (fir
 swaps a few slot ids in the ring and never copies a field, which matters on a GPU. Policies work in
 positions, never in slots, which keeps the ring arithmetic (and the checkpoint layout) in this module.
 
+A buffer of autoregressive windows (``window = L``: a sample's y is L steps of one member, L x F
+fields) stores each step once: a window's L steps overlap the next window's L - 1, so storing
+windows whole would copy each step L times (the intake's cost: measured L = 9 at 64x64, 0.73 of the
+direct samples' rate). Its steps live in a step store of ``capacity x L`` entries (a window's steps
+are never more), a held sample keeps L indices into it (`_refs`), and `put_many` copies only the
+steps it has not stored before, recognised by the keys its caller gives them (`y_keys`: the member
+feed numbers each step it receives). A step no held sample refers to is freed lazily, by a sweep
+over the held samples' indices (`_sweep`) when the store runs short or every `capacity`
+allocations, so that neither a policy nor a draw that removes samples has to count references.
+A batch gathers each window's L steps from the store: the same bytes a stored window would copy.
+
 `put` is `put_many` of one sample. `put_many` decides where each of its samples goes and what each
 displaces with numpy on the CPU metadata (a loop over small integers only where a policy's choice
 depends on the previous one), then copies the fields in one `index_copy_` for x and one for y (one
@@ -147,6 +158,10 @@ class Buffer(ABC):
         on_full: ``"block"`` (a full buffer refuses samples: backpressure, nothing lost) or
             ``"drop_oldest"`` (a full buffer discards its oldest held sample to take the new one:
             lossy, every drop counted). Only matters for policies that do not replace samples.
+        window: a sample's y is this many steps of ``y_shape[0] // window`` fields each, along the
+            field axis (an autoregressive window of L steps), and each step is stored once however
+            many held samples hold it, recognised by `put_many`'s ``y_keys``. 1 (default): a
+            sample's y is stored whole.
 
     The per-sample metadata (member, step, seen counter, arrival number) stays on the CPU whatever
     the device: it is read by Python on every `put` and `stats`, and keeping it off the GPU avoids a
@@ -170,6 +185,7 @@ class Buffer(ABC):
         seed: int = 0,
         device: torch.device | str = "cpu",
         on_full: str = "block",
+        window: int = 1,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -182,12 +198,15 @@ class Buffer(ABC):
             raise ValueError(f"y_shape must be a non-empty tuple of positive sizes, got {y_shape}")
         if on_full not in ON_FULL:
             raise ValueError(f"on_full must be one of {', '.join(ON_FULL)}, got {on_full!r}")
+        if window < 1 or y_shape[0] % window:
+            raise ValueError(f"window must be >= 1 and divide y_shape[0] = {y_shape[0]}, got {window}")
 
         self.capacity = capacity
         self.watermark = watermark
         self.x_dim = x_dim
         self.y_shape = y_shape
         self.on_full = on_full
+        self.window = window
         self.device = torch.device(device)
         # A CPU generator whatever the device: its state is then the same object on every machine,
         # so a checkpoint taken on a GPU resumes with identical draws on a CPU and vice versa.
@@ -195,7 +214,20 @@ class Buffer(ABC):
 
         # torch.empty: pages are not touched (resident) until a sample is written to them.
         self._x = torch.empty((capacity, x_dim), dtype=torch.float32, device=self.device)
-        self._y = torch.empty((capacity, *y_shape), dtype=torch.float32, device=self.device)
+        if window == 1:
+            self._y = torch.empty((capacity, *y_shape), dtype=torch.float32, device=self.device)
+        else:
+            # Windows: a step store and each sample's L indices into it (see the module docstring).
+            # Entries are handed out from the lowest free one up, so that the store's untouched
+            # pages stay untouched while freed entries can be reused.
+            step_shape = (y_shape[0] // window, *y_shape[1:])
+            self._store = torch.empty((capacity * window, *step_shape), dtype=torch.float32, device=self.device)
+            self._refs = torch.zeros((capacity, window), dtype=torch.int64)  # CPU, as the metadata
+            self._refs_np = self._refs.numpy()
+            self._store_key = np.full(capacity * window, -1, dtype=np.int64)  # -1: no key (never shared)
+            self._entry_of: dict[int, int] = {}  # key -> its step's entry (while not swept)
+            self._free = np.arange(capacity * window)  # free entries, ascending, from _next on
+            self._next = self._since_sweep = 0
         self._member = torch.zeros(capacity, dtype=torch.int64)
         self._step = torch.zeros(capacity, dtype=torch.int64)
         self._seen = torch.zeros(capacity, dtype=torch.int64)
@@ -212,7 +244,7 @@ class Buffer(ABC):
         # numpy views of a CPU storage, for put_many's copies (see _copy_fields); its gathers.
         on_cpu = self.device.type == "cpu"
         self._x_np = self._x.numpy() if on_cpu else None
-        self._y_np = self._y.numpy() if on_cpu else None
+        self._y_np = (self._y if window == 1 else self._store).numpy() if on_cpu else None
         self._copier = RowCopier()
 
         self._head = 0
@@ -306,6 +338,7 @@ class Buffer(ABC):
         member: torch.Tensor | Sequence[int],
         step: torch.Tensor | Sequence[int],
         y_rows: torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]] | None = None,
+        y_keys: Sequence[np.ndarray | Sequence[int]] | None = None,
     ) -> Displacements:
         """Store n samples as if `put` had been called on each in order: the same samples held in
         the same slots and positions, the same counters and seen counts, the same generator state.
@@ -324,6 +357,11 @@ class Buffer(ABC):
                 ``y[y_rows[i]]``. The fields are gathered from the pool straight into the storage
                 (through pinned staging memory on a GPU), without a copy of the caller's first.
                 With parts: a list or tuple of such vectors, one a part.
+            y_keys: a buffer of windows only (``window`` L > 1), with y in L parts of one step each:
+                L vectors [n] of int keys, one a part, that name each step (any int, unique to one
+                step's fields for the life of the buffer, until `load_state_dict`). A step whose
+                key the buffer holds is not copied again: the sample refers to the held one. None:
+                every step is copied (and never shared).
 
         Returns:
             Every `Displaced` sample of those puts, in order (`Displacements`, a sequence of them);
@@ -344,6 +382,7 @@ class Buffer(ABC):
         if tuple(x.shape) != (n, self.x_dim):
             raise ValueError(f"x must have shape (n, {self.x_dim}), n = len(member) = {n}; got {tuple(x.shape)}")
         parts = self._parts(y, y_rows, n)
+        keys = self._checked_keys(y_keys, parts, n)
         if len(steps) != n:
             raise ValueError(f"step must have length n = len(member) = {n}, got {len(steps)}")
         room = self.put_capacity()
@@ -390,7 +429,7 @@ class Buffer(ABC):
             if len(kept) < n:
                 rows = kept
         if len(slots):
-            self._copy_fields(x, parts, slots, rows)
+            self._copy_fields(x, parts, slots, rows, keys)
 
         self._n_put += n
         if self.replaces:
@@ -497,8 +536,11 @@ class Buffer(ABC):
             "head": self._head,
             "size": self._size,
             "ring": self._ring.clone(),
+            "window": self.window,
             "x": self._x if on_cpu else self._x.cpu(),
-            "y": self._y if on_cpu else self._y.cpu(),
+            # A buffer of windows: its step store and each sample's indices into it.
+            **({"y": self._y if on_cpu else self._y.cpu()} if self.window == 1 else
+               {"store": self._store if on_cpu else self._store.cpu(), "refs": self._refs.clone()}),
             "member": self._member.clone(),
             "step": self._step.clone(),
             "seen": self._seen.clone(),
@@ -519,12 +561,13 @@ class Buffer(ABC):
         Raises:
             ValueError: naming the first key that does not match.
         """
-        for key in ("policy", "capacity", "x_dim", "y_shape"):
+        for key in ("policy", "capacity", "x_dim", "y_shape", "window"):
             mine = getattr(self, "name" if key == "policy" else key)
-            theirs = tuple(state[key]) if key == "y_shape" else state[key]
+            theirs = tuple(state[key]) if key == "y_shape" else state.get(key, 1)  # window: 1 before windows
             if theirs != mine:
                 raise ValueError(f"state_dict {key} is {theirs!r}, this buffer has {mine!r}")
-        for key, tensor in (("x", self._x), ("y", self._y), ("member", self._member), ("ring", self._ring)):
+        fields = (("y", self._y),) if self.window == 1 else (("store", self._store), ("refs", self._refs))
+        for key, tensor in (("x", self._x), *fields, ("member", self._member), ("ring", self._ring)):
             if tuple(state[key].shape) != tuple(tensor.shape):
                 raise ValueError(
                     f"state_dict {key} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}"
@@ -533,7 +576,8 @@ class Buffer(ABC):
         self._size = int(state["size"])
         self._ring.copy_(state["ring"])
         self._x.copy_(state["x"])
-        self._y.copy_(state["y"])
+        for key, tensor in fields:
+            tensor.copy_(state[key])
         self._member.copy_(state["member"])
         self._step.copy_(state["step"])
         self._seen.copy_(state["seen"])
@@ -545,6 +589,11 @@ class Buffer(ABC):
         self._evicted_unseen = int(state["evicted_unseen"])
         self._gen.set_state(state["rng_state"])
         self._load_policy_state(state["policy_state"])
+        if self.window > 1:
+            # The keys named steps of the feed that saved this state: a new one numbers afresh.
+            self._store_key[:] = -1
+            self._entry_of.clear()
+            self._sweep()
 
     def __repr__(self) -> str:
         return (
@@ -699,27 +748,154 @@ class Buffer(ABC):
             raise ValueError(f"{name} must be in 0..{m - 1}, got {rows.min()}..{rows.max()}")
         return rows
 
-    def _copy_fields(self, x: torch.Tensor, parts: list[_Part], slots: np.ndarray, rows: np.ndarray | None) -> None:
+    def _checked_keys(self, y_keys, parts: list[_Part], n: int) -> np.ndarray | None:
+        """put_many's y_keys as [n, window] int64 (None: no keys); ValueError naming what is wrong."""
+        if y_keys is None:
+            return None
+        if self.window == 1:
+            raise ValueError("y_keys is for a buffer of windows (window > 1); this buffer stores each sample whole")
+        per = self.y_shape[0] // self.window
+        if len(parts) != self.window or any(p.source.shape[1] != per for p in parts):
+            raise ValueError(
+                f"with y_keys, y must come in window = {self.window} parts of {per} fields each (one a step), "
+                f"got {len(parts)} parts"
+            )
+        if not isinstance(y_keys, (list, tuple)) or len(y_keys) != self.window:
+            raise ValueError(f"y_keys must be a list or tuple of window = {self.window} key vectors, one a part")
+        keys = [_int_vector(k, f"y_keys[{j}]") for j, k in enumerate(y_keys)]
+        for j, k in enumerate(keys):
+            if len(k) != n:
+                raise ValueError(f"y_keys[{j}] must have length n = len(member) = {n}, got {len(k)}")
+        return np.stack(keys, axis=1)
+
+    def _copy_fields(
+        self, x: torch.Tensor, parts: list[_Part], slots: np.ndarray, rows: np.ndarray | None,
+        keys: np.ndarray | None = None,
+    ) -> None:
         """Copy the samples `rows` [k] (None: all n) into the k distinct storage `slots`: x[rows]
         from x [n, x_dim], and their fields from each part (its source's rows ``part.rows[rows]``,
         or ``rows`` where it has none) into its share of the field axis. One copy into the storage
         for x and one for each part, after one gather of the rows where they are not all of them
-        or not in order.
+        or not in order. A buffer of windows copies only the steps it does not hold yet
+        (`_put_steps`; ``keys`` [n, window], as put_many's y_keys).
 
         On the CPU, numpy (`RowCopier`): it copies a row with memcpy, where torch's index_copy_
         took 2-3x as long for 16 KiB rows (measured: 48 rows, 30 against 69 us).
         """
-        if self.device.type == "cpu":
+        on_cpu = self.device.type == "cpu"
+        if on_cpu:
             self._copier.copy(self._x_np, slots, x, rows, "x")
+        else:
+            index = self._on_device(torch.from_numpy(slots))
+            self._x.index_copy_(0, index, self._to_device(x, rows))
+        if self.window > 1:
+            self._put_steps(parts, slots, rows, keys)
+            return
+        if on_cpu:
             for k, part in enumerate(parts):
                 dest = self._y_np if part.fields is None else self._y_np[:, part.fields]
                 self._copier.copy(dest, slots, part.source, part.rows_of(rows), f"y{k}")
             return
-        index = self._on_device(torch.from_numpy(slots))
-        self._x.index_copy_(0, index, self._to_device(x, rows))
         for part in parts:
             dest = self._y if part.fields is None else self._y[:, part.fields]  # index_copy_ writes through the view
             dest.index_copy_(0, index, self._to_device(part.source, part.rows_of(rows)))
+
+    # ------------------------------------------------------------------ the step store (windows)
+
+    def _put_steps(self, parts: list[_Part], slots: np.ndarray, rows: np.ndarray | None,
+                   keys: np.ndarray | None) -> None:
+        """A buffer of windows: the L steps of the samples `rows` [k] (None: all n), written to the
+        k `slots`, as indices into the step store; the steps it does not hold yet (by key; all of
+        them without keys) are copied into free entries, each once however many of these samples
+        hold it (a copy per part of the steps first met in that part)."""
+        k, L = len(slots), self.window
+        sources = self._step_sources(parts, rows, k)
+        if keys is None:
+            refs = self._allocate(k * L, slots, None).reshape(k, L)
+            for j, (source, source_rows) in enumerate(sources):
+                self._write_steps(refs[:, j], source, source_rows, f"y{j}")
+        else:
+            keys = (keys if rows is None else keys[rows]).ravel()  # [k L], sample-major
+            unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            entries = np.fromiter((self._entry_of.get(key, -1) for key in unique.tolist()), np.int64, len(unique))
+            new = np.flatnonzero(entries < 0)
+            if len(new):
+                got = self._allocate(len(new), slots, entries[entries >= 0])
+                entries[new] = got
+                self._store_key[got] = unique[new]
+                self._entry_of.update(zip(unique[new].tolist(), got.tolist()))
+                sample, part = np.divmod(first[new], L)  # where each new step is first met
+                for j, (source, source_rows) in enumerate(sources):
+                    mine = part == j
+                    if mine.any():
+                        self._write_steps(got[mine], source, source_rows[sample[mine]], f"y{j}")
+            refs = entries[inverse.ravel()].reshape(k, L)
+        self._refs_np[slots] = refs
+
+    def _step_sources(self, parts: list[_Part], rows: np.ndarray | None, k: int) -> list[tuple[torch.Tensor, np.ndarray]]:
+        """For each of the L steps of a window, (a source [m, F, ...], the [k] rows of it that hold
+        that step of the k samples `rows`): the parts themselves where they are one step each,
+        else the samples' fields gathered first (a sample's y whole, or parts of other widths)."""
+        per = self.y_shape[0] // self.window
+        everything = np.arange(k)
+        if len(parts) == self.window and all(p.source.shape[1] == per for p in parts):
+            return [(p.source, everything if (r := p.rows_of(rows)) is None else r) for p in parts]
+        gathered = []
+        for part in parts:
+            r = part.rows_of(rows)
+            source = torch.as_tensor(part.source)
+            gathered.append(source if r is None else source[torch.from_numpy(r).to(source.device)])
+        fields = torch.cat(gathered, dim=1).reshape(k, self.window, per, *self.y_shape[1:])
+        return [(fields[:, j], everything) for j in range(self.window)]
+
+    def _write_steps(self, entries: np.ndarray, source: torch.Tensor, rows: np.ndarray, name: str) -> None:
+        """store[entries] = source[rows] ([k] each)."""
+        if self.device.type == "cpu":
+            self._copier.copy(self._y_np, entries, source, rows, name)
+        else:
+            self._store.index_copy_(0, self._on_device(torch.from_numpy(entries)), self._to_device(source, rows))
+
+    def _allocate(self, count: int, overwritten: np.ndarray, in_use: np.ndarray | None) -> np.ndarray:
+        """``count`` free entries of the step store, lowest first: sweeping first when too few are
+        left, or when `capacity` have been handed out since the last sweep (so that freed entries,
+        whose pages are resident, are reused before untouched ones). ``overwritten``: the slots
+        this put writes (their old windows go); ``in_use``: entries this put refers to."""
+        if self._next + count > len(self._free) or self._since_sweep >= self.capacity:
+            self._sweep(overwritten, in_use)
+        if self._next + count > len(self._free):  # cannot happen: held windows hold at most capacity x L steps
+            raise RuntimeError(f"{self.name} buffer's step store is out of entries ({count} wanted)")
+        got = self._free[self._next : self._next + count].copy()
+        self._next += count
+        self._since_sweep += count
+        return got
+
+    def _sweep(self, overwritten: np.ndarray | None = None, in_use: np.ndarray | None = None) -> None:
+        """Free every entry of the step store that no held sample refers to (but those in
+        ``in_use``; the held samples in slots ``overwritten`` do not count): the free list is
+        rebuilt, and the keys of the steps freed are forgotten."""
+        held = self._ring_np.take(np.arange(self._head, self._head + self._size), mode="wrap")
+        if overwritten is not None and len(overwritten):
+            going = np.zeros(self.capacity, dtype=bool)
+            going[overwritten] = True
+            held = held[~going[held]]
+        live = np.zeros(len(self._store_key), dtype=bool)
+        live[self._refs_np[held].ravel()] = True
+        if in_use is not None:
+            live[in_use] = True
+        dead = np.flatnonzero(~live & (self._store_key >= 0))
+        for key in self._store_key[dead].tolist():
+            del self._entry_of[key]
+        self._store_key[dead] = -1
+        self._free = np.flatnonzero(~live)
+        self._next = self._since_sweep = 0
+
+    def _fields(self, slots: torch.Tensor | slice) -> torch.Tensor:
+        """[k, *y_shape] copies of the fields of the samples in `slots` ([k] int64 on the CPU, or a
+        slice), on the storage's device; a buffer of windows gathers each one's L steps."""
+        if self.window == 1:
+            return self._y[slots].clone() if isinstance(slots, slice) else self._y[self._on_device(slots)]
+        entries = self._refs[slots].reshape(-1)
+        return self._store[self._on_device(entries)].reshape(-1, *self.y_shape)
 
     def _to_device(self, t: torch.Tensor, rows: np.ndarray | None) -> torch.Tensor:
         """t[rows] (None: all of t) as float32 on the storage's device (a GPU), safe to overwrite
@@ -753,7 +929,7 @@ class Buffer(ABC):
         # Advanced indexing copies, which is what makes a returned batch independent of storage.
         return Batch(
             x=self._x[dev_slots],
-            y=self._y[dev_slots],
+            y=self._fields(slots),
             member=self._member[slots],
             step=self._step[slots],
         )

@@ -57,7 +57,7 @@ class FifoBuffer(Buffer):
         self._seen[run] += 1
         self._n_sampled += k
         batch = Batch(
-            x=self._x[run].clone(), y=self._y[run].clone(), member=self._member[run].clone(),
+            x=self._x[run].clone(), y=self._fields(run), member=self._member[run].clone(),
             step=self._step[run].clone(),
         )
         self._head = (self._head + k) % self.capacity
@@ -132,7 +132,7 @@ class FiroBuffer(Buffer):
         dev_slots = self._on_device(torch.from_numpy(slots))
         return Batch(
             x=self._x[dev_slots],
-            y=self._y[dev_slots],
+            y=self._fields(torch.from_numpy(slots)),
             member=torch.from_numpy(self._member_np[slots]),
             step=torch.from_numpy(self._step_np[slots]),
         )

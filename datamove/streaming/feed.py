@@ -55,11 +55,12 @@ TIMEOUT_CHECK_S = 0.1  # between two checks for silent streams (a timeout is sec
 
 
 class _Kept(NamedTuple):
-    """A step kept for the autoregressive windows it may still start or continue: its time and the
-    slot that still holds its fields."""
+    """A step kept for the autoregressive windows it may still start or continue: its time, the
+    slot that still holds its fields, and its key (the buffer stores it once under that key)."""
 
     time: float
     slot: int
+    key: int
 
 
 class IngestFailed(RuntimeError):
@@ -97,8 +98,10 @@ class MemberFeed:
         self.waiting: list[Step] = []  # steps received, not yet in the buffer, in order
         # Autoregressive samples (trainer.sample): a waiting step is the last step of a window of
         # L = h + n K steps s apart (SampleSpec) whose L - 1 earlier steps, of the same attempt,
-        # wait beside it in waiting_windows: (their slots in time order, then the times x takes,
-        # at SampleSpec.time_positions). Each streaming member's last (L - 1) s steps wait in
+        # wait beside it in waiting_windows: (their slots in time order, the keys of the L steps,
+        # then the times x takes, at SampleSpec.time_positions). A key numbers each step received
+        # (_serial): the buffer (built with window = L) stores each step once, under its key, however
+        # many windows hold it, so a window's put copies only its new step. Each streaming member's last (L - 1) s steps wait in
         # _history, in their own slots, while a later window can still take them, so an intake's
         # put gathers the L steps of each window straight from the slots, and no step is copied
         # before it (the config checks that each worker has a slot more than it keeps).
@@ -110,6 +113,7 @@ class MemberFeed:
         self.waiting_windows: list[tuple[float, ...]] = []
         self._history: dict[int, dict[int, _Kept]] = {}  # member -> step -> the kept step, in arrival order
         self._made = self._put = 0  # windows made, and put, so far
+        self._serial = 0  # the key of the next step received
         self._leaving: tuple[list[int], list[int]] = ([], [])  # (windows made when it left, slot), in order
         # What each arriving step needs of the spec (a property call costs more than the lookup).
         self._span, self._positions = spec.span, spec.time_positions
@@ -239,15 +243,18 @@ class MemberFeed:
         ids, which = np.unique(members, return_inverse=True)  # a few members per intake
         x[:, :n_params] = np.stack([self.params[m] for m in ids.tolist()])[which]
         if self.spec.autoregressive:
-            windows = np.array(self.waiting_windows[:n], dtype=np.float64)  # [n, L - 1 slots + n_times]
+            L = self.spec.window
+            windows = np.array(self.waiting_windows[:n], dtype=np.float64)  # [n, L - 1 slots + L keys + n_times]
             del self.waiting_windows[:n]
-            earlier = windows[:, : self.spec.window - 1].T.astype(np.int64)  # [L - 1, n] slots, in time order
-            x[:, n_params:] = windows[:, self.spec.window - 1 :]  # each application's last input step's time
-            # The window [L n_fields, ny, nx]: its L steps in time order, each from its slot.
+            earlier = windows[:, : L - 1].T.astype(np.int64)  # [L - 1, n] slots, in time order
+            keys = windows[:, L - 1 : 2 * L - 1].T.astype(np.int64)  # [L, n]
+            x[:, n_params:] = windows[:, 2 * L - 1 :]  # each application's last input step's time
+            # The window [L n_fields, ny, nx]: its L steps in time order, each from its slot (a
+            # buffer of windows copies only the steps it does not hold under their keys).
             pool = torch.from_numpy(self.pool.slots)
             displaced = buffer.put_many(
-                torch.from_numpy(x), (pool,) * self.spec.window, member=members, step=step.astype(np.int64),
-                y_rows=(*earlier, slots),
+                torch.from_numpy(x), (pool,) * L, member=members, step=step.astype(np.int64),
+                y_rows=(*earlier, slots), y_keys=tuple(keys) if buffer.window > 1 else None,
             )
             self._put += n
             self._let_go()
@@ -337,7 +344,9 @@ class MemberFeed:
             else:
                 self.pool.release((ev.slot,))
             return
-        window = self._window(ev) if new else None
+        key = self._serial
+        self._serial += 1
+        window = self._window(ev, key) if new else None
         if window is not None:
             self._wait(ev)
             self.waiting_windows.append(window)
@@ -349,7 +358,7 @@ class MemberFeed:
                 missing = next(ev.step - d for d in self._offsets if ev.step - d not in history)
                 self.say(f"member {ev.member}: step {ev.step} arrived without step {missing} of its stream; "
                          "counted unpaired")
-        self._keep(ev)
+        self._keep(ev, key)
 
     def _wait(self, ev: Step) -> None:
         """A new step goes into the next intake."""
@@ -357,10 +366,10 @@ class MemberFeed:
             self._waiting_since = time.monotonic()
         self.waiting.append(ev)
 
-    def _window(self, ev: Step) -> tuple[float, ...] | None:
-        """Autoregressive samples: the window that ends at ``ev`` (None: an earlier step of it is
-        not kept), as it waits in ``waiting_windows``: the slots of its L - 1 earlier steps in time
-        order, then the times x takes."""
+    def _window(self, ev: Step, key: int) -> tuple[float, ...] | None:
+        """Autoregressive samples: the window that ends at ``ev`` (whose key is ``key``; None: an
+        earlier step of it is not kept), as it waits in ``waiting_windows``: the slots of its L - 1
+        earlier steps in time order, the keys of its L steps, then the times x takes."""
         history = self._history.get(ev.member)
         if not history:
             return None
@@ -368,9 +377,9 @@ class MemberFeed:
         earlier = [history.get(k - d) for d in self._offsets]
         if None in earlier:
             return None
-        return (*[e.slot for e in earlier], *[earlier[p].time for p in self._positions])
+        return (*[e.slot for e in earlier], *[e.key for e in earlier], key, *[earlier[p].time for p in self._positions])
 
-    def _keep(self, ev: Step) -> None:
+    def _keep(self, ev: Step, key: int) -> None:
         """Autoregressive samples: keep ``ev`` (in its slot) while a later window may take it, until
         step ``ev.step`` + (L - 1) s arrives; the steps no later window takes leave (:meth:`_leave`),
         and so does ``ev`` if none does.
@@ -387,7 +396,7 @@ class MemberFeed:
         if k in history:  # the same step twice in one attempt: the later one is kept
             self._leave(history.pop(k).slot)
         if k <= self._last_kept:
-            history[k] = _Kept(ev.time, ev.slot)
+            history[k] = _Kept(ev.time, ev.slot, key)
         else:
             self._leave(ev.slot)
         # The first step of a window that ends at k, and any before it (left by a gap), start no

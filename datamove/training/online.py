@@ -282,12 +282,14 @@ def _train_online(cfg: StudyConfig, members: list[int] | None, dd: Dist, stop: S
     study_dir = cfg.study_dir
     run = Training(cfg=cfg, dd=dd, label="train")
     _check_buffer_memory(cfg, run.device)
+    spec = SampleSpec.of(cfg)
     buffer = make_buffer(
         cfg.reservoir.policy,
         capacity=cfg.reservoir.capacity,
         watermark=cfg.reservoir.watermark,
-        x_dim=SampleSpec.of(cfg).x_dim(problem.n_inputs),  # windows: a time per application
-        y_shape=SampleSpec.of(cfg).stored_shape(problem.sample_shape),  # autoregressive: windows
+        x_dim=spec.x_dim(problem.n_inputs),  # windows: a time per application
+        y_shape=spec.stored_shape(problem.sample_shape),  # autoregressive: windows of L steps
+        window=spec.window,  # each step stored once, however many windows hold it
         seed=tc.seed + dd.rank,
         device=run.device,
         on_full=cfg.reservoir.on_full,
