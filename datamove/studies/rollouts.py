@@ -45,7 +45,7 @@ import pandas as pd
 from datamove.config import load_schema
 from datamove.evaluation.arms import ARMS
 from datamove.studies import models
-from datamove.studies.stats import HORIZON, HORIZON_SUMS, STATS, SUMS, arm_config, arm_row, std
+from datamove.studies.stats import HORIZON, HORIZON_SUMS, STATS, SUMS, arm_config, arm_row, pm, std
 from datamove.studies.sweep import StudyKind, named, seed_axis
 
 SECTION = "rollout_study"
@@ -252,7 +252,7 @@ def markdown(summary: pd.DataFrame, gains: pd.DataFrame, checks: pd.DataFrame, *
     arms = per_arm(summary)
     lines += [
         "", "Errors per arm, relative L2 pooled over the test members of each seed (sqrt(sum sq_err / sum "
-        "sq_truth)), then mean +- standard deviation over seeds: at the horizon (the rollout from each test "
+        "sq_truth)), then mean +- standard deviation over seeds (the mean alone for one seed): at the horizon (the rollout from each test "
         "member's first true steps, at its last step; then each seed's), over all the rollout's steps, and one "
         "step from true inputs. samples/s: mean over seeds (a sample is a window of history + unroll x bundle "
         "steps).", "",
@@ -262,12 +262,13 @@ def markdown(summary: pd.DataFrame, gains: pd.DataFrame, checks: pd.DataFrame, *
     for r in arms.itertuples():
         per_seed = ", ".join(f"{k}: {v:.3e}" for k, v in r.horizon_per_seed.items())
         lines.append(
-            f"| {r.problem} | {r.model} | {r.training} | {r.arm} | {r.horizon_rel_l2_mean:.3e} +- "
-            f"{r.horizon_rel_l2_std:.1e} | {per_seed} | {r.rollout_rel_l2_mean:.3e} +- {r.rollout_rel_l2_std:.1e} | "
-            f"{r.test_rel_l2_mean:.3e} +- {r.test_rel_l2_std:.1e} | {r.samples_per_s:,.1f} |")
+            f"| {r.problem} | {r.model} | {r.training} | {r.arm} | {pm(r.horizon_rel_l2_mean, r.horizon_rel_l2_std)} | "
+            f"{per_seed} | {pm(r.rollout_rel_l2_mean, r.rollout_rel_l2_std)} | "
+            f"{pm(r.test_rel_l2_mean, r.test_rel_l2_std)} | {r.samples_per_s:,.1f} |")
     lines += [
         "", "Online against offline: improvement 1 - online / offline error of the same seed (positive: online "
-        "has the lower error), mean +- standard deviation over seeds, and the seeds online won; 95 % interval "
+        "has the lower error), mean +- standard deviation over seeds (the mean alone for one seed), and the seeds "
+        "online won; 95 % interval "
         f"over test members: percentile bootstrap of the mean improvement, {resamples} resamples of the test "
         "members (the same for both arms and every seed).", "",
         "| problem | model | training | error | online | offline | improvement | seeds won | 95 % interval (test members) |",
@@ -275,8 +276,8 @@ def markdown(summary: pd.DataFrame, gains: pd.DataFrame, checks: pd.DataFrame, *
     ]
     for r in gains.itertuples():
         lines.append(
-            f"| {r.problem} | {r.model} | {r.training} | {COMPARED[r.stat]} | {r.online_mean:.3e} +- {r.online_std:.1e} | "
-            f"{r.offline_mean:.3e} +- {r.offline_std:.1e} | {r.gain_mean:+.1%} +- {r.gain_std:.1%} | "
+            f"| {r.problem} | {r.model} | {r.training} | {COMPARED[r.stat]} | {pm(r.online_mean, r.online_std)} | "
+            f"{pm(r.offline_mean, r.offline_std)} | {pm(r.gain_mean, r.gain_std, '+.1%', '.1%')} | "
             f"{r.wins} of {r.seeds} | [{r.ci_low:+.1%}, {r.ci_high:+.1%}] |")
     limits = "; ".join(f"{solver} " + ", ".join(f"{n} {v:g}" for n, v in nets.items())
                        for solver, nets in HORIZON_TARGETS.items())

@@ -18,6 +18,7 @@ unchanged.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,13 @@ def bootstrap_weights(rng: np.random.Generator, members: int, resamples: int) ->
 def std(x: np.ndarray) -> float:
     """The standard deviation over seeds; NaN for one seed (no spread)."""
     return float(x.std(ddof=1)) if len(x) > 1 else float("nan")
+
+
+def pm(mean: float, spread: float, mean_format: str = ".3e", spread_format: str = ".1e") -> str:
+    """``mean +- spread`` for a table; the mean alone where there is no spread (one seed)."""
+    if math.isnan(spread):
+        return format(mean, mean_format)
+    return f"{format(mean, mean_format)} +- {format(spread, spread_format)}"
 
 
 def arm_config(folder: str | Path) -> dict[str, Any]:
