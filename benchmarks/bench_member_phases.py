@@ -1,0 +1,143 @@
+"""Where a member's stream overhead goes (issue 32's profile): the phases of one SST stream per member.
+
+One writer process streams ``--members`` members in turn, one SST stream each (as a job of
+``ensemble.members_per_job`` does), ``--steps`` steps of one nx x nx float32 field; one reader
+process (as an ingest worker) waits for each member's contact file, opens, reads every step and
+closes. Plain ``adios2.Stream`` with the study's default stream parameters (the schema's
+``stream.parameters``), and TCP_NODELAY set on the writer's sockets once open, as ``datamove
+simulate`` does (``datamove.streaming.adios.disable_nagle``); each case adds parameters:
+
+  default:     the study's parameters (SST's ControlTransport is TCP);
+  scalable:    ControlTransport=scalable (EVPath's reliable UDP, ENet).
+
+Phases, median ms over the members, on each side: open (writer: Stream(..., "w") returns once the
+reader has connected; reader: from the contact file's appearance to Stream(..., "r") returning),
+steps (all steps written / read), close. member = writer's wall time per member (open + steps +
+close), without any solve.
+
+    python benchmarks/bench_member_phases.py [--members 12] [--steps 100] [--nx 32] [--repeats 3]
+
+Measured on this 2-core machine: docs/offline.md ("Where the stream's share goes").
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+CASES = {"default": {}, "scalable": {"ControlTransport": "scalable"}}
+CTX = mp.get_context("spawn")
+
+
+def _params(extra: dict[str, str]) -> dict[str, str]:
+    from datamove.config import validate_config
+
+    params = dict(validate_config({})["stream"]["parameters"])
+    params.update(extra)
+    return params
+
+
+def _io(adios, name: str, params: dict[str, str]):
+    io = adios.declare_io(name)
+    io.set_engine("SST")
+    io.set_parameters(params)
+    return io
+
+
+def _writer(folder: str, params, members: int, steps: int, nx: int, out) -> None:
+    import adios2
+
+    from datamove.streaming.adios import disable_nagle
+
+    field = np.random.default_rng(0).random((nx, nx), dtype=np.float32)
+    rows = []
+    for m in range(members):
+        t0 = time.perf_counter()
+        stream = adios2.Stream(_io(adios2.Adios(), f"w{m}", params), f"{folder}/member-{m:06d}", "w")
+        disable_nagle()
+        t1 = time.perf_counter()
+        for k in range(steps):
+            stream.begin_step()
+            stream.write("time", np.float64(k))
+            stream.write("u", field)
+            stream.end_step()
+        t2 = time.perf_counter()
+        stream.close()
+        t3 = time.perf_counter()
+        rows.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
+    out.put(("w", rows))
+
+
+def _reader(folder: str, params, members: int, out) -> None:
+    import adios2
+
+    rows = []
+    for m in range(members):
+        path = f"{folder}/member-{m:06d}"
+        while not os.path.exists(path + ".sst"):
+            time.sleep(0.0005)
+        t0 = time.perf_counter()
+        stream = adios2.Stream(_io(adios2.Adios(), f"r{m}", params), path, "r")
+        t1 = time.perf_counter()
+        n = 0
+        while stream.begin_step() == adios2.bindings.StepStatus.OK:
+            stream.read("u")
+            stream.end_step()
+            n += 1
+        t2 = time.perf_counter()
+        stream.close()
+        t3 = time.perf_counter()
+        rows.append((t1 - t0, t2 - t1, t3 - t2, n))
+    out.put(("r", rows))
+
+
+def run(case: str, *, members: int, steps: int, nx: int) -> dict[str, list[tuple]]:
+    params = _params(CASES[case])
+    with tempfile.TemporaryDirectory(prefix="datamove-phases-") as folder:
+        out = CTX.Queue()
+        procs = [CTX.Process(target=_reader, args=(folder, params, members, out)),
+                 CTX.Process(target=_writer, args=(folder, params, members, steps, nx, out))]
+        for p in procs:
+            p.start()
+        got = dict(out.get(timeout=600) for _ in procs)
+        for p in procs:
+            p.join()
+    if any(n != steps for *_, n in got["r"]):
+        raise RuntimeError(f"{case}: the reader lost steps: {[n for *_, n in got['r']]}")
+    return got
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--nx", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each case, interleaved (default 3)")
+    args = parser.parse_args(argv)
+    print(f"{args.members} members in turn, one SST stream each, {args.steps} steps of {args.nx}x{args.nx} float32; "
+          f"{args.repeats} interleaved runs per case; median ms over all members of all runs; {os.cpu_count()} cores.")
+    rows: dict[str, dict[str, list[tuple]]] = {c: {"w": [], "r": []} for c in CASES}
+    for r in range(args.repeats):
+        for case in CASES if r % 2 == 0 else reversed(list(CASES)):
+            got = run(case, members=args.members, steps=args.steps, nx=args.nx)
+            rows[case]["w"] += got["w"]
+            rows[case]["r"] += got["r"]
+    header = (f"{'case':<10} {'w open':>8} {'w steps':>8} {'w close':>8} {'member':>8} | "
+              f"{'r open':>8} {'r steps':>8} {'r close':>8}")
+    print(header)
+    print("-" * len(header))
+    for case, sides in rows.items():
+        w = [1000 * statistics.median(col) for col in zip(*sides["w"])]
+        r = [1000 * statistics.median(col) for col in list(zip(*sides["r"]))[:3]]
+        print(f"{case:<10} {w[0]:>8.1f} {w[1]:>8.1f} {w[2]:>8.1f} {w[3]:>8.1f} | {r[0]:>8.1f} {r[1]:>8.1f} {r[2]:>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
