@@ -3,12 +3,18 @@
 One writer process streams ``--members`` members in turn, one SST stream each (as a job of
 ``ensemble.members_per_job`` does), ``--steps`` steps of one nx x nx float32 field; one reader
 process (as an ingest worker) waits for each member's contact file, opens, reads every step and
-closes. Plain ``adios2.Stream`` with the study's default stream parameters (the schema's
-``stream.parameters``), and TCP_NODELAY set on the writer's sockets once open, as ``datamove
-simulate`` does (``datamove.streaming.adios.disable_nagle``); each case adds parameters:
+closes. ``adios2.Stream`` with the study's default stream parameters (the schema's
+``stream.parameters``), TCP_NODELAY set on the writer's sockets once open, as ``datamove simulate``
+does (``datamove.streaming.adios.disable_nagle``); the cases, run in fresh processes:
 
-  default:     the study's parameters (SST's ControlTransport is TCP);
-  scalable:    ControlTransport=scalable (EVPath's reliable UDP, ENet).
+  before:      as DATAMOVE streamed before TCP_NODELAY was set from the first message: ADIOS2's
+               sockets as it makes them (Nagle on until the writer's open returns);
+  nodelay:     as ``datamove.streaming.adios.make_io`` prepares a process
+               (``datamove.streaming.sockets.prepare_sockets``: TCP_NODELAY from the first
+               message, loopback only);
+  outside:     a solver of the user's own (its sockets as ADIOS2 makes them) streaming to
+               DATAMOVE's reader (prepared);
+  scalable:    nodelay, and ControlTransport=scalable (EVPath's reliable UDP, ENet).
 
 Phases, median ms over the members, on each side: open (writer: Stream(..., "w") returns once the
 reader has connected; reader: from the contact file's appearance to Stream(..., "r") returning),
@@ -31,7 +37,9 @@ import time
 
 import numpy as np
 
-CASES = {"default": {}, "scalable": {"ControlTransport": "scalable"}}
+# case -> (parameters added, the writer's sockets prepared as make_io does, the reader's)
+CASES = {"before": ({}, False, False), "nodelay": ({}, True, True), "outside": ({}, False, True),
+         "scalable": ({"ControlTransport": "scalable"}, True, True)}
 CTX = mp.get_context("spawn")
 
 
@@ -43,14 +51,18 @@ def _params(extra: dict[str, str]) -> dict[str, str]:
     return params
 
 
-def _io(adios, name: str, params: dict[str, str]):
+def _io(adios, name: str, params: dict[str, str], prepared: bool):
     io = adios.declare_io(name)
     io.set_engine("SST")
     io.set_parameters(params)
+    if prepared:
+        from datamove.streaming.sockets import prepare_sockets
+
+        prepare_sockets(io.parameters())  # as datamove.streaming.adios.make_io
     return io
 
 
-def _writer(folder: str, params, members: int, steps: int, nx: int, out) -> None:
+def _writer(folder: str, params, prepared: bool, members: int, steps: int, nx: int, out) -> None:
     import adios2
 
     from datamove.streaming.adios import disable_nagle
@@ -59,7 +71,7 @@ def _writer(folder: str, params, members: int, steps: int, nx: int, out) -> None
     rows = []
     for m in range(members):
         t0 = time.perf_counter()
-        stream = adios2.Stream(_io(adios2.Adios(), f"w{m}", params), f"{folder}/member-{m:06d}", "w")
+        stream = adios2.Stream(_io(adios2.Adios(), f"w{m}", params, prepared), f"{folder}/member-{m:06d}", "w")
         disable_nagle()
         t1 = time.perf_counter()
         for k in range(steps):
@@ -74,7 +86,7 @@ def _writer(folder: str, params, members: int, steps: int, nx: int, out) -> None
     out.put(("w", rows))
 
 
-def _reader(folder: str, params, members: int, out) -> None:
+def _reader(folder: str, params, prepared: bool, members: int, out) -> None:
     import adios2
 
     rows = []
@@ -83,7 +95,7 @@ def _reader(folder: str, params, members: int, out) -> None:
         while not os.path.exists(path + ".sst"):
             time.sleep(0.0005)
         t0 = time.perf_counter()
-        stream = adios2.Stream(_io(adios2.Adios(), f"r{m}", params), path, "r")
+        stream = adios2.Stream(_io(adios2.Adios(), f"r{m}", params, prepared), path, "r")
         t1 = time.perf_counter()
         n = 0
         while stream.begin_step() == adios2.bindings.StepStatus.OK:
@@ -98,11 +110,12 @@ def _reader(folder: str, params, members: int, out) -> None:
 
 
 def run(case: str, *, members: int, steps: int, nx: int) -> dict[str, list[tuple]]:
-    params = _params(CASES[case])
+    extra, writer_prepared, reader_prepared = CASES[case]
+    params = _params(extra)
     with tempfile.TemporaryDirectory(prefix="datamove-phases-") as folder:
         out = CTX.Queue()
-        procs = [CTX.Process(target=_reader, args=(folder, params, members, out)),
-                 CTX.Process(target=_writer, args=(folder, params, members, steps, nx, out))]
+        procs = [CTX.Process(target=_reader, args=(folder, params, reader_prepared, members, out)),
+                 CTX.Process(target=_writer, args=(folder, params, writer_prepared, members, steps, nx, out))]
         for p in procs:
             p.start()
         got = dict(out.get(timeout=600) for _ in procs)

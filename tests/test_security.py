@@ -135,7 +135,7 @@ def test_a_read_only_slot_is_patched_and_left_read_only():
     import ctypes
     import mmap
 
-    from datamove.streaming.loopback import _write_slot
+    from datamove.streaming.sockets import _write_slot
 
     page = mmap.mmap(-1, mmap.PAGESIZE)
     slot = ctypes.addressof(ctypes.c_char.from_buffer(page)) + 64

@@ -8,7 +8,7 @@ import socket
 import adios2
 
 from datamove.config import StreamConfig
-from datamove.streaming.loopback import listen_on_loopback
+from datamove.streaming.sockets import prepare_sockets
 
 IO_NAME = "datamove"
 
@@ -19,7 +19,8 @@ def make_io(stream: StreamConfig, name: str = IO_NAME) -> tuple[adios2.Adios, ad
     With ``stream.xml_config``, the XML file's ``<io name="datamove">`` decides engine and
     parameters (the same file configures a C++ or Fortran solver); otherwise the config does.
     The IO is configured before any Stream is opened (``Stream.set_parameters`` is broken in 2.12).
-    An SST IO listens on loopback only, unless its parameters name an interface (loopback.py).
+    An SST IO listens on loopback only, unless its parameters name an interface, and its TCP
+    sockets have Nagle's algorithm off from the first message (sockets.py).
     """
     if stream.xml_config:
         adios = adios2.Adios(str(stream.xml_config))
@@ -31,7 +32,7 @@ def make_io(stream: StreamConfig, name: str = IO_NAME) -> tuple[adios2.Adios, ad
         if stream.engine.upper() == "SST":
             io.set_parameters({str(k): str(v) for k, v in stream.parameters.items()})
     if io.engine_type().upper() == "SST":
-        listen_on_loopback(io.parameters())
+        prepare_sockets(io.parameters())
     return adios, io
 
 
@@ -44,7 +45,9 @@ def disable_nagle() -> int:
     writer's sockets: 15,000-20,000 (measured on 2 cores, benchmarks/bench_ingest.py shows the
     effect on 4 streams). ADIOS2 has no parameter for it, so a writer sets it on its own sockets,
     which belong to ADIOS2 (a solver process has no others). Setting it on the reader's side alone
-    made the stalls worse, so readers do not.
+    made the stalls worse. Since ``make_io`` prepares a process's sockets (sockets.py: TCP_NODELAY
+    from the first message, on both sides), this is what keeps a writer right where that could not
+    be done (a platform it cannot patch) and catches any socket opened otherwise.
     """
     done = 0
     for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []:

@@ -1,15 +1,30 @@
-"""SST on one host listens on loopback only: ADIOS2's listening sockets bound to 127.0.0.1.
+"""ADIOS2's SST sockets: listening on loopback only on one host, and Nagle's algorithm off from the start.
 
-Why this way: ADIOS2 2.12's SST transports bind their listening socket to every interface whatever
-the parameters say (EVPath's sockets transport, ``libcmsockets_LTX_non_blocking_listen`` in
+Two things ADIOS2 2.12 has no parameter for, done the same way: a process that opens a stream
+points ADIOS2's own calls of libc's ``bind`` and ``connect`` (their slots in the global offset table
+of the libadios2_* libraries, which the dynamic linker fills) at wrappers; no other socket of the
+process is touched.
+
+**Loopback.** SST's transports bind their listening socket to every interface whatever the
+parameters say (EVPath's sockets transport, ``libcmsockets_LTX_non_blocking_listen`` in
 thirdparty/EVPath/EVPath/cmsockets.c: ``sin_addr.s_addr = INADDR_ANY``; ENet's the same with
 ``ENET_HOST_ANY``). ``NetworkInterface``, ``ControlInterface``, ``DataInterface`` and the ``ADIOS2_IP``,
 ``ADIOS2_HOSTNAME``, ``ADIOS2_INTERFACE`` variables only choose the address a contact file publishes.
-So a process that opens a stream points ADIOS2's own calls of libc's ``bind`` (their slots in the
-global offset table of libadios2_evpath and libadios2_enet, which the dynamic linker fills) at a
-wrapper that turns the wildcard address 0.0.0.0 into 127.0.0.1, and publishes 127.0.0.1
-(``ADIOS2_IP``, read once, at the first listen). No other socket of the process is touched.
-See docs/security.md.
+So the ``bind`` wrapper turns the wildcard address 0.0.0.0 into 127.0.0.1, and 127.0.0.1 is published
+(``ADIOS2_IP``, read once, at the first listen), unless the stream's parameters name an interface
+(a study across hosts). See docs/security.md.
+
+**TCP_NODELAY from the first message.** SST's TCP control plane leaves Nagle's algorithm on: the
+handshake of ``Open`` (a few small messages each way) then waits for the peer's delayed ACK at every
+turn, ~44 ms a message here, ~220 ms a stream (measured: benchmarks/bench_member_phases.py, strace
+of the reader; docs/offline.md), more than a small member's whole solve. Setting TCP_NODELAY after
+``Open`` returns (:func:`datamove.streaming.adios.disable_nagle`) is too late for it, and nothing
+can run during ``Open`` (it holds the GIL). So the ``bind`` wrapper sets TCP_NODELAY on a TCP socket
+it binds (a listening socket: the connections it accepts inherit it, on Linux) and the ``connect``
+wrapper on a TCP socket before it connects: writer and reader open in ~4 ms instead of ~220 ms.
+Both are called by ADIOS2 on the thread that calls ``Open`` (which holds the GIL the wrappers, being
+Python, take): the writer binds its listener and the reader connects inside ``Open``; the
+connections the writer's network thread accepts are not wrapped, they inherit.
 """
 
 from __future__ import annotations
@@ -39,26 +54,61 @@ _libc_bind.restype = ctypes.c_int
 _LOOPBACK_BYTES = socket.inet_aton(LOOPBACK)
 
 
+_libc_connect = _libc.connect
+_libc_connect.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
+_libc_connect.restype = ctypes.c_int
+
+
 @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, use_errno=True)
-def _bind_loopback(fd: int, addr: int, length: int) -> int:
-    """libc's ``bind(fd, addr, length)``, with an IPv4 wildcard address (0.0.0.0) made 127.0.0.1."""
+def _bind(fd: int, addr: int, length: int) -> int:
+    """libc's ``bind(fd, addr, length)``, with an IPv4 wildcard address (0.0.0.0) made 127.0.0.1
+    (loopback only), and TCP_NODELAY set on the socket once bound."""
     try:
-        if addr and length >= 8:
+        if _loopback and addr and length >= 8:
             raw = bytearray(ctypes.string_at(addr, length))
             # struct sockaddr_in: sa_family (native unsigned short), port, then the IPv4 address.
             if int.from_bytes(raw[:2], sys.byteorder) == socket.AF_INET and raw[4:8] == bytes(4):
                 raw[4:8] = _LOOPBACK_BYTES
                 copy = (ctypes.c_char * length).from_buffer(raw)
-                return _libc_bind(fd, ctypes.addressof(copy), length)
-        return _libc_bind(fd, addr, length)
+                return _nodelay(fd, _libc_bind(fd, ctypes.addressof(copy), length))
+        return _nodelay(fd, _libc_bind(fd, addr, length))
     except Exception:  # never let ADIOS2 believe a bind that did not happen succeeded
         ctypes.set_errno(errno.EINVAL)
         return -1
 
 
-def _bind_slots(path: str) -> list[int]:
+@ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, use_errno=True)
+def _connect(fd: int, addr: int, length: int) -> int:
+    """libc's ``connect(fd, addr, length)``, TCP_NODELAY set on the socket first."""
+    _nodelay(fd, 0)
+    return _libc_connect(fd, addr, length)
+
+
+def _nodelay(fd: int, result: int) -> int:
+    """Set TCP_NODELAY on ``fd`` if it is a TCP socket and ``result`` (of the bind) is 0; ``result``.
+    A socket it cannot set it on is left as it is (the call it wraps decides success)."""
+    if result == 0:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            return result
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        finally:
+            sock.detach()  # the descriptor stays ADIOS2's
+    return result
+
+
+_WRAPPERS = {b"bind": _bind, b"connect": _connect}
+
+
+def _slots(path: str) -> dict[bytes, list[int]]:
     """Offsets (from the load address) of the slots through which the ELF library ``path`` calls
-    ``bind``; empty when it does not. Raises OSError for a library this module cannot read."""
+    each wrapped function (``bind``, ``connect``), by name; empty where it calls none. Raises
+    OSError for a library this module cannot read."""
     data = Path(path).read_bytes()
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise OSError(f"{path} is not a 64-bit little-endian ELF library")
@@ -77,7 +127,7 @@ def _bind_slots(path: str) -> list[int]:
     shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
     # Section header: name, type, flags, addr, offset, size, link, info, addralign, entsize.
     sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    slots = []
+    slots: dict[bytes, list[int]] = {}
     for _, kind, _, _, offset, size, link, _, _, _ in sections:
         if kind != _SHT_RELA:
             continue
@@ -88,8 +138,9 @@ def _bind_slots(path: str) -> list[int]:
                 continue
             (st_name,) = struct.unpack_from("<I", data, symtab[4] + (r_info >> 32) * 24)
             start = strtab[4] + st_name
-            if data[start : data.index(b"\0", start)] == b"bind":
-                slots.append(r_offset - first)
+            name = data[start : data.index(b"\0", start)]
+            if name in _WRAPPERS:
+                slots.setdefault(name, []).append(r_offset - first)
     return slots
 
 
@@ -109,7 +160,8 @@ def _adios_libraries() -> dict[str, tuple[int, list[tuple[int, int, str]]]]:
     return {path: (base, ranges) for path, (base, ranges) in libraries.items() if base is not None}
 
 
-_closed = False
+_patched = False
+_loopback = False
 _warned = False
 _PROT_READ, _PROT_WRITE = 1, 2
 _mprotect = _libc.mprotect
@@ -117,29 +169,31 @@ _mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _mprotect.restype = ctypes.c_int
 
 
-def listen_on_loopback(parameters: Mapping[str, str]) -> bool:
-    """Make this process's SST streams listen on 127.0.0.1 and publish it; True once done.
+def prepare_sockets(parameters: Mapping[str, str]) -> bool:
+    """Wrap ADIOS2's ``bind`` and ``connect`` in this process (see the module docstring): TCP_NODELAY
+    from the first message, and, unless ``parameters`` (the IO's engine parameters) name an
+    interface (NetworkInterface, ControlInterface, DataInterface), listening on 127.0.0.1 and
+    publishing it. True once the streams listen on loopback only.
 
-    Call before the process's first SST Open (``make_io`` does). With ``parameters`` (the IO's
-    engine parameters) naming an interface (NetworkInterface, ControlInterface, DataInterface), it
-    leaves ADIOS2 as it is and returns False; where it cannot close the streams (not Linux, a library
-    it cannot read or patch) it warns once, naming docs/security.md, and returns False.
+    Call before the process's first SST Open (``make_io`` does); the first call decides for the
+    process. Where it cannot wrap them (not Linux, a library it cannot read or patch) it warns
+    once, naming docs/security.md, and returns False.
     """
-    global _closed, _warned
-    if _closed:
-        return True
-    if _warned or any(str(key).lower() in INTERFACE_PARAMETERS for key in parameters):
-        return False
+    global _patched, _loopback, _warned
+    if _patched or _warned:
+        return _loopback
+    loopback = not any(str(key).lower() in INTERFACE_PARAMETERS for key in parameters)
     try:
         patched = 0
         for path, (base, ranges) in _adios_libraries().items():
-            for offset in _bind_slots(path):
-                slot = base + offset
-                writable = any(start <= slot < end and "w" in perms for start, end, perms in ranges)
-                _write_slot(slot, ctypes.cast(_bind_loopback, ctypes.c_void_p).value, writable=writable)
-                patched += 1
+            for name, offsets in _slots(path).items():
+                for offset in offsets:
+                    slot = base + offset
+                    writable = any(start <= slot < end and "w" in perms for start, end, perms in ranges)
+                    _write_slot(slot, ctypes.cast(_WRAPPERS[name], ctypes.c_void_p).value, writable=writable)
+                    patched += 1
         if not patched:
-            raise OSError("no ADIOS2 library that calls bind is loaded")
+            raise OSError("no ADIOS2 library that calls bind or connect is loaded")
     except (OSError, struct.error, IndexError, ValueError) as exc:
         # A warning, not an error: streams that work on every interface beat a study that cannot
         # start on a platform this cannot patch (not Linux, another ADIOS2 build).
@@ -150,9 +204,10 @@ def listen_on_loopback(parameters: Mapping[str, str]) -> bool:
             file=sys.stderr, flush=True,
         )
         return False
-    os.environ["ADIOS2_IP"] = LOOPBACK  # the address contact files publish; read at the first listen
-    _closed = True
-    return True
+    if loopback:
+        os.environ["ADIOS2_IP"] = LOOPBACK  # the address contact files publish; read at the first listen
+    _loopback, _patched = loopback, True
+    return loopback
 
 
 def _write_slot(slot: int, value: int, *, writable: bool) -> None:
@@ -166,7 +221,7 @@ def _write_slot(slot: int, value: int, *, writable: bool) -> None:
     start = slot & ~(page - 1)
     pages = 2 if slot + ctypes.sizeof(ctypes.c_void_p) > start + page else 1
     if _mprotect(start, pages * page, _PROT_READ | _PROT_WRITE) != 0:
-        raise OSError(ctypes.get_errno(), f"its bind slot is read-only and cannot be made writable: "
+        raise OSError(ctypes.get_errno(), f"its slot is read-only and cannot be made writable: "
                                           f"{os.strerror(ctypes.get_errno())}")
     try:
         ctypes.c_void_p.from_address(slot).value = value
