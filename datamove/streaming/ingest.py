@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from datamove.config import StreamConfig
-from datamove.streaming.contract import ContractError, Expectation, StreamError, contact_file, stream_path
+from datamove.streaming.contract import ContractError, Expectation, StreamError, contact_file
 from datamove.streaming.events import (
     Done,
     Ended,
