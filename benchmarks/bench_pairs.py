@@ -18,6 +18,7 @@ windows:         a window of L = h + n K steps (trainer.history h = 1, bundle K 
                  take it, and the put takes the window's L slots, one part each, with a key for
                  each step: the buffer (window = L) stores each step once, so it copies only the
                  steps it does not hold (one a window, once a member's first window is in).
+pairs-whole:     the pairs into a buffer that stores each pair whole (window = 1), as before.
 windows-whole:   the same windows into a buffer that stores each window whole (window = 1: the L
                  steps gathered from the slots into the sample's storage, each step copied into
                  each of the L windows that hold it): how windows were stored before.
@@ -52,6 +53,7 @@ WINDOWS = {"sample": "autoregressive", "history": 1, "bundle": 4, "unroll": 2}
 CASES = {
     "direct": ({"sample": "direct"}, True),
     "autoregressive": ({"sample": "autoregressive"}, True),
+    "pairs-whole": ({"sample": "autoregressive"}, False),
     "windows": (WINDOWS, True),
     "windows-whole": (WINDOWS, False),
 }
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(
         f"{args.members} contract writers flat out, {args.steps} steps each, into the member feed (default ingest "
-        f"workers and slots) and its intake into preallocated storage; {args.repeats} interleaved runs per case; "
+        f"workers and slots) and its intake into the trainer's buffer; {args.repeats} interleaved runs per case; "
         f"stride {args.stride}; {os.cpu_count()} cores here."
     )
     header = f"{'nx':>5} {'case':<15} {'samples/s':>10} {'min..max':>17} {'ratio':>6} {'others':>6}"
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict, code = h.verdict(ok, noise, NOISE_WARN_CORES)
     print(f"target: autoregressive / direct and windows / direct >= {RATIO_TARGET:g} at every size; "
           + "; ".join(f"{c} {' / '.join(f'{r:.2f}' for r in v)}" for c, v in ratios.items()) + f" -> {verdict}"
-          + " (windows-whole: the storage before, not a target)")
+          + " (pairs-whole, windows-whole: the storage before, not targets)")
     return code
 
 
