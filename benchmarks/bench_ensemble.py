@@ -61,7 +61,8 @@ def run_ensemble(root: Path, args, k: int) -> dict:
         if trainer.wait(timeout=600) != 0:
             raise RuntimeError(f"trainer failed: see {root / f'train-k{k}.log'}")
     # The markers (member-K.json), not the start notes (member-K.started.json).
-    members = [json.loads(p.read_text()) for p in sorted((study / "members").glob("member-[0-9][0-9][0-9][0-9][0-9][0-9].json"))]
+    markers = sorted((study / "members").glob("member-[0-9][0-9][0-9][0-9][0-9][0-9].json"))
+    members = [json.loads(p.read_text()) for p in markers]
     assert len(members) == args.members, f"{len(members)} member markers, expected {args.members}"
     solve = sum(m["solve_s"] for m in members)
     runs = sum(m["total_s"] for m in members)

@@ -98,6 +98,11 @@ def measured(stamps, sample_bytes: int, monitor: h.CpuMonitor) -> Measure:
     return Measure(stamps, sample_bytes, monitor.total(), steady, monitor.foreign_load())
 
 
+def store_size(shape) -> int:
+    """Samples of ``shape`` (float32) the consumer's storage holds: STORE_BYTES' worth, 64 to 1024."""
+    return min(1024, max(STORE_BYTES // (4 * int(np.prod(shape))), 64))
+
+
 def store_for(cfg) -> h.Store:
     """Preallocated storage in place of the reservoir (of the stored sample's shape and x: an
     autoregressive window is L steps, its x one time per application), its pages touched now: the
@@ -107,8 +112,7 @@ def store_for(cfg) -> h.Store:
 
     spec = SampleSpec.of(cfg)
     shape = spec.stored_shape(cfg.problem.sample_shape)
-    sample_bytes = 4 * int(np.prod(shape))
-    store = h.Store(min(1024, max(STORE_BYTES // sample_bytes, 64)), spec.x_dim(cfg.problem.n_inputs), shape)
+    store = h.Store(store_size(shape), spec.x_dim(cfg.problem.n_inputs), shape)
     store.x.zero_()
     store.y.zero_()
     return store
@@ -124,8 +128,7 @@ def buffer_for(cfg, *, steps_once: bool = True):
 
     spec = SampleSpec.of(cfg)
     shape = spec.stored_shape(cfg.problem.sample_shape)
-    capacity = min(1024, max(STORE_BYTES // (4 * int(np.prod(shape))), 64))
-    buf = make_buffer("reservoir", capacity=capacity, watermark=1, x_dim=spec.x_dim(cfg.problem.n_inputs),
+    buf = make_buffer("reservoir", capacity=store_size(shape), watermark=1, x_dim=spec.x_dim(cfg.problem.n_inputs),
                       y_shape=shape, window=spec.window if steps_once else 1, seed=0)
     buf._x.zero_()
     (buf._y if buf.window == 1 else buf._store).zero_()

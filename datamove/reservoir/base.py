@@ -754,11 +754,10 @@ class Buffer(ABC):
             return None
         if self.window == 1:
             raise ValueError("y_keys is for a buffer of windows (window > 1); this buffer stores each sample whole")
-        per = self.y_shape[0] // self.window
-        if len(parts) != self.window or any(p.source.shape[1] != per for p in parts):
+        if not self._one_step_each(parts):
             raise ValueError(
-                f"with y_keys, y must come in window = {self.window} parts of {per} fields each (one a step), "
-                f"got {len(parts)} parts"
+                f"with y_keys, y must come in window = {self.window} parts of {self.y_shape[0] // self.window} "
+                f"fields each (one a step), got {len(parts)} parts"
             )
         if not isinstance(y_keys, (list, tuple)) or len(y_keys) != self.window:
             raise ValueError(f"y_keys must be a list or tuple of window = {self.window} key vectors, one a part")
@@ -832,14 +831,15 @@ class Buffer(ABC):
             refs = entries[inverse.ravel()].reshape(k, L)
         self._refs_np[slots] = refs
 
-    def _step_sources(self, parts: list[_Part], rows: np.ndarray | None, k: int) -> list[tuple[torch.Tensor, np.ndarray]]:
+    def _step_sources(self, parts: list[_Part], rows: np.ndarray | None,
+                      k: int) -> list[tuple[torch.Tensor, np.ndarray]]:
         """For each of the L steps of a window, (a source [m, F, ...], the [k] rows of it that hold
         that step of the k samples `rows`): the parts themselves where they are one step each,
         else the samples' fields gathered first (a sample's y whole, or parts of other widths)."""
-        per = self.y_shape[0] // self.window
         everything = np.arange(k)
-        if len(parts) == self.window and all(p.source.shape[1] == per for p in parts):
+        if self._one_step_each(parts):
             return [(p.source, everything if (r := p.rows_of(rows)) is None else r) for p in parts]
+        per = self.y_shape[0] // self.window
         gathered = []
         for part in parts:
             r = part.rows_of(rows)
@@ -847,6 +847,11 @@ class Buffer(ABC):
             gathered.append(source if r is None else source[torch.from_numpy(r).to(source.device)])
         fields = torch.cat(gathered, dim=1).reshape(k, self.window, per, *self.y_shape[1:])
         return [(fields[:, j], everything) for j in range(self.window)]
+
+    def _one_step_each(self, parts: list[_Part]) -> bool:
+        """Whether put_many's y comes in ``window`` parts of one step's fields each."""
+        per = self.y_shape[0] // self.window
+        return len(parts) == self.window and all(p.source.shape[1] == per for p in parts)
 
     def _write_steps(self, entries: np.ndarray, source: torch.Tensor, rows: np.ndarray, name: str) -> None:
         """store[entries] = source[rows] ([k] each)."""
@@ -873,7 +878,7 @@ class Buffer(ABC):
         """Free every entry of the step store that no held sample refers to (but those in
         ``in_use``; the held samples in slots ``overwritten`` do not count): the free list is
         rebuilt, and the keys of the steps freed are forgotten."""
-        held = self._ring_np.take(np.arange(self._head, self._head + self._size), mode="wrap")
+        held = self._held_slots().numpy()
         if overwritten is not None and len(overwritten):
             going = np.zeros(self.capacity, dtype=bool)
             going[overwritten] = True

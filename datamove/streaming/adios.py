@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import adios2
 
 from datamove.config import StreamConfig
-from datamove.streaming.sockets import prepare_sockets
+from datamove.streaming.sockets import prepare_sockets, set_nodelay
 
 IO_NAME = "datamove"
 
@@ -49,18 +48,5 @@ def disable_nagle() -> int:
     from the first message, on both sides), this is what keeps a writer right where that could not
     be done (a platform it cannot patch) and catches any socket opened otherwise.
     """
-    done = 0
-    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []:
-        try:
-            sock = socket.socket(fileno=int(name))
-        except (OSError, ValueError):
-            continue  # not a socket
-        try:
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                done += 1
-        except OSError:
-            pass
-        finally:
-            sock.detach()  # the descriptor stays ADIOS2's
-    return done
+    names = os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []
+    return sum(set_nodelay(int(name)) for name in names if name.isdigit())

@@ -100,11 +100,12 @@ class MemberFeed:
         # L = h + n K steps s apart (SampleSpec) whose L - 1 earlier steps, of the same attempt,
         # wait beside it in waiting_windows: (their slots in time order, the keys of the L steps,
         # then the times x takes, at SampleSpec.time_positions). A key numbers each step received
-        # (_serial): the buffer (built with window = L) stores each step once, under its key, however
-        # many windows hold it, so a window's put copies only its new step. Each streaming member's last (L - 1) s steps wait in
-        # _history, in their own slots, while a later window can still take them, so an intake's
-        # put gathers the L steps of each window straight from the slots, and no step is copied
-        # before it (the config checks that each worker has a slot more than it keeps).
+        # (_serial): the buffer (built with window = L) stores each step once, under its key,
+        # however many windows hold it, so a window's put copies only its new step. Each streaming
+        # member's last (L - 1) s steps wait in _history, in their own slots, while a later window
+        # can still take them, so an intake's put gathers the L steps of each window straight from
+        # the slots, and no step is copied before it (the config checks that each worker has a slot
+        # more than it keeps).
         # A slot goes back once its step is neither kept nor waiting: the windows are put in the
         # order they were made, so a step that leaves _history (or is not kept) when `_made`
         # windows have been made is in none made after, and its slot goes back once `_put` reaches

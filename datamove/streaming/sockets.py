@@ -85,21 +85,29 @@ def _connect(fd: int, addr: int, length: int) -> int:
 
 
 def _nodelay(fd: int, result: int) -> int:
-    """Set TCP_NODELAY on ``fd`` if it is a TCP socket and ``result`` (of the bind) is 0; ``result``.
-    A socket it cannot set it on is left as it is (the call it wraps decides success)."""
+    """Set TCP_NODELAY on ``fd`` (:func:`set_nodelay`) if ``result`` (of the call wrapped) is 0;
+    ``result``: a socket it cannot set it on is left as it is, the call wrapped decides success."""
     if result == 0:
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError:
-            return result
-        try:
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        finally:
-            sock.detach()  # the descriptor stays ADIOS2's
+        set_nodelay(fd)
     return result
+
+
+def set_nodelay(fd: int) -> bool:
+    """Set TCP_NODELAY on the descriptor ``fd`` if it is a TCP socket; whether it did. The
+    descriptor stays its owner's (ADIOS2's): it is neither closed nor taken over."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return False  # not a socket
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return True
+        return False
+    except OSError:
+        return False
+    finally:
+        sock.detach()
 
 
 _WRAPPERS = {b"bind": _bind, b"connect": _connect}

@@ -252,10 +252,10 @@ def markdown(summary: pd.DataFrame, gains: pd.DataFrame, checks: pd.DataFrame, *
     arms = per_arm(summary)
     lines += [
         "", "Errors per arm, relative L2 pooled over the test members of each seed (sqrt(sum sq_err / sum "
-        "sq_truth)), then mean +- standard deviation over seeds (the mean alone for one seed): at the horizon (the rollout from each test "
-        "member's first true steps, at its last step; then each seed's), over all the rollout's steps, and one "
-        "step from true inputs. samples/s: mean over seeds (a sample is a window of history + unroll x bundle "
-        "steps).", "",
+        "sq_truth)), then mean +- standard deviation over seeds (the mean alone for one seed): at the horizon "
+        "(the rollout from each test member's first true steps, at its last step; then each seed's), over all "
+        "the rollout's steps, and one step from true inputs. samples/s: mean over seeds (a sample is a window "
+        "of history + unroll x bundle steps).", "",
         "| problem | model | training | arm | horizon rel L2 | per seed | rollout rel L2 | one-step rel L2 | samples/s |",
         "|---|---|---|---|---|---|---|---|---:|",
     ]
