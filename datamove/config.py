@@ -360,6 +360,9 @@ class StreamConfig:
     xml_config: str | None
     open_timeout_s: float
     member_timeout_s: float
+    # SST, several members a job: one stream for the job's members (the many-members form of the
+    # contract), not one each (see StudyConfig.job_streams for when it applies).
+    per_job: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -515,6 +518,15 @@ class StudyConfig:
         """results/<study>/, or results/<study>/<arm>/ for an arm of a comparison study."""
         base = self.results_dir / self.study
         return base / self.arm if self.arm else base
+
+    @property
+    def job_streams(self) -> bool:
+        """Whether a simulation job sends its members in one stream (the many-members form):
+        stream.per_job, with SST, several members a job, one trainer process (a data-parallel
+        trainer's ranks each read their own members, which a job's consecutive ids are not), and
+        the built-in solvers (a solver command writes one member a launch)."""
+        return (self.stream.per_job and self.stream.engine.upper() == "SST" and self.members_per_job > 1
+                and self.trainer.world_size == 1 and not self.problem.command)
 
     @property
     def stream_dir(self) -> Path:

@@ -30,6 +30,7 @@ def _pool(cfg: StudyConfig, *, n_workers: int, n_slots: int) -> IngestPool:
         stream_dir=cfg.stream_dir,
         expect=expect,
         n_steps=cfg.problem.n_steps,
+        n_members=cfg.ensemble.n_members,
         n_workers=n_workers,
         n_slots=n_slots,
         say=lambda msg: None,

@@ -605,20 +605,28 @@ def test_the_launch_watch_reads_when_snakemake_launches_no_more_members():
 
 
 @pytest.mark.slow
-def test_a_solver_frozen_as_it_opens_fails_once_the_trainer_drops_its_stream(tiny_config, tmp_path):
+@pytest.mark.parametrize("job", [False, True], ids=["member-stream", "job-stream"])
+def test_a_solver_frozen_as_it_opens_fails_once_the_trainer_drops_its_stream(tiny_config, tmp_path, job):
     """A solver frozen the moment its stream appears (in Open, or at its first steps): the trainer
     drops the stream after stream.member_timeout_s (no step), and says so in the member's receipt;
     the solver's watchdog reads it and ends the solver at once, frozen or not, instead of leaving
-    it in Open until stream.open_timeout_s (300 s here). Its rerun completes the member."""
-    path = tiny_config(ensemble={"n_members": 1, "retries": 1},
+    it in Open until stream.open_timeout_s (300 s here). Its rerun completes the member. The same
+    for a job of 2 members in one stream (the many-members form): the receipts of its members say
+    so, whether or not its first step came (the trainer then knows them by the job's start notes)."""
+    n = 2 if job else 1
+    path = tiny_config(ensemble={"n_members": n, "retries": 1, "members_per_job": n},
                        stream={"member_timeout_s": 6, "open_timeout_s": OPEN_TIMEOUT_S})
     cfg = StudyConfig.load(path)
+    assert cfg.job_streams == job
+    which = ("--job", 0) if job else ("--member", 0)
+    contact = contact_file(cfg.stream_dir, "job-000000" if job else 0)
+    marker = tmp_path / "job-0.json" if job else cfg.member_marker(0)
     datamove("make-heldout", "--config", path)
     trainer = popen_datamove("train", "--config", path, "--threads", 1, log=tmp_path / "train.log")
     try:
         datamove("wait-trainer", "--config", path, "--timeout", 60)
-        solver = popen_datamove("simulate", "--config", path, "--member", 0, "--wait-trainer", log=tmp_path / "sim.log")
-        _wait(lambda: contact_file(cfg.stream_dir, 0).exists(), 60, "the member's contact file")
+        solver = popen_datamove("simulate", "--config", path, *which, "--wait-trainer", log=tmp_path / "sim.log")
+        _wait(lambda: contact.exists(), 60, "the stream's contact file")
         os.kill(solver.proc.pid, signal.SIGSTOP)
         t0 = time.monotonic()
         try:
@@ -626,13 +634,13 @@ def test_a_solver_frozen_as_it_opens_fails_once_the_trainer_drops_its_stream(tin
         finally:
             os.kill(solver.proc.pid, signal.SIGCONT) if solver.proc.poll() is None else None
         assert code != 0 and time.monotonic() - t0 < 30, solver.output
-        assert "the trainer dropped this stream (no step for 6 s" in solver.output, solver.output
-        rerun = datamove("simulate", "--config", path, "--member", 0, "--wait-trainer",
-                         "--marker", cfg.member_marker(0), timeout=120)
+        assert "the trainer dropped this stream (" in solver.output and "no step for 6 s" in solver.output, solver.output
+        rerun = datamove("simulate", "--config", path, *which, "--wait-trainer", "--marker", marker, timeout=120)
         assert "steps sent" in rerun.stderr
         assert trainer.wait(timeout=60) == 0, trainer.output
     finally:
         trainer.kill()
     ledger = read_ledger(cfg.study_dir / "ledger.csv")
     # (attempts counts the streams the trainer opened: the frozen one may not have opened yet)
-    assert ledger[0]["status"] == "complete" and int(ledger[0]["steps_received"]) == 20, ledger[0]
+    for member in range(n):
+        assert ledger[member]["status"] == "complete" and int(ledger[member]["steps_received"]) == 20, ledger[member]

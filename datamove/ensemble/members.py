@@ -30,10 +30,17 @@ from datamove.run.files import write_json
 from datamove.run.heartbeat import TrainerCheck, TrainerLostError, lost_after
 from datamove.run.receipts import MemberRejected, await_receipt, held, read_receipt, rejection
 from datamove.sampling.proposals import draw_member
-from datamove.streaming.contract import StreamError, contact_file, join_names, remove_contact_files, stream_name
+from datamove.streaming.contract import (
+    StreamError,
+    contact_file,
+    job_stream_name,
+    join_names,
+    remove_contact_files,
+    stream_name,
+)
 from datamove.streaming.ingest import contact_signature
 from datamove.streaming.watchdog import Watchdog
-from datamove.streaming.writer import MemberWriter
+from datamove.streaming.writer import JobWriter, MemberWriter
 
 POLL_S = 0.1  # how often a launched command is checked on
 OPEN_POLL_S = 0.01  # how often, until its stream opens
@@ -79,7 +86,6 @@ def run_member(
         "solver": problem.name,
         **solver.constants(),
     }
-    solve_s = 0.0
     trainer = None
     if trainer_pid is not None and stream.engine.upper() == "SST":
         trainer = TrainerCheck(cfg.heartbeat_path, pid=trainer_pid, quiet_s=lost_after(cfg))
@@ -97,17 +103,7 @@ def run_member(
             # came while this one waited in Open): nothing to send.
             return {**summary, "steps": 0, "already_held": True, "open_s": round(t_open, 4), "solve_s": 0.0,
                     "total_s": round(time.perf_counter() - t0, 4)}
-        steps = solver.steps()
-        while True:
-            ts = time.perf_counter()
-            try:
-                _k, t, fields = next(steps)
-            except StopIteration:
-                break
-            solve_s += time.perf_counter() - ts
-            writer.write_step(time=t, fields=fields)
-            if step_delay_s:
-                time.sleep(step_delay_s)
+        solve_s = _solve(solver, writer, step_delay_s)
     return {
         **summary,
         "steps": writer.steps_written,
@@ -116,6 +112,22 @@ def run_member(
         "solve_s": round(solve_s, 4),
         "total_s": round(time.perf_counter() - t0, 4),
     }
+
+
+def _solve(solver, writer: MemberWriter, step_delay_s: float) -> float:
+    """Write every step of ``solver`` to ``writer`` as it comes; the seconds spent solving."""
+    solve_s = 0.0
+    steps = solver.steps()
+    while True:
+        ts = time.perf_counter()
+        try:
+            _k, t, fields = next(steps)
+        except StopIteration:
+            return solve_s
+        solve_s += time.perf_counter() - ts
+        writer.write_step(time=t, fields=fields)
+        if step_delay_s:
+            time.sleep(step_delay_s)
 
 
 def run_command(
@@ -266,25 +278,12 @@ def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int
 
     A failure leaves a note for the trainer (:func:`note_failure`) before it is raised again.
     """
-    if trainer_pid is not None and cfg.stream.engine.upper() == "SST" and held(receipt := read_receipt(cfg, member)):
-        # A rerun of a member whose steps the trainer holds (its solver died after its last step,
-        # before its marker): nothing to send.
-        print(f"[simulate] {label}: the trainer already holds its {receipt.get('steps')} steps "
-              f"({cfg.member_receipt(member)}): nothing to send", file=sys.stderr)
-        cfg.member_failure(member).unlink(missing_ok=True)
-        return {"member": member, "engine": cfg.stream.engine, "already_held": True, "steps": 0,
-                "total_s": 0.0, "solve_s": 0.0}
-    if trainer_pid is not None and cfg.stream.engine.upper() == "SST" and (refused := rejection(member, receipt)):
-        # A rerun of a member the trainer has ended for good (a contract violation): it would
-        # wait in Open for a reader that never comes.
-        note_failure(cfg, member, str(refused), final=True)
-        raise refused
+    if (held_already := _nothing_to_send(cfg, member, trainer_pid=trainer_pid, label=label)) is not None:
+        return held_already
     try:
-        # sampler adaptive: drawn now, from the trainer's latest proposal (a rerun: its earlier draw).
-        params = draw_member(cfg, member, label=label).params if cfg.ensemble.adaptive is not None else None
         summary = run_member(
             cfg, member, sampling=cfg.ensemble, stream=cfg.stream, stream_dir=cfg.stream_dir, watchdog=watchdog,
-            step_delay_s=cfg.problem.step_delay_s, trainer_pid=trainer_pid, params=params,
+            step_delay_s=cfg.problem.step_delay_s, trainer_pid=trainer_pid, params=_params(cfg, member, label),
         )
         if confirm:
             _confirm(cfg, trainer_pid, member, summary.pop("contact", None), summary)
@@ -304,6 +303,34 @@ def _send(cfg: StudyConfig, member: int, *, watchdog: Watchdog, trainer_pid: int
     return summary
 
 
+def _nothing_to_send(cfg: StudyConfig, member: int, *, trainer_pid: int | None, label: str) -> dict | None:
+    """A rerun's check, before it sends ``member`` to trainer ``trainer_pid`` (SST): the summary of a
+    member whose steps the trainer holds already (its solver died after its last step, before its
+    marker: nothing to send); raises the trainer's refusal of a member it has ended for good (a
+    contract violation: its stream would wait in Open for a reader that never comes); else None."""
+    if trainer_pid is None or cfg.stream.engine.upper() != "SST":
+        return None
+    receipt = read_receipt(cfg, member)
+    if held(receipt):
+        print(f"[simulate] {label}: the trainer already holds its {receipt.get('steps')} steps "
+              f"({cfg.member_receipt(member)}): nothing to send", file=sys.stderr)
+        cfg.member_failure(member).unlink(missing_ok=True)
+        return {"member": member, "engine": cfg.stream.engine, "already_held": True, "steps": 0,
+                "total_s": 0.0, "solve_s": 0.0}
+    if refused := rejection(member, receipt):
+        note_failure(cfg, member, str(refused), final=True)
+        raise refused
+    return None
+
+
+def _params(cfg: StudyConfig, member: int, label: str):
+    """A training member's parameters, float64 [n_params]: the sampler's point, or under sampler
+    adaptive drawn now, from the trainer's latest proposal (a rerun: its earlier draw)."""
+    if cfg.ensemble.adaptive is not None:
+        return np.asarray(draw_member(cfg, member, label=label).params, dtype=np.float64)
+    return cfg.ensemble.params(member)
+
+
 def note_failure(cfg: StudyConfig, member: int, reason: str, *, final: bool | None = None) -> dict:
     """Record a failed attempt of ``member`` for the trainer (``members/member-K.failed.json``): the
     attempt number (one more than the last note's), the reason, and whether it was the last attempt
@@ -320,16 +347,19 @@ def note_failure(cfg: StudyConfig, member: int, reason: str, *, final: bool | No
     return note
 
 
-def note_start(cfg: StudyConfig, member: int) -> dict:
+def note_start(cfg: StudyConfig, member: int, *, stream: str | None = None) -> dict:
     """Tell the trainer that this job starts ``member`` now (``members/member-K.started.json``, the
     number of starts so far): its "never connected" clock (``stream.member_timeout_s``) runs from
-    here, not while the job waited in Snakemake's or the cluster's queue."""
+    here, not while the job waited in Snakemake's or the cluster's queue. ``stream``: the job's
+    stream that will carry the member (the many-members form), for a trainer whose reader of that
+    stream fails before it lists its members."""
     path = cfg.member_start(member)
     try:
         starts = int(json.loads(path.read_text())["starts"]) + 1
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         starts = 1
-    note = {"member": member, "starts": starts, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+    note = {"member": member, "starts": starts, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
+            **({"stream": stream} if stream else {})}
     write_json(path, note)
     return note
 
@@ -356,7 +386,8 @@ def n_jobs(cfg: StudyConfig) -> int:
 def simulate_job(
     cfg: StudyConfig, job: int, *, marker: Path | None = None, trainer_pid: int | None = None
 ) -> list[dict]:
-    """``datamove simulate --job J``: the members of job J one after another, one stream each.
+    """``datamove simulate --job J``: the members of job J one after another, in one stream (SST,
+    ``cfg.job_streams``: :func:`_send_job`), or one stream each.
 
     One process for several members pays the start-up (interpreter, numpy, adios2) once. With SST
     each member's stream is read by the trainer before the next one opens. Each member's marker
@@ -367,6 +398,9 @@ def simulate_job(
     _nice(cfg)
     summaries, pending = [], []
     with Watchdog() as watchdog:  # before any ADIOS2 object: it forks
+        if cfg.job_streams:
+            summaries = _send_job(cfg, job, members, watchdog=watchdog, trainer_pid=trainer_pid)
+            members = []
         for member in members:
             summary = _send(cfg, member, watchdog=watchdog, trainer_pid=trainer_pid,
                             label=f"job {job}: member {member}", confirm=False)
@@ -378,6 +412,79 @@ def simulate_job(
     return summaries
 
 
+def _send_job(cfg: StudyConfig, job: int, members: list[int], *, watchdog: Watchdog, trainer_pid: int | None
+              ) -> list[dict]:
+    """Send job ``job``'s members that the trainer does not hold in one SST stream (the
+    many-members form, :class:`datamove.streaming.writer.JobWriter`): one open, one close. Each
+    member counts on its own: its marker once its receipt comes (while the next members stream),
+    a failure noted against the member being sent (the members before it stay sent; those after
+    it are the rerun's). A member the trainer has ended for good stops the job before anything is
+    sent, as it does one stream a member. Without ``trainer_pid`` (no readiness gate: a benchmark,
+    a test) nothing is checked against receipts. The members' summaries, in order."""
+    summaries, pending, to_send = [], [], []
+    for member in members:
+        held_already = _nothing_to_send(cfg, member, trainer_pid=trainer_pid, label=f"job {job}: member {member}")
+        if held_already is None:
+            to_send.append(member)
+        else:
+            summaries.append(held_already)
+            pending.append((member, held_already))
+    if not to_send:
+        _settle(cfg, trainer_pid, pending, wait=True)
+        return summaries
+    problem, sampling = cfg.problem, cfg.ensemble
+    # The first member's solver, made before the stream opens: the job's attributes are its constants.
+    params = _params(cfg, to_send[0], f"job {job}: member {to_send[0]}")
+    solver = problem.solver(params=params, seed=sampling.seed_of(to_send[0]))
+    attributes = {"param_names": join_names(sampling.names), "solver": problem.name, **solver.constants()}
+    trainer = None
+    if trainer_pid is not None:
+        trainer = TrainerCheck(cfg.heartbeat_path, pid=trainer_pid, quiet_s=lost_after(cfg))
+        for member in to_send:
+            note_start(cfg, member, stream=job_stream_name(job))  # right before the Open: its clock runs
+    writer = JobWriter(stream=cfg.stream, stream_dir=cfg.stream_dir, job=job, members=to_send, attributes=attributes,
+                       watchdog=watchdog, trainer=trainer, receipts=cfg.member_receipt if trainer else None)
+    current = None
+    try:
+        t0 = time.perf_counter()
+        with writer:
+            contact = list(contact_signature(cfg.stream_dir, writer.name) or ()) or None
+            open_s = time.perf_counter() - t0
+            for i, member in enumerate(to_send):
+                current, t0 = member, time.perf_counter()
+                if i > 0:
+                    params = _params(cfg, member, f"job {job}: member {member}")
+                    solver = problem.solver(params=params, seed=sampling.seed_of(member))
+                writer.begin(member, params)
+                solve_s = _solve(solver, writer, problem.step_delay_s)
+                # The stream's one open counts in its first member's time (and its close, below, in
+                # the last's): a member's total is what it cost the job.
+                total_s = time.perf_counter() - t0 + (open_s if i == 0 else 0.0)
+                summary = {"member": member, "params": [float(p) for p in params], "engine": cfg.stream.engine,
+                           "steps": writer.member_steps, "contact": contact, "stream": writer.name,
+                           "open_s": round(open_s, 4) if i == 0 else 0.0, "solve_s": round(solve_s, 4),
+                           "total_s": round(total_s, 4)}
+                print(f"[simulate] job {job}: member {member}: {writer.member_steps} steps sent in {writer.name} "
+                      f"in {summary['total_s']:.2f} s (solve {solve_s:.2f} s)", file=sys.stderr)
+                summaries.append(summary)
+                if i < len(to_send) - 1:
+                    pending = _settle(cfg, trainer_pid, [*pending, (member, summary)], wait=False)
+                else:
+                    pending.append((member, summary))
+            current = None
+            t_close = time.perf_counter()
+        summary["close_s"] = round(time.perf_counter() - t_close, 4)
+        summary["total_s"] = round(summary["total_s"] + summary["close_s"], 4)
+    except (SolverError, StreamError, TrainerLostError, MemberRejected) as exc:
+        if current is not None:
+            note_failure(cfg, current, str(exc), final=getattr(exc, "final", None))
+        raise
+    _settle(cfg, trainer_pid, pending, wait=True)
+    for member in to_send:
+        cfg.member_failure(member).unlink(missing_ok=True)
+    return summaries
+
+
 def _settle(cfg: StudyConfig, trainer_pid: int | None, pending: list[tuple[int, dict]], *, wait: bool
             ) -> list[tuple[int, dict]]:
     """Write the marker of each sent member of ``pending`` that the trainer holds (its receipt is
@@ -385,6 +492,9 @@ def _settle(cfg: StudyConfig, trainer_pid: int | None, pending: list[tuple[int, 
     meanwhile: a job of many short members does not wait for a checkpoint after each."""
     left = []
     for member, summary in pending:
+        if left and not wait:
+            left.append((member, summary))  # receipts come in the order the members were sent
+            continue
         if wait or trainer_pid is None or cfg.stream.engine.upper() != "SST" or held(read_receipt(cfg, member)):
             try:
                 _confirm(cfg, trainer_pid, member, summary.pop("contact", None), summary)

@@ -5,6 +5,13 @@ Attributes (written before the first step): ``member`` (int), ``params`` (float6
 ``param_names`` (one comma-separated string), ``solver`` (string), plus the solver's constants. Each
 step: one float32 variable per field the problem declares (global shape [ny, nx]) and ``time``
 (float64 scalar). See docs/stream-contract.md.
+
+The many-members form (:class:`JobReader <datamove.streaming.reader.JobReader>`): one SST stream
+per simulation job, ``job-{J:06d}``, carrying the members listed in its ``members`` attribute (int64
+[k]) one after another, each ``n_steps`` steps; each step names its member (``member``, int64
+scalar) and a member's first step carries its ``params`` (float64 [n_params]) as a variable. It
+saves a member the open and the close of a stream of its own (the close alone sleeps 100 ms in
+ADIOS2).
 """
 
 from __future__ import annotations
@@ -15,14 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TIME = "time"
+MEMBER = "member"  # the many-members form: each step's member, and the list of the job's (MEMBERS)
+MEMBERS = "members"
+PARAMS = "params"
 REQUIRED_ATTRIBUTES: tuple[str, ...] = ("member", "params", "param_names", "solver")
 
 
 class StreamError(RuntimeError):
-    """An ADIOS2 failure on one member's stream; the message names the member."""
+    """An ADIOS2 failure on one member's stream; the message names the member (and the job's
+    stream, ``stream``, for a member of the many-members form; ``member`` None: the job's stream
+    failed before any member)."""
 
-    def __init__(self, member: int, message: str):
-        super().__init__(f"member {member} ({stream_name(member)}): {message}")
+    def __init__(self, member: int | None, message: str, *, stream: str | None = None):
+        where = stream or stream_name(member)
+        super().__init__(f"{where}: {message}" if member is None else f"member {member} ({where}): {message}")
         self.member = member
         self.reason = message
 
@@ -60,15 +73,22 @@ def stream_name(member: int) -> str:
     return f"member-{member:06d}"
 
 
+def job_stream_name(job: int) -> str:
+    """The stream of simulation job ``job`` in the many-members form."""
+    return f"job-{job:06d}"
+
+
 def stream_path(stream_dir: str | Path, member: int, engine: str) -> Path:
     """The path given to ADIOS2 ``Open``: SST adds ``.sst`` to it for the contact file."""
     base = Path(stream_dir) / stream_name(member)
     return base.with_name(base.name + ".bp") if engine.upper() == "BP5" else base
 
 
-def contact_file(stream_dir: str | Path, member: int) -> Path:
-    """The SST contact file that appears once the writer has opened the stream."""
-    return Path(stream_dir) / f"{stream_name(member)}.sst"
+def contact_file(stream_dir: str | Path, member: int | str) -> Path:
+    """The SST contact file that appears once the writer has opened the stream of ``member`` (or
+    the stream named ``member``, a job's)."""
+    name = member if isinstance(member, str) else stream_name(member)
+    return Path(stream_dir) / f"{name}.sst"
 
 
 def remove_contact_files(stream_dir: str | Path, members: Iterable[int] | None = None, *, label: str = "") -> int:

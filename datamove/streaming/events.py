@@ -8,7 +8,8 @@ A worker's events go to the trainer in messages (``encode``/``decode``), several
                                        in order
 The trainer's commands to a worker (``encode_command``/``decode_command``), one a message:
     b"R" + int64 slot ids              FreeSlots: slots free again
-    b"P" + pickle                      ReadMember(m): read member m; Stop: leave the loop
+    b"P" + pickle                      ReadMember(m): read member m; ReadJob(j): read job j's
+                                       stream; Stop: leave the loop
 Why not pickled lists throughout: a pickled Step is rebuilt by calling its class, and the trainer
 unpickled every step between two train steps (measured in the trainer of bench_isolation.py:
 ~20 us a message, 15 % of its intake; a record array decodes in one call).
@@ -61,6 +62,26 @@ class Ended(NamedTuple):
     final: bool = False
 
 
+class JobOpened(NamedTuple):
+    """The worker's reader connected to job ``job``'s stream (the many-members form), which lists
+    ``members`` (ints, in the order they will come); each then has its own Opened .. Ended."""
+
+    job: int
+    members: tuple[int, ...]
+    worker: int
+
+
+class JobEnded(NamedTuple):
+    """The worker is done with job ``job``'s stream: ``unsent``, listed members that never began
+    in it (they wait for a rerun, no attempt counted), ``reason`` why, if the stream broke (the
+    member it was reading, if any, has its own Ended first); the worker is idle again."""
+
+    job: int
+    unsent: tuple[int, ...]
+    reason: str
+    worker: int
+
+
 class Fatal(NamedTuple):
     """A bug in the worker, not a stream failure: the trainer stops with this traceback."""
 
@@ -74,7 +95,7 @@ class Done(NamedTuple):
     worker: int
 
 
-Event = Opened | Info | Step | Ended | Fatal | Done
+Event = Opened | Info | Step | Ended | JobOpened | JobEnded | Fatal | Done
 
 
 # Commands are dataclasses, not NamedTuples like the events: a command is matched by its type, and two
@@ -84,6 +105,13 @@ class ReadMember:
     """Read ``member``'s stream (the worker is idle)."""
 
     member: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadJob:
+    """Read job ``job``'s stream, its members one after another (the worker is idle)."""
+
+    job: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +126,7 @@ class Stop:
     """Leave the loop and exit (mid-member if need be)."""
 
 
-Command = ReadMember | FreeSlots | Stop
+Command = ReadMember | ReadJob | FreeSlots | Stop
 
 
 # One Step as it travels: little-endian, fixed size.
@@ -125,7 +153,7 @@ def decode(message: bytes | memoryview) -> list[Event]:
 
 
 def encode_command(command: Command) -> bytes:
-    """A message to a worker: FreeSlots as int64 ids, the others (ReadMember, Stop) pickled."""
+    """A message to a worker: FreeSlots as int64 ids, the others (ReadMember, ReadJob, Stop) pickled."""
     if type(command) is FreeSlots:
         return _SLOTS + array("q", command.slots).tobytes()
     return _PICKLED + pickle.dumps(command, protocol=pickle.HIGHEST_PROTOCOL)

@@ -1,7 +1,8 @@
 """The trainer's side of ingest: a pool of ingest processes, their slots and their messages.
 
 Each worker has one duplex pipe to the trainer and nothing else in common with the other workers:
-    trainer -> worker   commands: ReadMember(m): read member m; FreeSlots([s, ...]): slots free again; Stop
+    trainer -> worker   commands: ReadMember(m): read member m; ReadJob(j): read job j's stream (its
+                        members one after another); FreeSlots([s, ...]): slots free again; Stop
     worker -> trainer   messages of several events of :mod:`datamove.streaming.events` (Opened, Step, ...)
 in the compact formats of :mod:`datamove.streaming.events` (``encode``: a run of steps is a record
 array, not a pickle). The trainer reads a worker's pipe with one ``os.read`` of everything waiting
@@ -40,13 +41,17 @@ from pathlib import Path
 import numpy as np
 
 from datamove.config import StreamConfig
-from datamove.streaming.contract import Expectation
+from datamove.streaming.contract import Expectation, job_stream_name
 from datamove.streaming.events import (
     Command,
     Done,
     Ended,
     Event,
     FreeSlots,
+    JobEnded,
+    JobOpened,
+    Opened,
+    ReadJob,
     ReadMember,
     Step,
     Stop,
@@ -66,7 +71,9 @@ READ_BYTES = 1 << 20
 class _Worker:
     proc: mp.process.BaseProcess
     conn: Connection
-    member: int | None = None  # the member it reads; None when idle
+    member: int | None = None  # the member it reads; None when idle (or between a job's members)
+    job: int | None = None  # the job whose stream it reads (the many-members form)
+    listed: tuple[int, ...] = ()  # that job's members not ended yet, in order
     exited: bool = False  # sent "done": it left its loop on purpose
     progress: float = 0.0  # monotonic time of its last event, or of a slot given back to it
     stopped_why: str | None = None  # why the pool killed it (a silent stream)
@@ -76,7 +83,7 @@ class _Worker:
 class IngestPool:
     """``n_workers`` ingest processes reading member streams into ``n_slots`` shared-memory slots.
 
-    Use: ``start()``; ``assign(member)`` to an ``idle`` worker; ``poll()`` for events (each
+    Use: ``start()``; ``assign(member)`` (or ``assign_job(job)``) to an ``idle`` worker; ``poll()`` for events (each
     :class:`Step` names a slot of ``slots``, float32 [n_slots, n_fields, ny, nx], to copy and then
     ``release``); ``stop_silent(limit)`` now and then; ``finish()`` once every member has ended;
     ``close()`` always.
@@ -89,6 +96,7 @@ class IngestPool:
         stream_dir: str | Path,
         expect: Expectation,
         n_steps: int,
+        n_members: int,
         n_workers: int,
         n_slots: int,
         nice: int = 0,
@@ -103,6 +111,7 @@ class IngestPool:
             )
         self.stream, self.stream_dir, self.expect = stream, str(stream_dir), expect
         self.n_steps, self.n_workers, self.n_slots, self.nice = n_steps, n_workers, n_slots, nice
+        self.n_members = n_members
         self.per_worker = n_slots // n_workers
         self.say = say
         self.workers: list[_Worker] = []
@@ -134,6 +143,7 @@ class IngestPool:
             stream_dir=self.stream_dir,
             expect=self.expect,
             n_steps=self.n_steps,
+            n_members=self.n_members,
             shm_name=self.shm.name,
             n_slots=self.n_slots,
             free_slots=tuple(s for s in own if s not in self.held[w]),
@@ -154,12 +164,12 @@ class IngestPool:
     @property
     def idle(self) -> list[int]:
         """Workers free to read a member."""
-        return [i for i, w in enumerate(self.workers) if w.member is None and not w.exited]
+        return [i for i, w in enumerate(self.workers) if w.member is None and w.job is None and not w.exited]
 
     @property
     def busy(self) -> bool:
-        """Whether any worker is reading a member."""
-        return any(w.member is not None for w in self.workers)
+        """Whether any worker is reading a member (or a job's stream)."""
+        return any(w.member is not None or w.job is not None for w in self.workers)
 
     def assign(self, member: int, worker: int | None = None) -> int:
         """Hand ``member`` to an idle worker (the first, unless ``worker`` is given); returns it."""
@@ -170,6 +180,17 @@ class IngestPool:
         self.workers[w].member = member
         self.workers[w].progress = time.monotonic()
         self._send(w, ReadMember(member))
+        return w
+
+    def assign_job(self, job: int, worker: int | None = None) -> int:
+        """Hand job ``job``'s stream to an idle worker (the first, unless ``worker`` is given); returns it."""
+        idle = self.idle
+        if not idle:
+            raise RuntimeError("no idle ingest worker")
+        w = idle[0] if worker is None else worker
+        self.workers[w].job, self.workers[w].listed = job, ()
+        self.workers[w].progress = time.monotonic()
+        self._send(w, ReadJob(job))
         return w
 
     def release(self, slots) -> None:
@@ -203,7 +224,7 @@ class IngestPool:
         for w in self.workers:
             # A worker mid-member may be blocked in ADIOS2 waiting for a step: it cannot see the
             # stop, so it gets a second, not ``timeout``.
-            w.proc.join(timeout=1.0 if w.member is not None else timeout)
+            w.proc.join(timeout=1.0 if w.member is not None or w.job is not None else timeout)
             if w.proc.is_alive():
                 w.proc.terminate()
                 w.proc.join(timeout=2)
@@ -221,7 +242,8 @@ class IngestPool:
         """Events that have arrived, waiting up to ``timeout`` s for the first (about MAX_EVENTS at most).
 
         A worker that died (no Done before its pipe closed) is replaced, and its member, if it had
-        one, ends as lost: ``Ended(member, "lost", "ingest process crashed ...", 0, worker)``.
+        one, ends as lost: ``Ended(member, "lost", "ingest process crashed ...", 0, worker)``; its
+        job's stream, if it read one, ends too (``JobEnded`` with the members that had not begun).
         """
         events: list[Event] = []
         ready = self._poller.poll(timeout * 1000)
@@ -278,7 +300,7 @@ class IngestPool:
         poll() then sees their end of file and ends the member as lost."""
         now = time.monotonic()
         for w, wk in enumerate(self.workers):
-            if wk.member is None or wk.stopped_why or len(self.held[w]) == self.per_worker:
+            if (wk.member is None and wk.job is None) or wk.stopped_why or len(self.held[w]) == self.per_worker:
                 continue
             if now - wk.progress > limit:
                 wk.stopped_why = f"no step for {limit:g} s (stream.member_timeout_s)"
@@ -286,12 +308,20 @@ class IngestPool:
 
     def _note(self, w: int, ev: Event) -> None:
         """What an event other than a Step (noted in poll) tells of its worker."""
+        wk = self.workers[w]
         if isinstance(ev, Step):
             self.held[w].add(ev.slot)
+        elif isinstance(ev, Opened):
+            wk.member = ev.member
         elif isinstance(ev, Ended):
-            self.workers[w].member = None
+            wk.member = None
+            wk.listed = tuple(m for m in wk.listed if m != ev.member)
+        elif isinstance(ev, JobOpened):
+            wk.listed = tuple(ev.members)
+        elif isinstance(ev, JobEnded):
+            wk.job, wk.listed = None, ()
         elif isinstance(ev, Done):
-            self.workers[w].exited = True
+            wk.exited = True
 
     def _lost_worker(self, w: int) -> list[Event]:
         old = self.workers[w]
@@ -303,14 +333,17 @@ class IngestPool:
         code = old.proc.exitcode
         if old.stopped_why:
             reason = old.stopped_why
-            self.say(f"member {old.member}: {reason}; its ingest worker {w} stopped, starting another")
+            what = f"member {old.member}" if old.member is not None else job_stream_name(old.job)
+            self.say(f"{what}: {reason}; its ingest worker {w} stopped, starting another")
         else:
             reason = f"ingest process crashed (exit code {code})"
             self.say(f"ingest worker {w} died (exit code {code}); starting another")
         self.workers[w] = self._spawn(w)
-        if old.member is None:
-            return []
-        return [Ended(old.member, "lost", reason, 0, w)]
+        lost = [] if old.member is None else [Ended(old.member, "lost", reason, 0, w)]
+        if old.job is not None:  # the members of its job's stream that had not begun wait for a rerun
+            unsent = tuple(m for m in old.listed if m != old.member)
+            lost.append(JobEnded(old.job, unsent, reason, w))
+        return lost
 
     def _unregister(self, conn: Connection) -> None:
         if not conn.closed and self._fd_worker.pop(conn.fileno(), None) is not None:

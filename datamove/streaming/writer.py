@@ -12,7 +12,17 @@ import numpy as np
 
 from datamove.config import StreamConfig
 from datamove.streaming.adios import disable_nagle, make_io
-from datamove.streaming.contract import TIME, StreamError, remove_contact_files, stream_name, stream_path
+from datamove.streaming.contract import (
+    MEMBER,
+    MEMBERS,
+    PARAMS,
+    TIME,
+    StreamError,
+    job_stream_name,
+    remove_contact_files,
+    stream_name,
+    stream_path,
+)
 from datamove.streaming.ingest import contact_signature
 from datamove.streaming.watchdog import Explained, Watchdog
 
@@ -64,28 +74,40 @@ class MemberWriter:
         self.watchdog = watchdog
         self._stream: adios2.Stream | None = None
         self.steps_written = 0
+        # What messages call it (a job's writer: its own).
+        self.name, self.label, self.noun = stream_name(member), f"member {member}", "member"
+
+    def _path(self, engine: str) -> Path:
+        return stream_path(self.stream_dir, self.member, engine)
+
+    def _dropped(self) -> StreamDropped:
+        """The watchdog's check that the trainer reads this stream no more."""
+        return StreamDropped(self.receipt, self.stream_dir, self.member)
+
+    def _error(self, message: str) -> StreamError:
+        return StreamError(self.member, message)
 
     def open(self) -> MemberWriter:
         self.stream_dir.mkdir(parents=True, exist_ok=True)
         engine = self.stream.engine.upper()
         if engine == "SST":
-            remove_contact_files(self.stream_dir, [self.member], label="simulate")  # a killed retry's
+            remove_contact_files(self.stream_dir, [self.name], label="simulate")  # a killed retry's
         _, io = make_io(self.stream)
-        path = stream_path(self.stream_dir, self.member, engine)
+        path = self._path(engine)
         if self.watchdog is not None:
             self.watchdog.arm(
                 self.stream.open_timeout_s,
-                f"member {self.member}: no trainer connected to stream {path} within "
+                f"{self.label}: no trainer connected to stream {path} within "
                 f"{self.stream.open_timeout_s:g} s (stream.open_timeout_s). Is the trainer running "
                 f"and reading {self.stream_dir}?",
                 check=None if self.trainer is None else Explained(
-                    _Either(self.trainer, StreamDropped(self.receipt, self.stream_dir, self.member)),
-                    f"member {self.member}: {{why}} while the member waited to open stream {path}"),
+                    _Either(self.trainer, self._dropped()),
+                    f"{self.label}: {{why}} while the {self.noun} waited to open stream {path}"),
             )
         try:
             self._stream = adios2.Stream(io, str(path), "w")
         except Exception as exc:  # ADIOS2 raises plain RuntimeError/ValueError
-            raise StreamError(self.member, f"cannot open writer at {path}: {exc}") from exc
+            raise self._error(f"cannot open writer at {path}: {exc}") from exc
         finally:
             if self.watchdog is not None:
                 self.watchdog.disarm()
@@ -95,8 +117,8 @@ class MemberWriter:
             disable_nagle()  # the reader's connection exists now (Open waited for it)
         if self.watchdog is not None and self.trainer is not None:
             self.watchdog.arm(None, check=Explained(
-                _Either(self.trainer.streaming_check(), StreamDropped(self.receipt, self.stream_dir, self.member)),
-                f"member {self.member}: {{why}} while the member streamed to it ({path}); the solver is "
+                _Either(self.trainer.streaming_check(), self._dropped()),
+                f"{self.label}: {{why}} while the {self.noun} streamed to it ({path}); the solver is "
                 f"stopped (a streaming member fails once its trainer's heartbeat stands still for "
                 f"{self.trainer.quiet_s:g} s: max(10 x trainer.heartbeat_s, 10 s))",
             ))
@@ -105,15 +127,16 @@ class MemberWriter:
     def write_step(self, *, time: float, fields: Mapping[str, np.ndarray]) -> None:
         """Write one step: ``time`` and each field by name (float32 [ny, nx]); published at end_step."""
         if self._stream is None:
-            raise StreamError(self.member, "write_step before open")
+            raise self._error("write_step before open")
         try:
             self._stream.begin_step()
             self._stream.write(TIME, np.float64(time))
             for name, array in fields.items():
                 self._stream.write(name, np.ascontiguousarray(array, dtype=np.float32))
+            self._more(self._stream)
             self._stream.end_step()
         except Exception as exc:
-            raise StreamError(self.member, f"step {self.steps_written + 1} failed: {exc}") from exc
+            raise self._error(f"step {self.steps_written + 1} failed: {exc}") from exc
         self.steps_written += 1
         if self.steps_written == 1 and self.stream.engine.upper() == "SST":
             disable_nagle()  # and any connection the first step's data opened
@@ -123,11 +146,14 @@ class MemberWriter:
             try:
                 self._stream.close()  # SST: may wait for the reader (steps still queued)
             except Exception as exc:
-                raise StreamError(self.member, f"close failed: {exc}") from exc
+                raise self._error(f"close failed: {exc}") from exc
             finally:
                 self._stream = None
                 if self.watchdog is not None and self.trainer is not None:
                     self.watchdog.disarm()  # armed since open
+
+    def _more(self, stream: adios2.Stream) -> None:
+        """What a step carries besides the time and the fields: nothing here."""
 
     def __enter__(self) -> MemberWriter:
         return self.open()
@@ -136,7 +162,63 @@ class MemberWriter:
         self.close()
 
     def __repr__(self) -> str:
-        return f"MemberWriter({stream_name(self.member)}, engine={self.stream.engine})"
+        return f"{type(self).__name__}({self.name}, engine={self.stream.engine})"
+
+
+class JobWriter(MemberWriter):
+    """Writes a job's stream in the many-members form (SST; docs/stream-contract.md): ``members``
+    (listed in the ``members`` attribute) one after another, each step naming its member, a
+    member's first step carrying its ``params``. One open and one close for the whole job.
+
+    Args (besides MemberWriter's, less ``member`` and ``receipt``):
+        job: the job's id (its stream is ``job-{job:06d}``).
+        members: the members it will send, in order.
+        attributes: the job's attributes (param_names, solver, constants), ``members`` added here.
+        receipts: member -> its receipt file: the watchdog ends the solver once the trainer says,
+            in the receipt of any of ``members``, that it dropped this stream.
+
+    Use: ``begin(member, params)`` before a member's first step, then ``write_step`` as for one
+    member.
+    """
+
+    def __init__(self, *, stream: StreamConfig, stream_dir: str | Path, job: int, members, attributes,
+                 watchdog: Watchdog | None = None, trainer=None, receipts=None):
+        members = [int(m) for m in members]
+        super().__init__(stream=stream, stream_dir=stream_dir, member=members[0],
+                         attributes={**attributes, MEMBERS: np.asarray(members, dtype=np.int64)},
+                         watchdog=watchdog, trainer=trainer)
+        self.job, self.members, self.receipts = job, members, receipts
+        self.name, self.label, self.noun = job_stream_name(job), f"job {job} (members {members[0]}..{members[-1]})", "job"
+        self.member: int | None = None  # the member being sent
+        self._params: np.ndarray | None = None  # the member's, until its first step carries them
+        self.member_steps = 0
+
+    def _path(self, engine: str) -> Path:
+        return self.stream_dir / self.name
+
+    def _dropped(self) -> JobDropped:
+        return JobDropped([(m, Path(self.receipts(m))) for m in self.members] if self.receipts else [],
+                          self.stream_dir, self.name)
+
+    def _error(self, message: str) -> StreamError:
+        return StreamError(self.member, message, stream=self.name)
+
+    def begin(self, member: int, params) -> None:
+        """``member``'s steps come next; its first carries ``params`` (float64 [n_params])."""
+        self.member, self.member_steps = int(member), 0
+        self._params = np.asarray(params, dtype=np.float64).reshape(-1)
+
+    def write_step(self, *, time: float, fields: Mapping[str, np.ndarray]) -> None:
+        if self.member is None:
+            raise self._error("write_step before begin(member, params)")
+        super().write_step(time=time, fields=fields)
+        self.member_steps += 1
+
+    def _more(self, stream: adios2.Stream) -> None:
+        stream.write(MEMBER, int(self.member))  # a Python int: an int64 scalar (np.int64 is refused)
+        if self._params is not None:
+            stream.write(PARAMS, self._params)
+            self._params = None
 
 
 class StreamDropped:
@@ -167,6 +249,36 @@ class StreamDropped:
         return f"the trainer dropped this stream ({word.get('reason')})"
 
 
+class JobDropped:
+    """The watchdog's check for a job's stream: the trainer dropped it if it says so in the receipt
+    of any member of the job (each ``(member, receipt)`` of ``receipts``): a receipt that is not
+    ``complete`` and names the stream of the contact file there now (its signature). Why, or None."""
+
+    def __init__(self, receipts: list[tuple[int, Path]], stream_dir: Path, name: str):
+        self.receipts, self.stream_dir, self.name = receipts, stream_dir, name
+        self.held: set[int] = set()  # members whose receipt said complete: not read again
+
+    def __call__(self) -> str | None:
+        contact = None
+        for member, path in self.receipts:
+            if member in self.held:
+                continue
+            try:
+                word = json.loads(path.read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            if isinstance(word, dict) and word.get("status", "complete") == "complete":
+                self.held.add(member)
+                continue
+            if not isinstance(word, dict) or not word.get("contact"):
+                continue
+            if contact is None:
+                contact = list(contact_signature(self.stream_dir, self.name) or ())
+            if word["contact"] == contact:
+                return f"the trainer dropped this stream (member {member}: {word.get('reason')})"
+        return None
+
+
 class _Either:
     """The watchdog's check while a stream is open or opening: the trainer gone, or this stream
     dropped by it (the trainer reads no more of it; an SST writer would wait for it forever)."""
@@ -190,4 +302,6 @@ def _attribute_value(value: Any):
         return np.int64(value)
     if isinstance(value, (float, np.floating)):
         return np.float64(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iu":
+        return value.astype(np.int64)  # the job's members
     return np.asarray(value, dtype=np.float64)

@@ -55,15 +55,18 @@ rule simulate_member:
 
 
 rule simulate_members:
-    # ensemble.members_per_job > 1: one job runs several members one after another (one stream
-    # each), so that the start-up of a job is paid once per job. Writes each member's marker
-    # (members/member-K.json) as it is sent, and the job's summary as its output.
+    # ensemble.members_per_job > 1: one job runs several members one after another (SST: in one
+    # stream, stream.per_job), so that the start-up of a job, and of its stream, is paid once per
+    # job. Writes each member's marker (members/member-K.json) once the trainer holds it, and the
+    # job's summary as its output.
     input:
         unpack(simulate_inputs),
     output:
         marker=study_path("members", "job-{job}.json"),
     wildcard_constraints:
         job=r"\d{6}",
+    # A rerun sends the job's members the trainer does not hold (their receipts), no others.
+    retries: STUDY.retries
     conda:
         "../envs/datamove.yaml"
     log:
