@@ -259,6 +259,20 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_summary(args) -> int:
+    from datamove.evaluation.summary import report_command, study_summary
+
+    path = Path(args.study) / "config.yaml"
+    if not path.exists():
+        raise ValueError(f"no {path}: {args.study} is not a study's folder (<results_dir>/<study>/)")
+    cfg = StudyConfig.load(path)
+    text = study_summary(cfg, report=report_command(cfg, args.configfile))
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(f"\n{text}\n", flush=True)
+    return 0
+
+
 def cmd_status(args) -> int:
     """Where a study stands, from its folder alone; ``--watch`` refreshes until the study ends."""
     import time
@@ -381,6 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="one JSON object per look (a list for a comparison study's arms)")
     p.set_defaults(func=cmd_status)
+    help_ = "Print an evaluated study's summary again: each arm's members and test error, what is on disk, where the figures are."
+    p = sub.add_parser("summary", help=help_, description=help_)
+    p.add_argument("study", help="the study's folder: <results_dir>/<study>/ (results/default/, ...)")
+    p.add_argument("--out", help="also write it to this file (the workflow's <study>/summary.txt)")
+    p.add_argument("--configfile", action="append", default=[],
+                   help="a config file the study was run with (repeatable): named in the report's command")
+    p.set_defaults(func=cmd_summary)
     return parser
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, snakemake
+from conftest import REPO, SNAKEMAKE, datamove, planned_jobs, snakemake
 from datamove.config import StudyConfig, load_config
 from datamove.evaluation.plots import FIGURES
 
@@ -79,6 +81,23 @@ def test_tiny_comparison_study_end_to_end(tiny_config, tmp_path):
     assert "| quantity | online | offline | online vs offline |" in out  # printed at the end
     assert (study / "results.md").read_text().startswith("| quantity |")
 
+    # The summary: printed last, after Snakemake's own lines (to stdout), and kept in summary.txt;
+    # each arm's members and test error as the table has them, what the disk holds.
+    summary = (study / "summary.txt").read_text()
+    assert proc.stdout.rstrip().endswith(summary.rstrip()), proc.stdout[-2000:]
+    on, off = (f"{table.loc['test relative L2 error', arm]:.4f}" for arm in ("online", "offline"))
+    lines = summary.splitlines()
+    assert any(line.split() == ["online", "(SST)", "4", on] for line in lines), summary
+    assert any(line.split() == ["offline", "(BP5)", "2", off] for line in lines), summary
+    gain = table.loc["test relative L2 error", "online vs offline"].lstrip("+-")
+    assert f"Online training is {gain}" in " ".join(lines), summary
+    assert "the offline arm's 2 members" in " ".join(lines) and "never written" in summary
+    assert "--report" in summary and f"{study.name}/report.html" in summary
+    # Again from its files (the same paths from the same folder; the report's command names the
+    # config files it is given).
+    again = datamove("summary", study, cwd=tmp_path).stdout.strip().splitlines()
+    assert again[:-1] == summary.strip().splitlines()[:-1] and "--configfile" not in again[-1]
+
     # One HTML page of the study.
     report = tmp_path / "report.html"
     proc = snakemake(tmp_path, path, "--report", report, timeout=300)
@@ -87,6 +106,7 @@ def test_tiny_comparison_study_end_to_end(tiny_config, tmp_path):
     for name in FIGURES:
         assert f"{name}.png" in html
     assert "results.csv" in html
+    assert "members trained on" in html  # the summary, on the front page
 
 
 def test_comparison_dry_run_lists_both_arms(tiny_config, tmp_path):
@@ -102,14 +122,40 @@ def test_comparison_dry_run_lists_both_arms(tiny_config, tmp_path):
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-@pytest.mark.parametrize("name", ["comparison.yaml", "workstation.yaml", "fullscale.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "workstation.yaml", "fullscale.yaml"])
 def test_shipped_study_configs_are_valid(name):
     cfg = StudyConfig.load(REPO / "config" / name)
     assert cfg.comparison.enabled and cfg.study == yaml.safe_load((REPO / "config" / name).read_text())["study"]
     assert cfg.comparison.offline_members < cfg.ensemble.n_members
 
 
-def test_small_comparison_config_dry_run(tmp_path):
-    proc = snakemake(tmp_path, REPO / "config" / "comparison.yaml", "--cores", 2, "-n", timeout=120)
+def test_the_default_study_compares_and_hands_no_comparison_to_another_study(tmp_path):
+    """The README's first command runs config/config.yaml: online against offline with figures,
+    table and summary. Under a --configfile, its keys are the other study's defaults, but not its
+    comparison: that study compares only where its own config says so."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    here = ["--config", f"results_dir={tmp_path / 'results'}", f"data_dir={tmp_path / 'data'}"]
+    plan = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "2", "-n", *here],
+                          capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    jobs = planned_jobs(plan.stdout)
+    assert jobs["online_train_online"] == 1 and jobs["offline_train_offline"] == 1, jobs
+    assert jobs["summarize"] == 1 and jobs["make_results_table"] == 1, jobs
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"study": "mine", "trainer": {"model": "fno"}}))
+    proc = snakemake(tmp_path, mine, "--cores", 2, "-n", *here, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = planned_jobs(proc.stdout)
+    assert jobs.get("train_online") == 1 and not any(rule.startswith("offline_") for rule in jobs), jobs
+    # The default's other keys stay: its members, in jobs of 8.
+    assert jobs["simulate_members"] == 4, jobs
+    mine.write_text(yaml.safe_dump({"study": "mine", "comparison": {"enabled": True}}))
+    proc = snakemake(tmp_path, mine, "--cores", 2, "-n", *here, timeout=120)
+    assert proc.returncode == 0 and "offline_train_offline" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_default_config_dry_run(tmp_path):
+    proc = snakemake(tmp_path, REPO / "config" / "config.yaml", "--cores", 2, "-n", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "online_simulate_members" in proc.stdout and "offline_train_offline" in proc.stdout

@@ -19,7 +19,8 @@ DATAMOVE = f"{shlex.quote(sys.executable)} -m datamove"
 # The Snakefile's configfile (config/config.yaml, the heat study) under a --configfile or --config
 # that names another problem: Snakemake merges them key by key, which would hand heat's solver.nx,
 # solver.ny and parameter ranges to the other solver; merge_config replaces those sections instead
-# (and trainer.model_args where trainer.model changes), as a models study's problems do. Not in a
+# (and trainer.model_args where trainer.model changes), as a models study's problems do; and the
+# default study's comparison section is not handed to a --configfile's study. Not in a
 # module (a comparison arm): its config is the one evaluate.smk hands it, not the command line's.
 _defaults = workflow.configfiles[len(workflow.overwrite_configfiles or []):]
 _over = workflow.config_settings.overwrite_config
@@ -31,6 +32,10 @@ if (_defaults and _over and not config.get("arm") and not getattr(workflow.modif
             _raw = merge_config(_raw, yaml.safe_load(_fh) or {})
     config.clear()
     config.update(merge_config(_raw, _over))
+    # The default study compares its arms (comparison.enabled): another study, named by a
+    # --configfile, does only where its own config says so (its folders and targets differ).
+    if workflow.overwrite_configfiles and "comparison" not in _over:
+        config.pop("comparison", None)
 
 # One run of a study of studies (studies.smk: models, diversity, sampling and policy studies), the
 # shell command of its run rule: a whole study in its own snakemake on the run's config, in this working
@@ -150,6 +155,7 @@ def final_outputs():
 
 # Study-level outputs: one set per study (not per arm).
 TABLE = study_path("results.csv")
+SUMMARY = study_path("summary.txt")
 FIGURE_DATA = study_path("figure_data.csv")
 
 
@@ -161,7 +167,7 @@ def evaluation_outputs():
     """A trained model's test errors; for a study (not an arm of it), its figures and table."""
     outputs = [] if COMPARISON else [study_path("evaluation.csv"), study_path("maps.csv")]
     if not STUDY.arm:
-        outputs += [TABLE, study_path("results.md"), *(figure_path(name) for name in FIGURES)]
+        outputs += [TABLE, study_path("results.md"), *(figure_path(name) for name in FIGURES), SUMMARY]
     return outputs
 
 

@@ -5,6 +5,9 @@
 # each with its own config (datamove.evaluation.arms). Both arms share the held-out and test members;
 # the figures and the table compare them. Helpers: common.smk.
 
+import time
+from pathlib import Path
+
 report: "../report/workflow.rst"
 
 
@@ -119,3 +122,33 @@ if not STUDY.arm:
         shell:
             "{params.datamove} results-table --data {input.data} --out {output.table} "
             "--markdown {output.markdown} 2>&1 | tee {log}"
+
+
+    rule summarize:
+        # The study's answer in a few lines (datamove.evaluation.summary): each arm's members and
+        # test error, the improvement, what is on disk, where the figures and the report are.
+        # Printed last by the run that made it (onsuccess below); the report's front page shows it.
+        input:
+            unpack(figure_data_inputs),
+            table=TABLE,
+        output:
+            summary=report(SUMMARY, caption="../report/summary.rst", category="Results"),
+        conda:
+            "../envs/datamove.yaml"
+        log:
+            log_path("summarize", "summarize"),
+        params:
+            datamove=DATAMOVE,
+            study=lambda wildcards, output: str(Path(output.summary).parent),
+            configfiles=" ".join(f"--configfile {shlex.quote(str(path))}" for path in workflow.overwrite_configfiles or []),
+        shell:
+            "{params.datamove} summary {params.study} --out {output.summary} {params.configfiles} > {log} 2>&1"
+
+
+# Printed after Snakemake's own lines, so that a study ends with its answer: by the run that made the
+# summary (a run that made nothing new prints none; `datamove summary results/<study>` does).
+_RUN_STARTED = time.time()
+
+onsuccess:
+    if not STUDY.arm and Path(SUMMARY).exists() and Path(SUMMARY).stat().st_mtime >= _RUN_STARTED:
+        print(f"\n{Path(SUMMARY).read_text()}", flush=True)
