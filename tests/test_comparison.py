@@ -150,6 +150,9 @@ def test_the_default_study_compares_and_hands_no_comparison_to_another_study(tmp
     assert jobs.get("train_online") == 1 and not any(rule.startswith("offline_") for rule in jobs), jobs
     # The default's other keys stay: its members, in jobs of 8.
     assert jobs["simulate_members"] == 4, jobs
+    mine.write_text(yaml.safe_dump({"study": "mine", "comparison": {"offline_members": 2}}))
+    proc = snakemake(tmp_path, mine, "--cores", 2, "-n", *here, timeout=120)
+    assert proc.returncode == 0 and "offline_train_offline" not in proc.stdout, proc.stdout + proc.stderr
     mine.write_text(yaml.safe_dump({"study": "mine", "comparison": {"enabled": True}}))
     proc = snakemake(tmp_path, mine, "--cores", 2, "-n", *here, timeout=120)
     assert proc.returncode == 0 and "offline_train_offline" in proc.stdout, proc.stdout + proc.stderr

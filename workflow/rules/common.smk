@@ -20,7 +20,7 @@ DATAMOVE = f"{shlex.quote(sys.executable)} -m datamove"
 # that names another problem: Snakemake merges them key by key, which would hand heat's solver.nx,
 # solver.ny and parameter ranges to the other solver; merge_config replaces those sections instead
 # (and trainer.model_args where trainer.model changes), as a models study's problems do; and the
-# default study's comparison section is not handed to a --configfile's study. Not in a
+# default study's comparison.enabled is not handed to a --configfile's study. Not in a
 # module (a comparison arm): its config is the one evaluate.smk hands it, not the command line's.
 _defaults = workflow.configfiles[len(workflow.overwrite_configfiles or []):]
 _over = workflow.config_settings.overwrite_config
@@ -34,8 +34,8 @@ if (_defaults and _over and not config.get("arm") and not getattr(workflow.modif
     config.update(merge_config(_raw, _over))
     # The default study compares its arms (comparison.enabled): another study, named by a
     # --configfile, does only where its own config says so (its folders and targets differ).
-    if workflow.overwrite_configfiles and "comparison" not in _over:
-        config.pop("comparison", None)
+    if workflow.overwrite_configfiles and "enabled" not in (_over.get("comparison") or {}):
+        config.get("comparison", {}).pop("enabled", None)
 
 # One run of a study of studies (studies.smk: models, diversity, sampling and policy studies), the
 # shell command of its run rule: a whole study in its own snakemake on the run's config, in this working
