@@ -259,6 +259,37 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    """Every name trainer.model (models), solver.name (problems) or reservoir.policy (policies) takes
+    by name, with where it comes from; a model's arguments with their defaults."""
+    import inspect
+
+    if args.what == "models":
+        from datamove.models import model_arguments, model_names
+
+        for name, origin in model_names().items():
+            try:
+                takes, anything = model_arguments(name)
+            except ValueError as exc:  # a plug-in that does not load: listed, with why
+                print(f"{name:<12} {origin}: {exc}")
+                continue
+            shown = [k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in takes.items()]
+            print(f"{name:<12} {origin}: model_args {', '.join(shown) or 'none'}" + (", **kwargs" if anything else ""))
+        print("\nAlso: an import path package.module:ClassName of a model class, or grid:package.module:ClassName "
+              "of any grid network (docs/models.md, \"Your own model\").")
+    elif args.what == "problems":
+        from datamove.problems import PROBLEMS
+
+        for name, cls in PROBLEMS.items():
+            print(f"{name:<14} built-in: {cls.__module__}.{cls.__name__}")
+    else:
+        from datamove.reservoir import POLICIES
+
+        for name, cls in POLICIES.items():
+            print(f"{name:<10} built-in: {cls.__module__}.{cls.__name__}")
+    return 0
+
+
 def cmd_summary(args) -> int:
     from datamove.evaluation.summary import report_command, study_summary
 
@@ -395,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="one JSON object per look (a list for a comparison study's arms)")
     p.set_defaults(func=cmd_status)
+    help_ = "List the models (trainer.model), problems (solver.name) or reservoir policies (reservoir.policy) a config can name."
+    p = sub.add_parser("list", help=help_, description=help_)
+    p.add_argument("what", nargs="?", choices=["models", "problems", "policies"], default="models")
+    p.set_defaults(func=cmd_list)
     help_ = "Print an evaluated study's summary again: each arm's members and test error, what is on disk, where the figures are."
     p = sub.add_parser("summary", help=help_, description=help_)
     p.add_argument("study", help="the study's folder: <results_dir>/<study>/ (results/default/, ...)")

@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from datamove.plugins import BUILTIN_MODELS, PluginError
 from datamove.problems import Problem, make_problem
 from datamove.sampling.samplers import member_params
 
@@ -172,6 +173,22 @@ def _window_too_long(tr: Mapping[str, Any], n_steps: int) -> str:
     )
 
 
+def _check_plugin_model(tr: Mapping[str, Any], problem) -> list[str]:
+    """A model from outside the package (an installed plug-in, an import path, a grid network):
+    found, takes its model_args, builds, and maps a dry batch to the shape of a prediction
+    (datamove.models.check_model; imports torch, which a built-in name does not need here)."""
+    from datamove.models import check_model
+
+    n_fields = len(problem.fields)
+    in_fields = tr["history"] * n_fields if tr["sample"] == "autoregressive" else 0
+    try:
+        check_model(tr["model"], dict(tr["model_args"]), in_dim=problem.n_inputs,
+                    out_shape=(tr["bundle"] * n_fields, *problem.field_shape), in_fields=in_fields)
+    except PluginError as exc:
+        return [str(exc)]
+    return []
+
+
 def _check_semantics(cfg: dict[str, Any], source: str) -> None:
     """What JSON schema cannot say: relations between values."""
     problems = []
@@ -196,6 +213,8 @@ def _check_semantics(cfg: dict[str, Any], source: str) -> None:
             window = tr["history"] + tr["unroll"] * tr["bundle"]
             if tr["sample"] == "autoregressive" and (window - 1) * tr["sample_stride"] >= problem.n_steps:
                 problems.append(_window_too_long(tr, problem.n_steps))
+            elif tr["model"] not in BUILTIN_MODELS:
+                problems.extend(_check_plugin_model(tr, problem))
     tr = cfg["trainer"]
     if tr["val_rollout_every"]:
         if tr["sample"] != "autoregressive":

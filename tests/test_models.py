@@ -28,7 +28,7 @@ def test_network_shapes(name, shape, batch):
 
 
 def test_unknown_model_and_bad_args():
-    with pytest.raises(ValueError, match="unknown model 'transformer'.*fc"):
+    with pytest.raises(ValueError, match="'transformer' is not a built-in or installed name .fc, fno"):
         build_network("transformer", in_dim=6, out_shape=(4, 4))
     with pytest.raises(ValueError, match="model_args"):
         build_network("fc", in_dim=6, out_shape=(4, 4), width=3)

@@ -92,7 +92,7 @@ def study_summary(cfg: StudyConfig, *, report: str | None = None) -> str:
             f"{cfg.problem.n_steps} steps a member), "
             + ("online against offline training, " if both else "")
             + f"{batches:,} batches of {cfg.trainer.batch_size}" + (" each." if both else "."))
-    lines = [*textwrap.wrap(head, WIDTH), ""]
+    lines = [*textwrap.wrap(head, WIDTH, break_on_hyphens=False), ""]
     rows = [("arm", "members trained on", "test relative L2")]
     for name, (arm, members) in arms.items():
         error = float(table.at["test relative L2 error", name])
@@ -108,7 +108,8 @@ def study_summary(cfg: StudyConfig, *, report: str | None = None) -> str:
         prose = f"Online training is {rel.lstrip('+-')} {word} accurate than offline on {tested} (relative L2; {mse} in MSE)."
     else:
         prose = f"Tested on {tested}."
-    lines += textwrap.wrap(prose, WIDTH) + textwrap.wrap(_on_disk(cfg, arms), WIDTH)
+    for text in (prose, _on_disk(cfg, arms)):
+        lines += textwrap.wrap(text, WIDTH, break_on_hyphens=False)
     study = _relative(cfg.study_dir)
     lines += [
         "",

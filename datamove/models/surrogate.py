@@ -88,6 +88,14 @@ class Surrogate(nn.Module):
                 raise ValueError(f"delta_scale must hold one positive scale per field, got {list(delta_scale)}")
             self.register_buffer("delta_scale", scale)  # [n_fields, 1, 1]
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As torch's, less the entries that are neither tensors nor a module's extra state: a
+        library's network may put its own in the state dict it writes (neuraloperator's models add
+        a ``_metadata`` dict of their constructor arguments, at the top level of the whole dict),
+        which a strict load would refuse as unexpected. Missing or unexpected weights still fail."""
+        kept = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor) or k.endswith("_extra_state")}
+        return super().load_state_dict(kept, strict=strict, assign=assign)
+
     @property
     def out_fields(self) -> int:
         """Channels of one prediction: K x n_fields."""

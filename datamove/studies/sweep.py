@@ -24,7 +24,6 @@ other test members), the nested run's targets, and the check that its ledger is 
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -335,12 +334,12 @@ def differing_key(ident: Mapping[str, Any], reference: Mapping[str, Any]) -> str
 def check_model_args(cfg: Mapping[str, Any], where: str) -> None:
     """trainer.model_args must be arguments of trainer.model (their values are checked when a run
     builds the model): a typo would otherwise fail only when its run starts, hours into a study."""
-    from datamove.models import MODELS
+    from datamove.models import model_arguments
 
     name, args = cfg["trainer"]["model"], cfg["trainer"]["model_args"]
-    takes = set(inspect.signature(MODELS[name].__init__).parameters) - {"self", "in_dim", "out_shape"}
-    unknown = sorted(set(args) - takes)
-    if unknown:
+    takes, anything = model_arguments(name, model_args=args)
+    unknown = sorted(set(args) - set(takes))
+    if unknown and not anything:
         raise ValueError(f"key '{where}': trainer.model_args {unknown} are not arguments of model {name!r} "
                          f"(it takes {', '.join(sorted(takes))})")
 
