@@ -278,15 +278,29 @@ def cmd_list(args) -> int:
         print("\nAlso: an import path package.module:ClassName of a model class, or grid:package.module:ClassName "
               "of any grid network (docs/models.md, \"Your own model\").")
     elif args.what == "problems":
-        from datamove.problems import PROBLEMS
+        from datamove.problems import problem_class, problem_names
 
-        for name, cls in PROBLEMS.items():
-            print(f"{name:<14} built-in: {cls.__module__}.{cls.__name__}")
+        for name, origin in problem_names().items():
+            try:
+                cls = problem_class(name).obj
+            except ValueError as exc:  # a plug-in that does not load: listed, with why
+                print(f"{name:<20} {origin}: {exc}")
+                continue
+            ranges = f"; parameters {', '.join(cls.RANGES)}" if cls.RANGES else ""
+            print(f"{name:<20} {origin}: {cls.__module__}.{cls.__name__}{ranges}")
+        print("\nAlso: an import path package.module:ClassName of a Problem subclass, or solver.command "
+              "(your own solver program; README, \"Bring your own solver\").")
     else:
-        from datamove.reservoir import POLICIES
+        from datamove.reservoir import policy_class, policy_names
 
-        for name, cls in POLICIES.items():
-            print(f"{name:<10} built-in: {cls.__module__}.{cls.__name__}")
+        for name, origin in policy_names().items():
+            try:
+                cls = policy_class(name).obj
+            except ValueError as exc:
+                print(f"{name:<10} {origin}: {exc}")
+                continue
+            print(f"{name:<10} {origin}: {cls.__module__}.{cls.__name__}")
+        print("\nAlso: an import path package.module:ClassName of a datamove.reservoir.Buffer subclass.")
     return 0
 
 

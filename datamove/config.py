@@ -20,8 +20,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from datamove.plugins import BUILTIN_MODELS, PluginError
-from datamove.problems import Problem, make_problem
+from datamove.plugins import BUILTIN_MODELS, POLICY_GROUP, PROBLEM_GROUP, PluginError, installed, is_import_path
+from datamove.problems import PROBLEMS, Problem, make_problem, problem_class
 from datamove.sampling.samplers import member_params
 
 
@@ -67,12 +67,83 @@ def _parsed_schema() -> dict[str, Any]:
 
 
 def load_schema() -> dict[str, Any]:
-    """The config schema, a fresh copy the caller may change.
+    """The config schema, a fresh copy the caller may change, with the names of the installed
+    plug-in problems (entry point group datamove.problems) among solver.name's and those of the
+    installed reservoir policies among reservoir.policy's (their names only: a plug-in is loaded
+    when a config names it, :func:`_take_problem`).
 
     Parsed once per process (about 50 ms of YAML) and copied per call (under 1 ms): a workflow
     validates and merges dozens of run configs while Snakemake parses it.
     """
-    return copy.deepcopy(_parsed_schema())
+    schema = copy.deepcopy(_parsed_schema())
+    problems = sorted(set(installed(PROBLEM_GROUP)) - set(PROBLEMS))
+    if problems:
+        name = _problem_name(schema)
+        name["enum"] += problems
+        name[ERROR_HINT] = name[ERROR_HINT].replace("navier-stokes)", f"navier-stokes; installed: {', '.join(problems)})")
+    policies = sorted(set(installed(POLICY_GROUP)) - set(_builtin_policies(schema)))
+    if policies:
+        _policy(schema)["enum"] += policies
+        schema["properties"]["policy_study"]["properties"]["policies"]["items"]["enum"] += policies
+    return schema
+
+
+def _problem_name(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema of solver.name where no solver.command is given: the problems it takes."""
+    return schema["properties"]["solver"]["allOf"][0]["else"]["properties"]["name"]
+
+
+def _policy(schema: dict[str, Any]) -> dict[str, Any]:
+    return schema["properties"]["reservoir"]["properties"]["policy"]
+
+
+def _builtin_policies(schema: dict[str, Any]) -> list[str]:
+    return list(_parsed_schema()["properties"]["reservoir"]["properties"]["policy"]["enum"])
+
+
+def _take_policy(schema: dict[str, Any], raw: Mapping[str, Any]) -> None:
+    """A config whose reservoir.policy is an import path: the schema's enum takes it once it names a
+    Buffer subclass (PluginError naming the key otherwise)."""
+    reservoir = raw.get("reservoir") if isinstance(raw.get("reservoir"), Mapping) else {}
+    name = reservoir.get("policy")
+    if isinstance(name, str) and is_import_path(name):
+        from datamove.reservoir import policy_class  # imports torch: only for a policy from outside
+
+        policy_class(name)
+        _policy(schema)["enum"].append(name)
+
+
+def _take_problem(schema: dict[str, Any], raw: Mapping[str, Any]) -> None:
+    """A config whose solver.name names a problem from outside (an installed plug-in, an import
+    path): the schema takes in its solver keys and parameter ranges (the Problem subclass's SOLVER
+    and RANGES), so that they are checked and their defaults filled as a built-in problem's are.
+    PluginError naming solver.name when the problem cannot be found or declares neither."""
+    solver = raw.get("solver") if isinstance(raw.get("solver"), Mapping) else {}
+    name = solver.get("name")
+    if not isinstance(name, str) or solver.get("command") is not None or name in PROBLEMS:
+        return
+    if name not in installed(PROBLEM_GROUP) and not is_import_path(name):
+        return  # the schema's enum refuses it, naming the problems it knows
+    cls = problem_class(name).obj
+    when = {"properties": {"name": {"const": name}, "command": {"type": "null"}}}
+    schema["$defs"]["plugin_solver"] = {
+        "description": f"{name}: {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else 'a problem from outside'}",
+        "additionalProperties": False,
+        "properties": {"name": {}, "command": {}, "n_steps": {"$ref": "#/$defs/n_steps", "default": 100},
+                       "step_delay_s": {"$ref": "#/$defs/step_delay_s", "default": 0.0}, **copy.deepcopy(cls.SOLVER)},
+    }
+    schema["$defs"]["plugin_ranges"] = {
+        "additionalProperties": False,
+        "properties": {p: {"$ref": "#/$defs/range", "default": [float(v) for v in r]} for p, r in cls.RANGES.items()},
+    }
+    name_schema = _problem_name(schema)
+    if name not in name_schema["enum"]:
+        name_schema["enum"].append(name)
+    schema["properties"]["solver"]["allOf"].append({"if": when, "then": {"$ref": "#/$defs/plugin_solver"}})
+    schema.setdefault("allOf", []).append({
+        "if": {"properties": {"solver": when}},
+        "then": {"properties": {"parameters": {"properties": {"ranges": {"$ref": "#/$defs/plugin_ranges"}}}}},
+    })
 
 
 MERGE_DEFAULT = "x-merge-default"
@@ -118,7 +189,13 @@ def validate_config(raw: Mapping[str, Any] | None, *, source: str = "config") ->
             and impossible combinations (a range with low > high, watermark > capacity, ...).
     """
     cfg = copy.deepcopy(dict(raw or {}))
-    errors = sorted(_Validator(load_schema()).iter_errors(cfg), key=lambda e: list(e.path))
+    schema = load_schema()
+    try:
+        _take_problem(schema, cfg)
+        _take_policy(schema, cfg)
+    except PluginError as exc:
+        raise ConfigError(f"invalid {source}:\n  {exc}") from None
+    errors = sorted(_Validator(schema).iter_errors(cfg), key=lambda e: list(e.path))
     if errors:
         lines = []
         for err in errors:

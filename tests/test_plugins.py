@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 
 import pytest
 import torch
-import yaml
 
-from conftest import datamove, snakemake
+from conftest import datamove
 from datamove.config import ConfigError, StudyConfig, validate_config
 from datamove.models import build_network, model_names
 from datamove.problems.samples import SampleSpec
@@ -52,6 +50,47 @@ class NoInDim(nn.Module):
 
 
 NOT_A_CLASS = 3
+
+
+from datamove.problems import Problem
+from datamove.reservoir import Buffer
+
+
+class Newest(Buffer):
+    """A reservoir policy of our own: batches of the newest samples."""
+
+    name = "newest"
+    consumes = False
+
+    def _pick(self, batch_size):
+        return torch.arange(max(0, len(self) - batch_size), len(self))
+
+
+class NoConsumes(Buffer):
+    name = "no-consumes"
+
+    def _pick(self, batch_size):
+        return torch.arange(min(batch_size, len(self)))
+
+
+class Ramp(Problem):
+    """A Python problem of our own: one field, a ramp a t."""
+
+    name = "ramp"
+    SOLVER = {"n": {"type": "integer", "minimum": 2, "default": 6}}
+    RANGES = {"a": [0.0, 1.0]}
+
+    def __init__(self, *, solver, ranges):
+        self.n_steps = solver["n_steps"]
+        self._take_parameters(ranges, solver)
+        self.fields = {"f": (solver["n"], solver["n"])}
+
+    def constants(self):
+        return {}
+
+
+class NoSolverKeys(Ramp):
+    SOLVER = None
 '''
 
 
@@ -92,6 +131,50 @@ def test_a_bad_model_from_outside_is_refused_in_one_line_naming_the_key(my_model
     lines = str(err.value).splitlines()[1:]
     assert len(lines) == 1 and lines[0].strip().startswith(f"key '{key}': "), str(err.value)
     assert words in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"solver": {"name": "mymodels:TinyConv"}}, "key 'solver.name': 'mymodels:TinyConv' (import path) is <class "
+                                                "'mymodels.TinyConv'>, not a subclass of datamove.problems.Problem"),
+    ({"solver": {"name": "mymodels:NoSolverKeys"}}, "key 'solver.name': problem 'mymodels:NoSolverKeys' (import path) "
+                                                    "declares no SOLVER (its solver keys, name -> JSON schema with a default)"),
+    ({"solver": {"name": "mymodels:Ramp", "nx": 4}}, "unknown key 'solver.nx' (known keys here: command, n, n_steps, "
+                                                     "name, step_delay_s)"),
+    ({"solver": {"name": "mymodels:Ramp", "n": 1}}, "key 'solver.n': 1 is less than the minimum of 2"),
+    ({"solver": {"name": "mymodels:Ramp"}, "parameters": {"ranges": {"b": [0, 1]}}},
+     "unknown key 'parameters.ranges.b' (known keys here: a)"),
+    ({"reservoir": {"policy": "torch.nn:Linear"}}, "key 'reservoir.policy': 'torch.nn:Linear' (import path) is "
+                                                   "<class 'torch.nn.modules.linear.Linear'>, not a subclass of "
+                                                   "datamove.reservoir.Buffer"),
+    ({"reservoir": {"policy": "mymodels:Oldest"}}, "key 'reservoir.policy': module 'mymodels' has no 'Oldest' "
+                                                   "('mymodels:Oldest')"),
+    ({"reservoir": {"policy": "mymodels:NoConsumes"}}, "key 'reservoir.policy': policy 'mymodels:NoConsumes' (import "
+                                                       "path) declares no consumes (True: each drawn sample leaves "
+                                                       "the buffer; False: samples are drawn again)"),
+])
+def test_a_bad_problem_or_policy_from_outside_is_refused_naming_the_key(my_models, section, message):
+    with pytest.raises(ConfigError) as err:
+        validate_config(section)
+    lines = [line.strip() for line in str(err.value).splitlines()[1:]]
+    assert lines == [message], str(err.value)
+
+
+def test_a_problem_and_a_policy_by_import_path(my_models):
+    """solver.name and reservoir.policy take import paths: the problem's solver keys and parameter
+    ranges get their defaults as a built-in problem's do, and the buffer is the policy's."""
+    from datamove.reservoir import make_buffer
+
+    cfg = validate_config({"solver": {"name": "mymodels:Ramp", "n_steps": 4},
+                           "reservoir": {"policy": "mymodels:Newest", "capacity": 8, "watermark": 2}})
+    assert cfg["solver"] == {"name": "mymodels:Ramp", "n_steps": 4, "n": 6, "command": None, "step_delay_s": 0.0}
+    assert cfg["parameters"]["ranges"] == {"a": [0.0, 1.0]}
+    problem = StudyConfig.from_dict(cfg).problem
+    assert (problem.name, problem.fields, problem.param_names) == ("mymodels:Ramp", {"f": (6, 6)}, ("a",))
+    buf = make_buffer(cfg["reservoir"]["policy"], capacity=8, watermark=2, x_dim=2, y_shape=(1, 6, 6))
+    assert type(buf).__name__ == "Newest"
+    for k in range(5):
+        buf.put(torch.full((2,), float(k)), torch.zeros(1, 6, 6), member=0, step=k)
+    assert sorted(buf.sample(2).step.tolist()) == [3, 4]
 
 
 def test_a_model_by_import_path_builds_and_trains_direct_and_autoregressive(my_models):
@@ -152,29 +235,6 @@ def test_an_installed_plug_in_is_named_like_a_built_in_model(my_models, tmp_path
         _validate("bad")
     listed = datamove("list", "models").stdout
     assert "tinyconv" in listed and "plug-in mymodels:TinyConv" in listed and "width=8" in listed
-
-
-@pytest.mark.slow
-def test_a_model_from_outside_trains_online_and_offline_through_the_workflow(my_models, tiny_config, tmp_path):
-    """A tiny comparison study whose model is a class of a module outside the package, found by
-    its import path: both arms train it, every member arrives, both are evaluated."""
-    path = tiny_config(study="mine", ensemble={"n_members": 4, "members_per_job": 2}, test={"n_members": 2},
-                       trainer={"model": "mymodels:TinyConv", "model_args": {"width": 4}},
-                       comparison={"enabled": True, "offline_members": 2})
-    raw = yaml.safe_load(path.read_text())
-    raw["trainer"]["model_args"] = {"width": 4}  # in place of the tiny study's fc arguments
-    path.write_text(yaml.safe_dump(raw))
-    cfg = StudyConfig.load(path)
-    proc = snakemake(tmp_path, path, "--cores", 2, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for arm, members in (("online", 4), ("offline", 2)):
-        with open(cfg.study_dir / arm / "ledger.csv") as fh:
-            assert [r["status"] for r in csv.DictReader(fh)] == ["complete"] * members
-        with open(cfg.study_dir / arm / "evaluation.csv") as fh:
-            assert len(list(csv.DictReader(fh))) == 2 * cfg.problem.n_steps
-        ckpt = torch.load(cfg.study_dir / arm / "model.pt", weights_only=False)
-        assert ckpt["model_args"]["model"] == "mymodels:TinyConv"
-    assert "online (SST)" in (cfg.study_dir / "summary.txt").read_text()
 
 
 def test_neuraloperator_fno_as_a_grid_network():

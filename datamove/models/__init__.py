@@ -33,7 +33,7 @@ from datamove.models.grid import GridNetwork
 from datamove.models.mppde import MPPDE
 from datamove.models.surrogate import Surrogate
 from datamove.models.unet import UNet
-from datamove.plugins import BUILTIN_MODELS, MODEL_GROUP, PluginError, installed, is_import_path, load_path, resolve
+from datamove.plugins import BUILTIN_MODELS, MODEL_GROUP, PluginError, is_import_path, load_path, names, resolve
 
 MODELS: dict[str, type[nn.Module]] = {"fc": FullyConnected, "fno": FNO, "mppde": MPPDE, "unet": UNet}
 assert tuple(MODELS) == BUILTIN_MODELS  # the names the config checks without importing torch
@@ -148,10 +148,7 @@ def check_model(name: str, model_args: dict[str, Any], *, in_dim: int, out_shape
 
 def model_names() -> dict[str, str]:
     """Every model name a config can give by name: built-in and installed plug-ins -> origin."""
-    names = {name: "built-in" for name in MODELS}
-    for name, ep in installed(MODEL_GROUP).items():
-        names.setdefault(name, f"plug-in {ep.value}")
-    return names
+    return names(MODEL_GROUP, MODELS)
 
 
 __all__ = ["FNO", "GRID", "MODELS", "MPPDE", "FullyConnected", "GridNetwork", "Surrogate", "UNet", "build_network",

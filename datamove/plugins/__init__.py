@@ -19,6 +19,8 @@ from typing import Any
 # is checked without importing torch.
 BUILTIN_MODELS = ("fc", "fno", "mppde", "unet")
 MODEL_GROUP = "datamove.models"
+PROBLEM_GROUP = "datamove.problems"  # Problem subclasses (datamove.problems)
+POLICY_GROUP = "datamove.policies"  # reservoir Buffer subclasses (datamove.reservoir)
 
 
 class PluginError(ValueError):
@@ -37,6 +39,15 @@ class Found:
 def installed(group: str) -> dict[str, importlib.metadata.EntryPoint]:
     """The installed plug-ins of ``group``: name -> entry point (not loaded)."""
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=group)}
+
+
+def names(group: str, builtins) -> dict[str, str]:
+    """Every name a config can give by name for a part: the built-in ones (``builtins``) and the
+    installed plug-ins of ``group`` -> where each comes from (a plug-in is not loaded)."""
+    found = {name: "built-in" for name in builtins}
+    for name, ep in installed(group).items():
+        found.setdefault(name, f"plug-in {ep.value}")
+    return found
 
 
 def _origin(ep: importlib.metadata.EntryPoint) -> str:

@@ -64,6 +64,12 @@ class Problem(ABC):
     fields: Mapping[str, tuple[int, int]]
     n_steps: int
     step_delay_s: float = 0.0
+    #: A problem from outside the package: its solver keys (name -> JSON schema, with a default),
+    #: which the config's schema takes in. Built-in problems have theirs in the schema's $defs.
+    SOLVER: dict[str, dict] | None = None
+    #: A problem from outside: its parameters, name -> default [low, high], in the order its
+    #: solver takes them (parameters.ranges).
+    RANGES: dict[str, list[float]] | None = None
     #: The command that runs a member (an external solver), or None (built in).
     command: str | None = None
 

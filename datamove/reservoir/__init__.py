@@ -2,7 +2,10 @@
 
     buf = make_buffer("reservoir", capacity=10_000, watermark=1_000, x_dim=6, y_shape=(100, 100))
 
-A new policy is a `Buffer` subclass in `policies.py` with a `name`, registered in `POLICIES`.
+A new policy is a `Buffer` subclass in `policies.py` with a `name`, registered in `POLICIES`. A
+policy from outside the package (an installed plug-in of the entry point group
+``datamove.policies``, or an import path ``package.module:ClassName`` in ``reservoir.policy``) is a
+`Buffer` subclass too (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 
 import torch
 
+from datamove.plugins import POLICY_GROUP, Found, PluginError, names, resolve
 from datamove.reservoir.base import ON_FULL, Batch, Buffer, Displaced
 from datamove.reservoir.policies import BalancedBuffer, FifoBuffer, FiroBuffer, ReservoirBuffer
 
@@ -41,22 +45,37 @@ def available_bytes(device) -> int | None:
     return None
 
 
+def policy_class(name: str, *, key: str = "reservoir.policy") -> Found:
+    """The Buffer subclass policy ``name`` names (built in, an installed plug-in, an import path) and
+    where it comes from; PluginError naming ``key`` otherwise."""
+    found = resolve(name, group=POLICY_GROUP, key=key, builtins=POLICIES)
+    if not (isinstance(found.obj, type) and issubclass(found.obj, Buffer)):
+        raise PluginError(f"key '{key}': {name!r} ({found.origin}) is {found.obj!r}, not a subclass of "
+                          f"datamove.reservoir.Buffer")
+    if not isinstance(getattr(found.obj, "consumes", None), bool):
+        raise PluginError(f"key '{key}': policy {name!r} ({found.origin}) declares no consumes (True: each drawn "
+                          f"sample leaves the buffer; False: samples are drawn again)")
+    return found
+
+
+def policy_names() -> dict[str, str]:
+    """Every policy a config can name: built-in and installed plug-ins -> origin."""
+    return names(POLICY_GROUP, POLICIES)
+
+
 def make_buffer(policy: str, **kwargs) -> Buffer:
-    """Build the buffer registered under `policy`; `kwargs` go to its keyword-only constructor.
+    """Build the buffer of `policy` (see :func:`policy_class`); `kwargs` go to its keyword-only
+    constructor.
 
     Raises:
-        ValueError: if `policy` is not registered (the message lists the known policies).
+        ValueError: if `policy` names no buffer class (the message lists the known policies).
     """
-    try:
-        cls = POLICIES[policy]
-    except KeyError:
-        raise ValueError(
-            f"unknown buffer policy {policy!r}; known policies: {', '.join(sorted(POLICIES))}"
-        ) from None
-    return cls(**kwargs)
+    return policy_class(policy).obj(**kwargs)
 
 
 __all__ = [
+    "policy_class",
+    "policy_names",
     "ON_FULL",
     "POLICIES",
     "BalancedBuffer",
