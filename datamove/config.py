@@ -459,6 +459,9 @@ class StreamConfig:
     # SST, several members a job: one stream for the job's members (the many-members form of the
     # contract), not one each (see StudyConfig.job_streams for when it applies).
     per_job: bool = True
+    # SST across hosts: the network interface whose IPv4 address streams listen on and publish
+    # (None: loopback, one host; datamove.streaming.sockets).
+    interface: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

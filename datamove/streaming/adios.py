@@ -18,8 +18,9 @@ def make_io(stream: StreamConfig, name: str = IO_NAME) -> tuple[adios2.Adios, ad
     With ``stream.xml_config``, the XML file's ``<io name="datamove">`` decides engine and
     parameters (the same file configures a C++ or Fortran solver); otherwise the config does.
     The IO is configured before any Stream is opened (``Stream.set_parameters`` is broken in 2.12).
-    An SST IO listens on loopback only, unless its parameters name an interface, and its TCP
-    sockets have Nagle's algorithm off from the first message (sockets.py).
+    An SST IO listens on loopback only, on ``stream.interface``'s address when it names one (a study
+    across hosts), on every interface where its parameters name one themselves; its TCP sockets
+    have Nagle's algorithm off from the first message (sockets.py).
     """
     if stream.xml_config:
         adios = adios2.Adios(str(stream.xml_config))
@@ -29,9 +30,12 @@ def make_io(stream: StreamConfig, name: str = IO_NAME) -> tuple[adios2.Adios, ad
         io = adios.declare_io(name)
         io.set_engine(stream.engine)
         if stream.engine.upper() == "SST":
-            io.set_parameters({str(k): str(v) for k, v in stream.parameters.items()})
+            parameters = {str(k): str(v) for k, v in stream.parameters.items()}
+            if stream.interface:  # across hosts: the contact file publishes that interface's address
+                parameters.setdefault("NetworkInterface", stream.interface)
+            io.set_parameters(parameters)
     if io.engine_type().upper() == "SST":
-        prepare_sockets(io.parameters())
+        prepare_sockets(io.parameters(), interface=stream.interface)
     return adios, io
 
 

@@ -80,8 +80,19 @@ class MemberReader:
         try:
             self._stream = adios2.Stream(io, str(self.path), "r")
         except Exception as exc:
-            raise self.error(StreamError, f"cannot open reader at {self.path}: {exc}") from exc
+            raise self.error(StreamError, f"cannot open reader at {self.path}: {exc}{self._hint()}") from exc
         return self
+
+    def _hint(self) -> str:
+        """What to check where the writer may be on another host (SST: the reader connects to the
+        address the writer's contact file publishes)."""
+        if self.stream.engine.upper() != "SST":
+            return ""
+        if self.stream.interface is None:
+            return (" (a writer on another host publishes 127.0.0.1, which this host cannot reach: set "
+                    "stream.interface to the network interface the hosts share)")
+        return (f" (the writer publishes the address of its interface {self.stream.interface} "
+                f"(stream.interface): check that this host reaches it)")
 
     def poll(self, timeout: float = 0.0, *, check: bool = True) -> Poll:
         """Try to begin the next step. Raises StreamError if the stream failed (writer died).

@@ -51,7 +51,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc_bind = _libc.bind
 _libc_bind.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
 _libc_bind.restype = ctypes.c_int
-_LOOPBACK_BYTES = socket.inet_aton(LOOPBACK)
 
 
 _libc_connect = _libc.connect
@@ -61,14 +60,15 @@ _libc_connect.restype = ctypes.c_int
 
 @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32, use_errno=True)
 def _bind(fd: int, addr: int, length: int) -> int:
-    """libc's ``bind(fd, addr, length)``, with an IPv4 wildcard address (0.0.0.0) made 127.0.0.1
-    (loopback only), and TCP_NODELAY set on the socket once bound."""
+    """libc's ``bind(fd, addr, length)``, with an IPv4 wildcard address (0.0.0.0) made the one
+    address streams listen on (127.0.0.1, or stream.interface's), and TCP_NODELAY set on the socket
+    once bound."""
     try:
-        if _loopback and addr and length >= 8:
+        if _listen is not None and addr and length >= 8:
             raw = bytearray(ctypes.string_at(addr, length))
             # struct sockaddr_in: sa_family (native unsigned short), port, then the IPv4 address.
             if int.from_bytes(raw[:2], sys.byteorder) == socket.AF_INET and raw[4:8] == bytes(4):
-                raw[4:8] = _LOOPBACK_BYTES
+                raw[4:8] = _listen
                 copy = (ctypes.c_char * length).from_buffer(raw)
                 return _nodelay(fd, _libc_bind(fd, ctypes.addressof(copy), length))
         return _nodelay(fd, _libc_bind(fd, addr, length))
@@ -169,7 +169,7 @@ def _adios_libraries() -> dict[str, tuple[int, list[tuple[int, int, str]]]]:
 
 
 _patched = False
-_loopback = False
+_listen: bytes | None = None  # the IPv4 address a wildcard bind becomes; None: left as it is
 _warned = False
 _PROT_READ, _PROT_WRITE = 1, 2
 _mprotect = _libc.mprotect
@@ -177,20 +177,42 @@ _mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _mprotect.restype = ctypes.c_int
 
 
-def prepare_sockets(parameters: Mapping[str, str]) -> bool:
+def interface_address(name: str) -> str:
+    """The IPv4 address of network interface ``name`` on this host; a ValueError naming
+    stream.interface and the host's interfaces when it has none."""
+    import fcntl
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            request = struct.pack("256s", name.encode()[:15])
+            return socket.inet_ntoa(fcntl.ioctl(sock.fileno(), 0x8915, request)[20:24])  # SIOCGIFADDR
+        except OSError:
+            have = ", ".join(n for _, n in socket.if_nameindex())
+            raise ValueError(f"key 'stream.interface': {name!r} is no network interface with an IPv4 address "
+                             f"on host {socket.gethostname()} (its interfaces: {have})") from None
+
+
+def prepare_sockets(parameters: Mapping[str, str], *, interface: str | None = None) -> bool:
     """Wrap ADIOS2's ``bind`` and ``connect`` in this process (see the module docstring): TCP_NODELAY
-    from the first message, and, unless ``parameters`` (the IO's engine parameters) name an
-    interface (NetworkInterface, ControlInterface, DataInterface), listening on 127.0.0.1 and
-    publishing it. True once the streams listen on loopback only.
+    from the first message, and streams that listen on one address and publish it: ``interface``'s
+    (stream.interface: a study across hosts), or else, unless ``parameters`` (the IO's engine
+    parameters) name an interface themselves (NetworkInterface, ControlInterface, DataInterface:
+    then on every interface), 127.0.0.1. True once the streams listen on one address only.
 
     Call before the process's first SST Open (``make_io`` does); the first call decides for the
     process. Where it cannot wrap them (not Linux, a library it cannot read or patch) it warns
-    once, naming docs/security.md, and returns False.
+    once, naming docs/security.md, and returns False. ValueError naming stream.interface when this
+    host has no such interface.
     """
-    global _patched, _loopback, _warned
+    global _patched, _listen, _warned
     if _patched or _warned:
-        return _loopback
-    loopback = not any(str(key).lower() in INTERFACE_PARAMETERS for key in parameters)
+        return _listen is not None
+    if interface:
+        address = interface_address(interface)
+    elif not any(str(key).lower() in INTERFACE_PARAMETERS for key in parameters):
+        address = LOOPBACK
+    else:
+        address = None
     try:
         patched = 0
         for path, (base, ranges) in _adios_libraries().items():
@@ -207,15 +229,21 @@ def prepare_sockets(parameters: Mapping[str, str]) -> bool:
         # start on a platform this cannot patch (not Linux, another ADIOS2 build).
         _warned = True
         print(
-            f"datamove: warning: cannot keep ADIOS2 SST on loopback in this process ({exc}): its streams "
-            "listen on every interface; see docs/security.md (a host firewall closes them)",
+            f"datamove: warning: cannot keep ADIOS2 SST on one address in this process ({exc}): its "
+            "streams listen on every interface; see docs/security.md (a host firewall closes them)",
             file=sys.stderr, flush=True,
         )
         return False
-    if loopback:
-        os.environ["ADIOS2_IP"] = LOOPBACK  # the address contact files publish; read at the first listen
-    _loopback, _patched = loopback, True
-    return loopback
+    if address is not None:
+        os.environ["ADIOS2_IP"] = address  # the address contact files publish; read at the first listen
+    _listen, _patched = (None if address is None else socket.inet_aton(address)), True
+    return address is not None
+
+
+def published_address() -> str | None:
+    """The address this process's streams listen on and publish (after :func:`prepare_sockets`),
+    or None where they listen on every interface."""
+    return None if _listen is None else socket.inet_ntoa(_listen)
 
 
 def _write_slot(slot: int, value: int, *, writable: bool) -> None:
