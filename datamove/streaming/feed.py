@@ -208,9 +208,12 @@ class MemberFeed:
         now = time.monotonic()
         if self.pool.busy:
             self._last_busy = now
-        if not self._finished and now >= self._next_scan:
+        if now >= self._next_scan:
             # A directory scan, not on every batch; slower once every member has been handed out
-            # (only a rerun of a complete member can appear then).
+            # (only a rerun of a complete member can appear then). Also once every member has
+            # ended, while the trainer trains its last batches: a rerun of a member whose solver
+            # died after its last step, before its receipt came, would otherwise wait in Open
+            # until the trainer finished, and fail (its steps are held: it is answered instead).
             self._next_scan = now + (SCAN_S if self.unassigned else NOTES_S)
             self._dispatch()
         if now >= self._next_notes:
@@ -226,8 +229,7 @@ class MemberFeed:
         if self._changed and not self.pool.busy:
             self._changed = False
             if not self.ledger.unfinished():
-                self._finished = True
-                self.pool.finish()
+                self._finished = True  # the workers stay, for reruns, until close()
 
     def intake(self, buffer) -> int:
         """Put the steps that arrived into ``buffer`` in one batched put (as many as it takes now),
